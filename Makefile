@@ -1,0 +1,60 @@
+# skelprep: two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch (a looser pin can pull a multi-GB CUDA build); the package itself asks only torch>=2.1.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.skelprep-installed
+DATA   ?=
+WORKERS ?= 2
+EXAMPLES := chase_vessels road_cracks octa3d
+
+.PHONY: install demo test build lint bench bench-full train clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,torch,fast]"
+	touch $@
+
+install: $(STAMP)
+
+## make demo: build the bundled example datasets and write previews to examples/previews/
+demo: install
+	@for d in $(EXAMPLES); do \
+		echo "== skelprep build examples/$$d"; \
+		$(BIN)/skelprep build examples/$$d --workers $(WORKERS) || exit 1; \
+	done
+	$(BIN)/skelprep info examples/road_cracks/skeletons.zarr
+	$(BIN)/skelprep verify examples/octa3d
+	$(BIN)/skelprep preview examples/chase_vessels/skeletons.zarr Image_11L_1stHO -o examples/previews/chase_Image_11L.png
+	$(BIN)/skelprep preview examples/road_cracks/skeletons.zarr crack_000 -o examples/previews/road_crack_000.png
+	$(BIN)/skelprep preview examples/octa3d/skeletons.zarr octa_000 -o examples/previews/octa_000_mip.png
+
+## make test: install and run the test suite
+test: install
+	$(BIN)/python -m pytest -q
+
+## make build DATA=path/to/dataset [WORKERS=n]
+build: install
+	@test -n "$(DATA)" || { echo "usage: make build DATA=path/to/dataset [WORKERS=n]"; exit 2; }
+	$(BIN)/skelprep build "$(DATA)" --workers $(WORKERS)
+
+lint: install
+	$(BIN)/ruff check skelprep pipelines tests
+	$(BIN)/ruff format --check skelprep pipelines tests
+
+## make bench: the quick benchmark (CI-sized); make bench-full: the full one (minutes)
+bench: install
+	$(BIN)/python pipelines/bench.py --quick --out results/bench-quick
+
+bench-full: install
+	$(BIN)/python pipelines/bench.py --out results/bench
+
+## make train: a short CPU training run on the bundled 2D data
+train: install
+	$(BIN)/python pipelines/train.py examples/road_cracks --out runs/road_cracks --device cpu --epochs 2 --steps-per-epoch 10 --patch-size 256 256 --batch-size 2
+
+clean:
+	rm -rf $(VENV) results runs examples/previews examples/*/skeletons.zarr examples/*/skeletons.zarr.lock .pytest_cache

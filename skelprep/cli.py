@@ -1,0 +1,239 @@
+"""Command-line interface: ``skelprep build | info | verify | preview | eval``.
+
+Errors become one line on stderr (``skelprep: error: <file>: <reason>``) and an
+exit code: 0 all well, 1 a case failed or a check did not pass, 2 bad usage.
+``skelprep --debug ...`` shows tracebacks instead. Progress goes to stderr,
+results to stdout; ``--json`` prints a machine-readable result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from skelprep import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> None:
+    click.echo(f"skelprep: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Cli(click.Group):
+    """Turns exceptions into one-line messages unless --debug is given."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; cases already written are kept, rerun to finish", 130)
+        except Exception as exc:
+            if ctx.meta.get("skelprep.debug"):
+                raise
+            from skelprep.build import BuildError
+            from skelprep.io import InputError
+            from skelprep.layout import LayoutError
+            from skelprep.store import StoreError
+
+            if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
+                _fail(str(exc))
+            first = str(exc).strip().splitlines()
+            _fail(f"{type(exc).__name__}: {first[0] if first else ''} (run 'skelprep --debug ...' for details)")
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="skelprep")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Precompute Skeleton Recall targets (tubed skeletons) as Zarr sidecars."""
+    ctx.meta["skelprep.debug"] = debug
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
+@click.option("--workers", type=click.IntRange(min=1), help="Local worker processes [default: CPU count].")
+@click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
+@click.option("--mode", type=click.Choice(["joint", "per-class"]), default="joint", show_default=True)
+@click.option("--radius", type=click.IntRange(min=0), default=2, show_default=True, help="L1 radius of the tube.")
+@click.option("--ignore-label", type=click.IntRange(min=1), help="Label excluded from skeletons and tubes.")
+@click.option("--slice-axis", type=click.IntRange(0, 2), help="Per-slice 2D skeletons along this axis (3D data).")
+@click.option("--masks", metavar="GLOB", help="Mask files, relative to DATASET (** allowed).")
+@click.option("--images", metavar="GLOB", help="Image files, matched to masks by case id.")
+@click.option("--force", is_flag=True, help="Rebuild every case.")
+@click.option("--prune", is_flag=True, help="Delete stored cases whose mask is gone.")
+@click.option("--memory-limit", metavar="SIZE", help="Per-worker memory limit, e.g. 4GB.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def build(
+    ctx: click.Context,
+    dataset: Path,
+    out: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    mode: str,
+    radius: int,
+    ignore_label: int | None,
+    slice_axis: int | None,
+    masks: str | None,
+    images: str | None,
+    force: bool,
+    prune: bool,
+    memory_limit: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Compute tubed skeletons for every mask of DATASET and store them as Zarr."""
+    from skelprep.build import BuildParams
+    from skelprep.build import build as run_build
+
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("--workers and --scheduler exclude each other")
+    report = run_build(
+        dataset,
+        out,
+        params=BuildParams(radius=radius, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis),
+        workers=workers,
+        scheduler=scheduler,
+        force=force,
+        prune=prune,
+        masks=masks,
+        images=images,
+        memory_limit=memory_limit,
+        progress=not no_progress and not as_json,
+    )
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        fallback = sum(o.fallback_components for o in report.built)
+        click.echo(
+            f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
+            f" in {report.seconds:.1f} s -> {report.store}"
+        )
+        if fallback:
+            click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
+        if report.pruned:
+            click.echo(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
+        for outcome in report.failed:
+            click.echo(f"failed: {outcome.reason}", err=True)
+            if ctx.meta.get("skelprep.debug") and outcome.detail:
+                click.echo(outcome.detail, err=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(store: str, as_json: bool) -> None:
+    """Show the cases, parameters and label counts of a built STORE."""
+    from skelprep.store import open_store
+
+    opened = open_store(store)
+    cases = {}
+    for case_id in opened.case_ids:
+        meta = opened.case_attrs(case_id) or {}
+        cases[case_id] = {
+            k: meta.get(k) for k in ("shape", "dtype", "spacing", "axes", "label_counts", "fallback_components", "source")
+        }
+    incomplete = opened.incomplete_case_ids
+    if as_json:
+        _echo_json({"store": store, "attrs": opened.attrs, "cases": cases, "incomplete": incomplete})
+        return
+    attrs = opened.attrs
+    click.echo(f"store     {store}")
+    click.echo(f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}")
+    click.echo(f"dataset   {attrs.get('dataset')} ({attrs.get('layout')})")
+    click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
+    click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
+    width = max((len(c) for c in cases), default=4)
+    click.echo(f"{'case':<{width}}  {'shape':<16} {'tube voxels per class':<30} fallback")
+    for case_id, meta in cases.items():
+        counts = (meta.get("label_counts") or {}).get("tube", {})
+        per_class = " ".join(f"{k}:{v}" for k, v in counts.items()) or "-"
+        shape = "x".join(str(s) for s in meta.get("shape") or [])
+        click.echo(f"{case_id:<{width}}  {shape:<16} {per_class:<30} {meta.get('fallback_components', 0)}")
+    for case_id in incomplete:
+        click.echo(f"{case_id:<{width}}  incomplete (rerun 'skelprep build')")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
+@click.option("--masks", metavar="GLOB")
+@click.option("--images", metavar="GLOB")
+@click.option("--no-data", is_flag=True, help="Skip reading the stored arrays (no corruption check).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def verify(
+    dataset: Path, out: str | None, masks: str | None, images: str | None, no_data: bool, as_json: bool
+) -> None:
+    """Check that the store of DATASET is complete, current and intact (exit 1 if not)."""
+    from skelprep.build import verify as run_verify
+
+    checks = run_verify(dataset, out, masks=masks, images=images, check_data=not no_data)
+    bad = [c for c in checks if c.state != "ok"]
+    if as_json:
+        _echo_json({"ok": not bad, "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks}})
+    else:
+        for check in bad:
+            click.echo(f"{check.state:<15} {check.case_id}: {check.reason}")
+        click.echo(f"{len(checks) - len(bad)} ok, {len(bad)} with problems")
+    sys.exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("case")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+@click.option("--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="Projection axis for 3D.")
+def preview(store: str, case: str, output: Path, axis: int) -> None:
+    """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
+    from PIL import Image
+
+    from skelprep.io import InputError, read_mask
+    from skelprep.preview import render_preview
+    from skelprep.store import open_store
+
+    opened = open_store(store)
+    if case not in opened:
+        known = ", ".join(opened.case_ids[:5]) + (" ..." if len(opened) > 5 else "")
+        _fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
+    targets = opened[case]
+    mask = None
+    dataset = opened.attrs.get("dataset")
+    source = targets.attrs.get("source", "")
+    mask_path = Path(source) if os.path.isabs(source) else Path(dataset or ".") / source
+    try:
+        mask = read_mask(mask_path).array
+    except InputError:
+        click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+    picture = Image.fromarray(render_preview(targets.tube[...], targets.thin[...], mask, axis=axis))
+    scale = max(1, 512 // max(picture.size))  # small cases are enlarged, pixels kept square and sharp
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(output)
+    click.echo(f"wrote {output}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="skelprep")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Discover the cases of a dataset folder: nnU-Net v2 raw, generic labels/images, or globs.
+
+Discovery never reads pixel data. Problems that concern one case (a missing
+image, two masks with the same case id) do not stop discovery: they are listed in
+:attr:`DatasetLayout.problems` so that a build reports them beside the good cases.
+Problems with the dataset as a whole raise :class:`LayoutError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
+
+__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "DEFAULT_STORE_NAME"]
+
+DEFAULT_STORE_NAME = "skeletons.zarr"
+_CHANNEL = re.compile(r"_(\d{4})$")
+
+
+class LayoutError(ValueError):
+    """The dataset folder as a whole cannot be used."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case.
+
+    Attributes
+    ----------
+    case_id : str
+        The mask's path relative to its label folder, without extension
+        (``"case_001"``, ``"left/img_07"``); also its group name in the store.
+    mask : Path
+    images : tuple of Path
+        Image files in channel order (may be empty).
+    """
+
+    case_id: str
+    mask: Path
+    images: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaseProblem:
+    """A case that discovery found but cannot be built, and why."""
+
+    case_id: str
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """What :func:`discover` found in a dataset folder."""
+
+    root: Path
+    kind: str  # "nnunet", "generic" or "glob"
+    cases: tuple[Case, ...]
+    problems: tuple[CaseProblem, ...] = ()
+    ignore_label: int | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    mask_dir: Path | None = None
+
+
+def _walk_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files below ``folder`` with one of ``suffixes``, sorted; hidden entries and stores skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # os.walk does not follow symlinked dirs
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".zarr"))
+        for name in filenames:
+            if not name.startswith(".") and split_suffix(name, suffixes)[1]:
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def _case_id(path: Path, base: Path) -> str:
+    return split_suffix(path.relative_to(base).as_posix(), MASK_SUFFIXES)[0]
+
+
+def _collect_masks(masks: list[Path], base: Path) -> tuple[dict[str, Path], list[CaseProblem]]:
+    by_id: dict[str, list[Path]] = {}
+    for mask in masks:
+        by_id.setdefault(_case_id(mask, base), []).append(mask)
+    unique, problems = {}, []
+    for case_id, paths in by_id.items():
+        if len(paths) == 1:
+            unique[case_id] = paths[0]
+        else:
+            names = ", ".join(p.name for p in paths)
+            problems.append(CaseProblem(case_id, paths[0], f"duplicate case id '{case_id}' ({names})"))
+    return unique, problems
+
+
+def _index_images(images: list[Path], base: Path) -> dict[str, list[tuple[int, Path]]]:
+    """Image files by case id, with their channel index (``_0000`` suffix, or 0)."""
+    index: dict[str, list[tuple[int, Path]]] = {}
+    for image in images:
+        stem = split_suffix(image.relative_to(base).as_posix(), IMAGE_SUFFIXES)[0]
+        match = _CHANNEL.search(stem)
+        channel = int(match.group(1)) if match else 0
+        case_id = stem[: match.start()] if match else stem
+        index.setdefault(case_id, []).append((channel, image))
+    return index
+
+
+def _pair(
+    masks: dict[str, Path], image_index: dict[str, list[tuple[int, Path]]] | None, n_channels: int | None
+) -> tuple[list[Case], list[CaseProblem]]:
+    cases, problems = [], []
+    for case_id, mask in sorted(masks.items()):
+        if image_index is None:
+            cases.append(Case(case_id, mask))
+            continue
+        found = sorted(image_index.get(case_id, []))
+        channels = [c for c, _ in found]
+        if not found:
+            problems.append(CaseProblem(case_id, mask, f"no image found for case '{case_id}'"))
+        elif len(set(channels)) != len(channels):
+            problems.append(CaseProblem(case_id, mask, f"case '{case_id}' has several images for one channel"))
+        elif n_channels is not None and channels != list(range(n_channels)):
+            want = ", ".join(f"_{c:04d}" for c in range(n_channels))
+            problems.append(CaseProblem(case_id, mask, f"case '{case_id}' needs image channels {want}"))
+        else:
+            cases.append(Case(case_id, mask, tuple(p for _, p in found)))
+    return cases, problems
+
+
+def _discover_nnunet(root: Path) -> DatasetLayout:
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise LayoutError(f"{meta_path}: invalid dataset.json (not a JSON object)")
+    ending = meta.get("file_ending")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise LayoutError(f"{meta_path}: 'file_ending' missing or invalid")
+    if ending.lower() not in MASK_SUFFIXES:
+        raise LayoutError(f"{meta_path}: unsupported file_ending '{ending}'")
+    labels_dir = root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise LayoutError(f"{labels_dir}: labels folder named by the nnU-Net layout is missing")
+    label_names: dict[int, str] = {}
+    ignore_label = None
+    for name, value in (meta.get("labels") or {}).items():
+        if isinstance(value, int):  # region-based entries (lists) name no single label
+            label_names[value] = name
+            if name == "ignore":
+                ignore_label = value
+    channels = meta.get("channel_names") or meta.get("modality")
+    n_channels = len(channels) if isinstance(channels, dict) else None
+    masks, problems = _collect_masks(_walk_files(labels_dir, (ending,)), labels_dir)
+    images_dir = root / "imagesTr"
+    image_index = _index_images(_walk_files(images_dir, (ending,)), images_dir) if images_dir.is_dir() else None
+    if image_index is not None and n_channels is not None:
+        # nnU-Net's natural images (RGB PNG) hold all channels in one file.
+        if ending.lower() in (".png", ".jpg") and all(len(v) == 1 for v in image_index.values()):
+            n_channels = 1
+    cases, pair_problems = _pair(masks, image_index, n_channels)
+    return DatasetLayout(
+        root, "nnunet", tuple(cases), tuple(problems + pair_problems), ignore_label, label_names, labels_dir
+    )
+
+
+def _discover_generic(root: Path) -> DatasetLayout:
+    for name in ("labels", "masks", "labelsTr"):
+        labels_dir = root / name
+        if labels_dir.is_dir():
+            break
+    else:
+        raise LayoutError(
+            f"{root}: no dataset.json, labels/ or masks/ folder found; pass --masks GLOB to name the masks"
+        )
+    masks, problems = _collect_masks(_walk_files(labels_dir, MASK_SUFFIXES), labels_dir)
+    images_dir = next((root / n for n in ("images", "imagesTr") if (root / n).is_dir()), None)
+    image_index = _index_images(_walk_files(images_dir, IMAGE_SUFFIXES), images_dir) if images_dir else None
+    cases, pair_problems = _pair(masks, image_index, None)
+    return DatasetLayout(root, "generic", tuple(cases), tuple(problems + pair_problems), mask_dir=labels_dir)
+
+
+def _glob_base(root: Path, pattern: str) -> Path:
+    """The folder above the first wildcard of ``pattern``: case ids are relative to it."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return (root / Path(*fixed)) if fixed else root
+
+
+def _glob_files(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
+    full = pattern if os.path.isabs(pattern) else str(root / pattern)
+    return sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file() and split_suffix(p, suffixes)[1])
+
+
+def _discover_globs(root: Path, masks: str, images: str | None) -> DatasetLayout:
+    mask_files = _glob_files(root, masks, MASK_SUFFIXES)
+    if not mask_files:
+        raise LayoutError(f"{root}: no mask files match '{masks}'")
+    mask_base = _glob_base(root, masks)
+    found, problems = _collect_masks(mask_files, mask_base)
+    image_index = None
+    if images is not None:
+        image_index = _index_images(_glob_files(root, images, IMAGE_SUFFIXES), _glob_base(root, images))
+    cases, pair_problems = _pair(found, image_index, None)
+    return DatasetLayout(root, "glob", tuple(cases), tuple(problems + pair_problems), mask_dir=mask_base)
+
+
+def discover(dataset: str | os.PathLike, masks: str | None = None, images: str | None = None) -> DatasetLayout:
+    """Find the cases of a dataset folder.
+
+    Parameters
+    ----------
+    dataset : path
+        The dataset folder.
+    masks, images : str, optional
+        Glob patterns relative to ``dataset`` (``**`` allowed). Case ids are the
+        mask paths relative to the pattern's fixed leading folders; images are
+        matched to masks by that id (with an optional ``_0000`` channel suffix).
+
+    Returns
+    -------
+    DatasetLayout
+
+    Notes
+    -----
+    Without globs: a folder with ``dataset.json`` is read as nnU-Net v2 raw
+    (``labelsTr/``, ``imagesTr/`` with ``_0000`` channel suffixes, ``file_ending``;
+    a label named ``ignore`` becomes the ignore label); otherwise a ``labels/``
+    (or ``masks/``) folder with optional ``images/`` is used.
+    """
+    root = Path(dataset)
+    if not root.exists():
+        raise LayoutError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise LayoutError(f"{root}: not a folder")
+    if masks is not None:
+        return _discover_globs(root, masks, images)
+    if images is not None:
+        raise LayoutError("--images needs --masks")
+    if (root / "dataset.json").exists():
+        return _discover_nnunet(root)
+    return _discover_generic(root)
+

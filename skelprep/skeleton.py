@@ -1,0 +1,409 @@
+"""Tubed skeletons of label maps: the target of the Skeleton Recall loss.
+
+Pure functions on numpy arrays (numpy, scipy and scikit-image only; no I/O).
+
+The default recipe reproduces the reference implementation of Kirchhoff et al.
+(ECCV 2024) voxel for voxel:
+
+1. ``fg = labels > 0``
+2. ``thin = skimage.morphology.skeletonize(fg)`` (Zhang in 2D, Lee in 3D)
+3. ``tube = dilate(thin, L1 ball of radius 2)`` (two connectivity-1 dilations)
+4. ``tube_labels = tube * labels``
+
+and adds what the reference lacks: an ignore label that is not skeletonized,
+per-class skeletons, per-slice (2D) skeletons of volumes, and a guarantee that
+no connected foreground component loses its skeleton entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
+
+from skelprep._thinning import thin_3d
+
+__all__ = [
+    "SkeletonTargets",
+    "skeleton_targets",
+    "thin_skeleton",
+    "tubed_skeleton",
+    "tube_from_thin",
+    "skeletonize_mask",
+]
+
+Mode = Literal["joint", "per-class"]
+MODES: tuple[str, ...] = ("joint", "per-class")
+
+
+@dataclass(frozen=True)
+class SkeletonTargets:
+    """Thin and tubed skeletons of one label map.
+
+    Attributes
+    ----------
+    thin : ndarray
+        Thin skeleton, each voxel carrying the label of the mask there.
+    tube : ndarray
+        The thin skeleton dilated by an L1 ball of ``radius``, multiplied by the labels.
+    fallback_components : int
+        Connected foreground components whose skeleton scikit-image returned
+        empty and that were given one by :func:`skeletonize_mask`'s fallback.
+    """
+
+    thin: np.ndarray
+    tube: np.ndarray
+    fallback_components: int
+
+
+def _check_labels(labels: np.ndarray, *, allow_ndim: tuple[int, ...] = (2, 3)) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer or boolean array, got dtype {labels.dtype}")
+    if labels.ndim not in allow_ndim:
+        raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be non-negative, found {labels.min()}")
+    return labels
+
+
+def _foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` grown by ``margin`` (clipped to the array), or None if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(hit[0] - margin, 0), min(hit[-1] + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
+    """scikit-image's skeleton of a binary mask, computed on its bounding box.
+
+    Both thinnings treat the outside of the array as background and only look at
+    3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    box = _foreground_box(mask, margin=1)
+    if box is None:
+        return out
+    crop = mask[box]
+    out[box] = thin_3d(crop) if crop.ndim == 3 else skeletonize(crop)
+    return out
+
+
+def _fallback_skeleton(component: np.ndarray) -> np.ndarray:
+    """Skeleton for a component that thinning deleted whole.
+
+    Lee's (and Zhang's) thinning deletes some perfectly symmetric shapes entirely,
+    e.g. straight bars of even width (scikit-image issue 3757): every voxel is a
+    deletable border voxel and no ordering keeps one. We break the symmetry with an
+    asymmetric one-voxel erosion (keep a voxel only if its successor along every
+    axis is foreground too), which turns even widths odd, and thin again. If that
+    still gives nothing, the component keeps its single deepest voxel (largest
+    distance to the background), the one nearest the centroid.
+    """
+    current = component
+    for _ in range(3):
+        eroded = current.copy()
+        for axis in range(current.ndim):
+            successor = np.zeros_like(current)
+            src = [slice(None)] * current.ndim
+            dst = [slice(None)] * current.ndim
+            src[axis], dst[axis] = slice(1, None), slice(None, -1)
+            successor[tuple(dst)] = current[tuple(src)]
+            eroded &= successor
+        if not eroded.any():
+            break
+        thin = _skeletonize_raw(eroded)
+        if thin.any():
+            return thin
+        current = eroded
+    depth = ndi.distance_transform_edt(np.pad(component, 1))[(slice(1, -1),) * component.ndim]
+    deepest = np.argwhere(depth == depth.max())
+    centroid = np.argwhere(component).mean(axis=0)
+    pick = deepest[np.argmin(((deepest - centroid) ** 2).sum(axis=1))]
+    out = np.zeros_like(component)
+    out[tuple(pick)] = True
+    return out
+
+
+def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Skeleton of a binary mask in which every connected component keeps a skeleton.
+
+    Equal to ``skimage.morphology.skeletonize(mask)`` (Zhang in 2D, Lee in 3D)
+    wherever that keeps at least one voxel of every connected component
+    (8-connected in 2D, 26-connected in 3D). A component it deletes entirely is
+    given a fallback skeleton inside it (see Notes).
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        2D or 3D binary mask.
+
+    Returns
+    -------
+    thin : ndarray of bool
+        The skeleton.
+    fallback_components : int
+        How many components needed the fallback.
+
+    Notes
+    -----
+    Fallback: an asymmetric one-voxel erosion (keep a voxel only if its successor
+    along every axis is foreground), which makes even widths odd, then thinning
+    again (up to three times); failing that, the component's deepest voxel
+    nearest its centroid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bar = np.zeros((8, 8, 36), bool)
+    >>> bar[2:4, 2:4, 3:33] = True          # scikit-image's Lee deletes this bar whole
+    >>> thin, n_fallback = skeletonize_mask(bar)
+    >>> n_fallback, bool(thin.any()), bool((thin <= bar).all())
+    (1, True, True)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    thin = _skeletonize_raw(mask)
+    box = _foreground_box(mask, margin=0)
+    if box is None:
+        return thin, 0
+    components, n = ndi.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[components[thin[box]]] = True
+    missing = np.flatnonzero(~kept[1:]) + 1
+    if missing.size:
+        thin_box = thin[box]  # a view: writes land in ``thin``
+        slices = ndi.find_objects(components)
+        for index in missing:
+            sl = slices[index - 1]
+            thin_box[sl] |= _fallback_skeleton(components[sl] == index)
+    return thin, int(missing.size)
+
+
+def _cross(ndim: int, slice_axis: int | None) -> np.ndarray:
+    """Connectivity-1 cross; flat (no neighbours along ``slice_axis``) for per-slice work."""
+    cross = ndi.generate_binary_structure(ndim, 1)
+    if slice_axis is not None:
+        keep = [slice(None)] * ndim
+        keep[slice_axis] = 1
+        flat = np.zeros_like(cross)
+        flat[tuple(keep)] = cross[tuple(keep)]
+        cross = flat
+    return cross
+
+
+def _dilate_l1(mask: np.ndarray, radius: int, slice_axis: int | None) -> np.ndarray:
+    """Binary dilation by the L1 ball of ``radius`` (``radius`` connectivity-1 dilations)."""
+    if radius == 0:
+        return mask.copy()
+    out = np.zeros_like(mask)
+    box = _foreground_box(mask, margin=radius)  # dilate only around the skeleton
+    if box is not None:
+        out[box] = ndi.binary_dilation(mask[box], structure=_cross(mask.ndim, slice_axis), iterations=radius)
+    return out
+
+
+def tube_from_thin(
+    thin: np.ndarray,
+    radius: int = 2,
+    labels: np.ndarray | None = None,
+    *,
+    slice_axis: int | None = None,
+) -> np.ndarray:
+    """Dilate a (labelled) thin skeleton into a tube.
+
+    Parameters
+    ----------
+    thin : ndarray
+        Thin skeleton, boolean or labelled (e.g. the ``thin`` array of a store).
+    radius : int
+        Radius of the L1 ball; ``radius`` dilations with the connectivity-1 cross.
+    labels : ndarray, optional
+        Label map to multiply the tube by (the recipe). Without it, each tube voxel
+        takes the largest skeleton label within ``radius``.
+    slice_axis : int, optional
+        Dilate within the slices normal to this axis only.
+
+    Returns
+    -------
+    ndarray
+        The tube, with the dtype of ``labels`` (or of ``thin``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> thin = np.zeros((5, 5), np.uint8)
+    >>> thin[2, 2] = 3
+    >>> tube_from_thin(thin, radius=1)
+    array([[0, 0, 0, 0, 0],
+           [0, 0, 3, 0, 0],
+           [0, 3, 3, 3, 0],
+           [0, 0, 3, 0, 0],
+           [0, 0, 0, 0, 0]], dtype=uint8)
+    """
+    thin = np.asarray(thin)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != thin.shape:
+            raise ValueError(f"labels shape {labels.shape} differs from thin shape {thin.shape}")
+        return _dilate_l1(thin > 0, radius, slice_axis) * labels
+    if thin.dtype == bool:
+        return _dilate_l1(thin, radius, slice_axis)
+    out = thin.copy()
+    cross = _cross(thin.ndim, slice_axis)
+    for _ in range(radius):
+        out = ndi.grey_dilation(out, footprint=cross, mode="constant", cval=0)
+    return out
+
+
+def _thin_mask(
+    labels: np.ndarray, mode: str, slice_axis: int | None
+) -> tuple[np.ndarray, int]:
+    """Binary thin skeleton of the foreground of ``labels`` (ignore label already removed)."""
+    if slice_axis is not None:
+        if labels.ndim != 3:
+            raise ValueError(f"slice_axis needs a 3D label map, got {labels.ndim}D")
+        if not -3 <= slice_axis < 3:
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+        thin = np.zeros(labels.shape, dtype=bool)
+        total = 0
+        for k in range(labels.shape[slice_axis]):
+            index = [slice(None)] * 3
+            index[slice_axis] = k
+            thin[tuple(index)], n = _thin_mask(labels[tuple(index)], mode, None)
+            total += n
+        return thin, total
+    if mode == "joint":
+        return skeletonize_mask(labels > 0)
+    thin = np.zeros(labels.shape, dtype=bool)
+    total = 0
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        class_mask = labels == value
+        box = _foreground_box(class_mask, margin=1)
+        class_thin, n = skeletonize_mask(class_mask[box])
+        thin[box] |= class_thin
+        total += n
+    return thin, total
+
+
+def skeleton_targets(
+    labels: np.ndarray,
+    *,
+    radius: int = 2,
+    mode: Mode = "joint",
+    ignore_label: int | None = None,
+    slice_axis: int | None = None,
+) -> SkeletonTargets:
+    """Thin and tubed skeletons of a 2D or 3D label map.
+
+    Parameters
+    ----------
+    labels : ndarray of int or bool
+        Label map; 0 is background, every other value a class.
+    radius : int
+        Radius of the L1 ball that dilates the thin skeleton into the tube
+        (2 in the reference: two dilations with the connectivity-1 cross).
+    mode : {"joint", "per-class"}
+        ``"joint"`` skeletonizes the union of all classes (the reference);
+        ``"per-class"`` skeletonizes each class on its own, so touching classes
+        keep their own centrelines.
+    ignore_label : int, optional
+        Voxels with this value are neither skeletonized nor part of the outputs
+        (the reference wrongly treats them as foreground).
+    slice_axis : int, optional
+        For 3D maps: apply the 2D recipe (Zhang thinning, in-plane dilation) to
+        each slice normal to this axis, as a 2D network sees the data.
+
+    Returns
+    -------
+    SkeletonTargets
+        ``thin`` and ``tube`` label maps with the shape and dtype of ``labels``,
+        and the number of components that needed the empty-skeleton fallback.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((9, 9), np.uint8)
+    >>> labels[3:6, 1:8] = 2
+    >>> t = skeleton_targets(labels, radius=1)
+    >>> t.thin[4]
+    array([0, 2, 2, 2, 2, 2, 0, 0, 0], dtype=uint8)
+    >>> int(t.tube.sum() // 2), t.fallback_components
+    (18, 0)
+    """
+    labels = _check_labels(labels)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if ignore_label is not None:
+        if ignore_label == 0:
+            raise ValueError("ignore_label must not be 0 (the background)")
+        labels = np.where(labels == ignore_label, 0, labels).astype(labels.dtype, copy=False)
+    thin_mask, n_fallback = _thin_mask(labels, mode, slice_axis)
+    tube_mask = _dilate_l1(thin_mask, radius, slice_axis)
+    return SkeletonTargets(
+        thin=thin_mask * labels, tube=tube_mask * labels, fallback_components=n_fallback
+    )
+
+
+def thin_skeleton(
+    labels: np.ndarray,
+    *,
+    mode: Mode = "joint",
+    ignore_label: int | None = None,
+    slice_axis: int | None = None,
+) -> np.ndarray:
+    """Labelled thin skeleton of a label map (``skeleton_targets(...).thin``).
+
+    See :func:`skeleton_targets` for the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((7, 7), np.uint8)
+    >>> labels[2:5, 1:6] = 1
+    >>> thin_skeleton(labels)[3]
+    array([0, 1, 1, 1, 0, 0, 0], dtype=uint8)
+    """
+    return skeleton_targets(labels, radius=0, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis).thin
+
+
+def tubed_skeleton(
+    labels: np.ndarray,
+    *,
+    radius: int = 2,
+    mode: Mode = "joint",
+    ignore_label: int | None = None,
+    slice_axis: int | None = None,
+) -> np.ndarray:
+    """Labelled tubed skeleton of a label map: the Skeleton Recall target.
+
+    See :func:`skeleton_targets` for the parameters. With the defaults this equals
+    the reference recipe ``dilation(dilation(skeletonize(labels > 0))) * labels``
+    voxel for voxel (where every component keeps a skeleton).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((7, 9), np.uint8)
+    >>> labels[3, 1:8] = 1
+    >>> tubed_skeleton(labels, radius=1).sum()  # tube * labels keeps only the line itself
+    np.uint64(7)
+    """
+    return skeleton_targets(
+        labels, radius=radius, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis
+    ).tube

@@ -1,0 +1,321 @@
+"""The Zarr sidecar store (format version 1): write a case, read cases, tell what is built.
+
+Layout (see DESIGN.md)::
+
+    <out>/                      zarr v3 group, attrs["skelprep"] = {format_version, params, versions, ...}
+      <case_id>/                one group per case
+         tube, thin             uint8/uint16 label maps in the mask's voxel order
+         attrs["skelprep"]      {source, fingerprint, params, shape, axes, spacing, affine,
+                                 label_counts, fallback_components, checksums, complete}
+
+A case is written as: delete the old group, create the group with
+``complete: false``, write both arrays, then rewrite the group's attributes
+with ``complete: true`` (zarr's local store replaces ``zarr.json`` atomically).
+A case without ``complete: true`` is never reported as built. Chunks carry a
+CRC-32C checksum, and the attributes a SHA-256 of each array's bytes, so that
+altered or missing chunks are detected by :func:`verify_case_data`.
+
+Reading needs nothing but zarr: ``zarr.open_group(out)["case_001/tube"][...]``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ARRAY_NAMES",
+    "StoreError",
+    "CaseTargets",
+    "SkeletonStore",
+    "open_store",
+    "open_root",
+    "write_case",
+    "delete_case",
+    "finalize_store",
+    "array_checksum",
+    "label_counts",
+    "chunk_shape",
+    "verify_case_data",
+]
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "skelprep"
+ARRAY_NAMES: tuple[str, ...] = ("tube", "thin")
+_CHUNK = {2: (256, 256), 3: (64, 64, 64)}
+# Shards bundle chunks into few files; reading a patch still decodes only its chunks.
+_SHARD_CHUNKS = {2: (8, 8), 3: (4, 4, 4)}
+
+
+class StoreError(ValueError):
+    """A store that is missing, unreadable, of another format, or lacks a case."""
+
+
+def label_counts(array: np.ndarray) -> dict[str, int]:
+    """Voxel count of every non-zero label, keyed by the label as a string (JSON keys)."""
+    counts = np.bincount(array.ravel())
+    return {str(v): int(counts[v]) for v in np.flatnonzero(counts) if v != 0}
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's C-order bytes; stored so ``verify`` can check the data."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def chunk_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunks, shards) for an array: 256² / 64³ chunks for patch reads, a few chunks per shard."""
+    ndim = len(shape)
+    chunks = tuple(min(c, s) for c, s in zip(_CHUNK[ndim], shape, strict=True))
+    shards = tuple(
+        c * min(k, math.ceil(s / c)) for c, k, s in zip(chunks, _SHARD_CHUNKS[ndim], shape, strict=True)
+    )
+    return chunks, shards
+
+
+def _label_dtype(*arrays: np.ndarray) -> np.dtype:
+    high = max((int(a.max()) if a.size else 0) for a in arrays)
+    return np.dtype(np.uint8 if high <= 255 else np.uint16)
+
+
+def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """Open the store's root group without trusting consolidated metadata (it may be stale)."""
+    try:
+        return zarr.open_group(os.fspath(path), mode=mode, use_consolidated=False)
+    except FileNotFoundError:
+        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from None
+    except Exception as exc:  # zarr raises several types for "not a group"
+        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from None
+
+
+def delete_case(root: zarr.Group, case_id: str) -> None:
+    """Remove a case group (no error if absent)."""
+    try:
+        del root[case_id]
+    except KeyError:
+        pass
+
+
+def write_case(
+    root: zarr.Group,
+    case_id: str,
+    *,
+    tube: np.ndarray,
+    thin: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write one case so that it is never seen as complete before all its data are.
+
+    Parameters
+    ----------
+    root : zarr.Group
+        The store's root group, opened writable.
+    case_id : str
+        Group path of the case (may contain ``/``).
+    tube, thin : ndarray
+        Label maps of the mask's shape; stored as uint8, or uint16 when a label
+        exceeds 255.
+    attrs : mapping
+        Provenance (source, fingerprint, params, spacing, ...); ``shape``,
+        ``dtype``, ``label_counts``, ``checksums`` and ``complete`` are added here.
+    """
+    if tube.shape != thin.shape:
+        raise ValueError(f"tube shape {tube.shape} differs from thin shape {thin.shape}")
+    delete_case(root, case_id)
+    dtype = _label_dtype(tube, thin)
+    meta = dict(attrs)
+    meta.update(
+        shape=list(tube.shape),
+        dtype=dtype.name,
+        label_counts={name: label_counts(arr) for name, arr in (("tube", tube), ("thin", thin))},
+        checksums={},
+        complete=False,
+    )
+    group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
+    chunks, shards = chunk_shape(tube.shape)
+    for name, data in (("tube", tube), ("thin", thin)):
+        data = np.ascontiguousarray(data, dtype=dtype)
+        array = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            fill_value=0,
+        )
+        array[...] = data
+        meta["checksums"][name] = array_checksum(data)
+    meta["complete"] = True
+    group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
+
+
+def finalize_store(root: zarr.Group, path: str | os.PathLike) -> None:
+    """Record the list of complete cases in the root attributes and consolidate metadata."""
+    store = SkeletonStore(root, path)
+    meta = dict(root.attrs.get(ATTRS_KEY, {}))
+    meta["cases"] = store.case_ids
+    meta["updated"] = _now()
+    root.attrs.update({ATTRS_KEY: meta})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
+        zarr.consolidate_metadata(root.store)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CaseTargets:
+    """The stored targets of one case.
+
+    Attributes
+    ----------
+    case_id : str
+    tube, thin : zarr.Array
+        Lazily read label maps; ``case.tube[...]`` gives a numpy array,
+        ``case.tube[10:74, 0:64, 0:64]`` reads only the chunks it needs.
+    attrs : dict
+        The case's provenance attributes.
+    """
+
+    case_id: str
+    tube: zarr.Array
+    thin: zarr.Array
+    attrs: dict[str, Any]
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(self.attrs.get("spacing") or (1.0,) * len(self.attrs["shape"]))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.attrs["shape"])
+
+
+class SkeletonStore(Mapping[str, CaseTargets]):
+    """A built store: a read-only mapping from case id to :class:`CaseTargets`.
+
+    Only complete cases are listed. Use :func:`open_store` to open one.
+    """
+
+    def __init__(self, root: zarr.Group, path: str | os.PathLike) -> None:
+        self.root = root
+        self.path = os.fspath(path)
+        meta = root.attrs.get(ATTRS_KEY)
+        if not isinstance(meta, dict):
+            raise StoreError(f"{self.path}: not a skelprep store (no 'skelprep' attributes)")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format version {version}, this skelprep reads {FORMAT_VERSION}")
+        self.attrs: dict[str, Any] = meta
+        self._case_ids: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"SkeletonStore({self.path!r}, cases={len(self)})"
+
+    def case_attrs(self, case_id: str) -> dict[str, Any] | None:
+        """The case's attributes, complete or not; None if the group is absent or unreadable."""
+        try:
+            group = self.root[case_id]
+            meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
+        except Exception:  # a missing or half-written group is simply "not built"
+            return None
+        return dict(meta) if isinstance(meta, dict) else None
+
+    def _scan(self) -> tuple[list[str], list[str]]:
+        """(complete, incomplete) case ids, found by walking the group tree."""
+        complete, incomplete = [], []
+        try:
+            members = list(self.root.members(max_depth=None))
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})") from None
+        for name, node in members:
+            if not isinstance(node, zarr.Group):
+                continue
+            meta = node.attrs.get(ATTRS_KEY)
+            if isinstance(meta, dict) and "source" in meta:
+                (complete if meta.get("complete") is True else incomplete).append(name)
+        return sorted(complete), sorted(incomplete)
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Ids of the complete cases, sorted."""
+        if self._case_ids is None:
+            self._case_ids = self._scan()[0]
+        return list(self._case_ids)
+
+    @property
+    def incomplete_case_ids(self) -> list[str]:
+        """Ids of case groups whose writing did not finish."""
+        return self._scan()[1]
+
+    def __getitem__(self, case_id: str) -> CaseTargets:
+        meta = self.case_attrs(case_id)
+        if meta is None:
+            raise KeyError(case_id)
+        if meta.get("complete") is not True:
+            raise StoreError(f"{self.path}: case '{case_id}' is incomplete (its build did not finish)")
+        group = self.root[case_id]
+        return CaseTargets(case_id, group["tube"], group["thin"], meta)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.case_ids)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __contains__(self, case_id: object) -> bool:
+        meta = self.case_attrs(case_id) if isinstance(case_id, str) else None
+        return bool(meta and meta.get("complete") is True)
+
+
+def open_store(path: str | os.PathLike) -> SkeletonStore:
+    """Open a built store for reading.
+
+    Parameters
+    ----------
+    path : path or URL
+        The store (``<dataset>/skeletons.zarr`` by default), or any URL zarr opens.
+
+    Returns
+    -------
+    SkeletonStore
+        Mapping of case id to :class:`CaseTargets` (complete cases only).
+
+    Examples
+    --------
+    >>> store = open_store("examples/vessels2d/skeletons.zarr")  # doctest: +SKIP
+    >>> case = store["Image_11L_1stHO"]                          # doctest: +SKIP
+    >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
+    """
+    return SkeletonStore(open_root(path, mode="r"), path)
+
+
+def verify_case_data(case: CaseTargets) -> list[str]:
+    """Problems with a case's stored data: checksum or CRC failures, wrong shape. Empty if sound."""
+    problems = []
+    for name in ARRAY_NAMES:
+        array = getattr(case, name)
+        expected = case.attrs.get("checksums", {}).get(name)
+        try:
+            data = array[...]
+        except Exception as exc:  # the CRC-32C codec raises on altered chunk bytes
+            problems.append(f"{name}: unreadable data ({type(exc).__name__}: {exc})")
+            continue
+        if list(data.shape) != list(case.attrs.get("shape", [])):
+            problems.append(f"{name}: shape {data.shape} differs from recorded {case.attrs.get('shape')}")
+        elif expected != array_checksum(data):
+            problems.append(f"{name}: data checksum mismatch (chunks altered or missing)")
+    return problems

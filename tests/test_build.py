@@ -1,0 +1,133 @@
+"""The Dask build: correctness, incrementality, worker-count invariance, schedulers, failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from skelprep import open_store, skeleton_targets
+from skelprep.build import BuildError, BuildParams, _store_lock, build, verify
+from skelprep.io import read_mask
+from skelprep.layout import discover
+
+from .conftest import write_png
+
+
+def _arrays(store_path):
+    store = open_store(store_path)
+    return {c: (store[c].tube[...], store[c].thin[...]) for c in store.case_ids}
+
+
+def test_build_matches_core_and_is_incremental(octa_dataset):
+    report = build(octa_dataset, workers=2)
+    assert report.ok and len(report.built) == 4
+    store = open_store(octa_dataset / "skeletons.zarr")
+    for case in discover(octa_dataset).cases:
+        labels = read_mask(case.mask).array
+        expected = skeleton_targets(labels)
+        stored = store[case.case_id]
+        np.testing.assert_array_equal(stored.tube[...], expected.tube)
+        np.testing.assert_array_equal(stored.thin[...], expected.thin)
+        assert stored.attrs["fallback_components"] == expected.fallback_components
+        assert stored.attrs["source"] == f"labelsTr/{case.case_id}.nii.gz"
+        assert stored.attrs["axes"] == "ijk" and len(stored.attrs["affine"]) == 4
+    assert store.attrs["cases"] == [f"octa_{i:03d}" for i in range(4)]
+    assert store.attrs["params"]["radius"] == 2
+
+    # unchanged dataset: nothing recomputed
+    again = build(octa_dataset, workers=2)
+    assert len(again.up_to_date) == 4 and not again.built
+
+    # one changed mask: exactly that case
+    mask = octa_dataset / "labelsTr" / "octa_002.nii.gz"
+    import nibabel as nib
+
+    img = nib.load(mask)
+    data = np.asarray(img.dataobj).copy()
+    data[:8] = 0
+    nib.save(nib.Nifti1Image(data, img.affine), mask)
+    changed = build(octa_dataset, workers=1)
+    assert [o.case_id for o in changed.built] == ["octa_002"] and len(changed.up_to_date) == 3
+    np.testing.assert_array_equal(
+        open_store(octa_dataset / "skeletons.zarr")["octa_002"].tube[...], skeleton_targets(data.astype(np.uint8)).tube
+    )
+
+    # changed parameters: everything; --force: everything
+    assert len(build(octa_dataset, workers=2, params=BuildParams(radius=1)).built) == 4
+    assert len(build(octa_dataset, workers=2, params=BuildParams(radius=1), force=True).built) == 4
+    assert all(c.state == "ok" for c in verify(octa_dataset))
+
+
+def test_identical_output_with_one_and_two_workers(cracks_dataset, tmp_path):
+    build(cracks_dataset, tmp_path / "one.zarr", workers=1)
+    build(cracks_dataset, tmp_path / "two.zarr", workers=2)
+    one, two = _arrays(tmp_path / "one.zarr"), _arrays(tmp_path / "two.zarr")
+    assert one.keys() == two.keys() and len(one) == 3
+    for case_id in one:
+        for a, b in zip(one[case_id], two[case_id], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert {int(v) for v in np.unique(one["crack_000"][0])} <= {0, 1, 2, 3}
+
+
+def test_build_on_existing_local_cluster(cracks_dataset, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True) as cluster:
+        report = build(cracks_dataset, tmp_path / "c.zarr", scheduler=cluster.scheduler_address)
+    assert report.ok and len(report.built) == 3
+    assert all(c.state == "ok" for c in verify(cracks_dataset, tmp_path / "c.zarr"))
+
+
+def test_failed_cases_do_not_stop_the_build(tmp_path):
+    root = tmp_path / "ds"
+    mask = np.zeros((30, 30), np.uint8)
+    mask[10:14, 3:27] = 1
+    write_png(root / "labels" / "good.png", mask)
+    (root / "labels" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    report = build(root, workers=1)
+    assert [o.case_id for o in report.built] == ["good"]
+    assert [o.case_id for o in report.failed] == ["broken"]
+    assert "broken.png" in report.failed[0].reason and "\n" not in report.failed[0].reason
+    assert not report.ok
+
+
+def test_modes_and_ignore_label_from_dataset_json(tmp_path):
+    root = tmp_path / "nn"
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "a": 1, "ignore": 3}, "file_ending": ".png"}')
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:16, 2:38] = 1
+    mask[5:25, 18:22] = 3
+    write_png(root / "labelsTr" / "c.png", mask)
+    report = build(root, workers=1, params=BuildParams(mode="per-class"))
+    assert report.ok
+    case = open_store(root / "skeletons.zarr")["c"]
+    assert case.attrs["params"]["ignore_label"] == 3 and case.attrs["params"]["mode"] == "per-class"
+    np.testing.assert_array_equal(case.tube[...], skeleton_targets(mask, ignore_label=3, mode="per-class").tube)
+
+
+def test_second_build_on_locked_store_refuses(octa_dataset):
+    out = os.fspath(octa_dataset / "skeletons.zarr")
+    with _store_lock(out):
+        with pytest.raises(BuildError, match="another skelprep build"):
+            build(octa_dataset, workers=1)
+
+
+def test_verify_reports_states(octa_dataset):
+    build(octa_dataset, workers=2)
+    store = octa_dataset / "skeletons.zarr"
+    (octa_dataset / "labelsTr" / "octa_000.nii.gz").write_bytes(
+        (octa_dataset / "labelsTr" / "octa_001.nii.gz").read_bytes()
+    )
+    shutil.rmtree(store / "octa_001" / "thin" / "c")  # all chunks of one array gone
+    (octa_dataset / "labelsTr" / "octa_003.nii.gz").unlink()
+    states = {c.case_id: c.state for c in verify(octa_dataset)}
+    assert states == {"octa_000": "stale", "octa_001": "corrupt", "octa_002": "ok", "octa_003": "orphan"}
+    report = build(octa_dataset, workers=1, prune=True)
+    assert report.pruned == ["octa_003"] and sorted(o.case_id for o in report.built) == ["octa_000"]
+    # the corrupt case still has matching fingerprints: verify finds it, --force repairs it
+    build(octa_dataset, workers=1, force=True)
+    assert all(c.state == "ok" for c in verify(octa_dataset))

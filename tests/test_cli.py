@@ -1,0 +1,89 @@
+"""Every CLI command, its output streams and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from skelprep.cli import cli
+
+from .conftest import write_png
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_build_info_verify_preview(runner, cracks_dataset, tmp_path):
+    result = runner.invoke(cli, ["build", str(cracks_dataset), "--workers", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "3 built, 0 up to date, 0 failed" in result.stdout
+    result = runner.invoke(cli, ["build", str(cracks_dataset), "--json"])
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and sorted(summary["up_to_date"]) == ["crack_000", "crack_001", "crack_002"]
+
+    store = str(cracks_dataset / "skeletons.zarr")
+    result = runner.invoke(cli, ["info", store])
+    assert result.exit_code == 0 and "crack_001" in result.stdout and "3 complete" in result.stdout
+    info = json.loads(runner.invoke(cli, ["info", store, "--json"]).stdout)
+    assert info["attrs"]["params"]["mode"] == "joint" and set(info["cases"]) == {"crack_000", "crack_001", "crack_002"}
+
+    result = runner.invoke(cli, ["verify", str(cracks_dataset)])
+    assert result.exit_code == 0 and "3 ok, 0 with problems" in result.stdout
+
+    out = tmp_path / "p.png"
+    result = runner.invoke(cli, ["preview", store, "crack_000", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rgb = np.asarray(Image.open(out))
+    assert rgb.shape == (640, 1024, 3) and (rgb == 255).all(axis=-1).any() and (rgb == 70).all(axis=-1).any()
+
+    result = runner.invoke(cli, ["preview", store, "nope", "-o", str(out)])
+    assert result.exit_code == 1 and "no complete case 'nope'" in result.stderr
+
+
+def test_preview_3d_is_a_projection(runner, octa_dataset, tmp_path):
+    assert runner.invoke(cli, ["build", str(octa_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
+    out = tmp_path / "p.png"
+    result = runner.invoke(cli, ["preview", str(octa_dataset / "skeletons.zarr"), "octa_000", "-o", str(out), "--axis", "2"])
+    assert result.exit_code == 0
+    # 64 x 64 projection, enlarged (nearest) so a person can see it
+    assert np.asarray(Image.open(out)).shape == (512, 512, 3)
+
+
+def test_failures_give_one_line_and_exit_1(runner, tmp_path):
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "ok.png", np.eye(20, dtype=np.uint8))
+    (root / "labels" / "bad.png").write_text("not a png")
+    result = runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 1
+    assert "1 built, 0 up to date, 1 failed" in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert len(lines) == 1 and "bad.png" in lines[0] and "Traceback" not in result.stderr
+    verify = runner.invoke(cli, ["verify", str(root)])
+    assert verify.exit_code == 1 and "missing" in verify.stdout and "bad" in verify.stdout
+
+
+def test_usage_and_dataset_errors(runner, tmp_path):
+    assert runner.invoke(cli, ["build"]).exit_code == 2
+    assert runner.invoke(cli, ["build", str(tmp_path), "--mode", "both"]).exit_code == 2
+    result = runner.invoke(cli, ["build", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and result.stderr.startswith("skelprep: error:") and "Traceback" not in result.stderr
+    result = runner.invoke(cli, ["info", str(tmp_path / "none.zarr")])
+    assert result.exit_code == 1 and "no skelprep store" in result.stderr
+    result = runner.invoke(cli, ["build", str(tmp_path), "--workers", "2", "--scheduler", "tcp://x:1"])
+    assert result.exit_code == 2
+
+
+def test_console_script_and_debug_traceback(tmp_path):
+    exe = [sys.executable, "-m", "skelprep.cli"]
+    plain = subprocess.run(exe + ["info", str(tmp_path / "x.zarr")], capture_output=True, text=True)
+    assert plain.returncode == 1 and len(plain.stderr.strip().splitlines()) == 1
+    version = subprocess.run(exe + ["--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "skelprep" in version.stdout

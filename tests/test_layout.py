@@ -1,0 +1,98 @@
+"""Dataset discovery: nnU-Net raw, generic folders, globs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skelprep.layout import LayoutError, discover
+
+from .conftest import EXAMPLES, SHARED, needs, write_png
+
+MASK = np.zeros((8, 8), np.uint8)
+
+
+def test_nnunet_shared_datasets():
+    cracks = discover(needs(SHARED / "nnunet" / "Dataset001_RoadCracks"))
+    assert cracks.kind == "nnunet" and len(cracks.cases) == 6 and not cracks.problems
+    assert cracks.cases[0].case_id == "crack_000" and cracks.cases[0].images[0].name == "crack_000_0000.png"
+    assert cracks.label_names[3] == "crack"
+    octa = discover(needs(SHARED / "nnunet" / "Dataset002_OCTA"))
+    assert [c.case_id for c in octa.cases] == [f"octa_{i:03d}" for i in range(4)]
+
+
+def _nnunet(tmp_path, labels, channels=("CT",), ending=".png"):
+    root = tmp_path / "ds"
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "imagesTr").mkdir()
+    meta = {"labels": labels, "channel_names": dict(enumerate(channels)), "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_nnunet_ignore_label_multichannel_and_missing_images(tmp_path):
+    root = _nnunet(tmp_path, {"background": 0, "vessel": 1, "ignore": 2}, channels=("T1", "T2"))
+    for case in ("a", "b", "c"):
+        write_png(root / "labelsTr" / f"{case}.png", MASK)
+    for ch in (0, 1):
+        write_png(root / "imagesTr" / f"a_{ch:04d}.png", MASK)
+    write_png(root / "imagesTr" / "b_0000.png", MASK)  # b lacks channel 1, c has no image
+    layout = discover(root)
+    assert layout.ignore_label == 2
+    assert [c.case_id for c in layout.cases] == ["a"] and len(layout.cases[0].images) == 2
+    problems = {p.case_id: p.reason for p in layout.problems}
+    assert "_0001" in problems["b"] and "no image" in problems["c"]
+
+
+def test_nnunet_bad_dataset_json(tmp_path):
+    root = _nnunet(tmp_path, {"background": 0})
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(LayoutError, match="invalid dataset.json"):
+        discover(root)
+    (root / "dataset.json").write_text(json.dumps({"labels": {}, "file_ending": ".png"}))
+    (root / "labelsTr").rmdir()
+    with pytest.raises(LayoutError, match="labelsTr"):
+        discover(root)
+
+
+def test_generic_nested_ids_duplicates_and_images(tmp_path):
+    root = tmp_path / "g"
+    write_png(root / "masks" / "left" / "img_07.png", MASK)
+    write_png(root / "masks" / "right" / "img_01.png", MASK)
+    write_png(root / "masks" / "dup.png", MASK)
+    write_png(root / "masks" / "dup.tif", MASK)
+    write_png(root / "images" / "left" / "img_07.png", MASK)
+    write_png(root / "images" / "right" / "img_01_0000.png", MASK)
+    (root / "masks" / ".hidden.png").write_bytes(b"x")
+    (root / "masks" / "notes.txt").write_text("x")
+    layout = discover(root)
+    assert layout.kind == "generic"
+    assert [c.case_id for c in layout.cases] == ["left/img_07", "right/img_01"]
+    assert [p.case_id for p in layout.problems] == ["dup"] and "duplicate" in layout.problems[0].reason
+
+
+def test_generic_without_images_and_store_is_skipped(tmp_path):
+    layout = discover(EXAMPLES / "chase_vessels")
+    assert len(layout.cases) == 2 and all(c.images == () for c in layout.cases)
+
+
+def test_globs(tmp_path):
+    layout = discover(needs(SHARED / "real"), masks="chase_db1/*_1stHO.png")
+    assert layout.kind == "glob" and len(layout.cases) == 8
+    assert layout.cases[0].case_id == "Image_11L_1stHO"
+    root = tmp_path / "x"
+    write_png(root / "seg" / "a" / "c1.png", MASK)
+    write_png(root / "img" / "a" / "c1_0000.png", MASK)
+    layout = discover(root, masks="seg/**/*.png", images="img/**/*.png")
+    assert [c.case_id for c in layout.cases] == ["a/c1"] and layout.cases[0].images
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(LayoutError, match="not found"):
+        discover(tmp_path / "nope")
+    with pytest.raises(LayoutError, match="no dataset.json"):
+        discover(tmp_path)
+    with pytest.raises(LayoutError, match="no mask files match"):
+        discover(tmp_path, masks="*.png")

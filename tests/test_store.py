@@ -1,0 +1,90 @@
+"""The Zarr store contract: layout, attributes, completion, reading with plain zarr."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from skelprep import open_store, skeleton_targets
+from skelprep.store import StoreError, chunk_shape, open_root, verify_case_data, write_case
+
+from .conftest import tubes_3d
+
+
+def _new_store(path):
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["skelprep"] = {"format_version": 1, "params": {}, "cases": []}
+    return root
+
+
+def test_write_and_read_back(tmp_path):
+    labels = tubes_3d(shape=(70, 40, 130), seed=4)
+    targets = skeleton_targets(labels)
+    root = _new_store(tmp_path / "s.zarr")
+    write_case(root, "sub/case_1", tube=targets.tube, thin=targets.thin, attrs={"source": "sub/case_1.nii.gz"})
+    store = open_store(tmp_path / "s.zarr")
+    assert store.case_ids == ["sub/case_1"] and "sub/case_1" in store and len(store) == 1
+    case = store["sub/case_1"]
+    np.testing.assert_array_equal(case.tube[...], targets.tube)
+    np.testing.assert_array_equal(case.thin[...], targets.thin)
+    np.testing.assert_array_equal(case.tube[10:50, 5:30, 64:128], targets.tube[10:50, 5:30, 64:128])
+    assert case.tube.dtype == np.uint8 and case.tube.chunks == (64, 40, 64)
+    assert case.attrs["complete"] is True and case.shape == labels.shape
+    assert case.attrs["label_counts"]["tube"] == {
+        str(v): int((targets.tube == v).sum()) for v in np.unique(targets.tube) if v
+    }
+    assert verify_case_data(case) == []
+    # plain zarr reads it, as the README promises
+    plain = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["sub/case_1/tube"][...], targets.tube)
+
+
+def test_uint16_labels(tmp_path):
+    tube = np.zeros((10, 10), np.uint16)
+    tube[3, 3] = 4000
+    root = _new_store(tmp_path / "s.zarr")
+    write_case(root, "c", tube=tube, thin=tube, attrs={"source": "c.png"})
+    assert open_store(tmp_path / "s.zarr")["c"].tube.dtype == np.uint16
+
+
+def test_incomplete_case_is_not_listed(tmp_path):
+    root = _new_store(tmp_path / "s.zarr")
+    root.create_group("half", attributes={"skelprep": {"source": "x.png", "complete": False}})
+    store = open_store(tmp_path / "s.zarr")
+    assert store.case_ids == [] and store.incomplete_case_ids == ["half"] and "half" not in store
+    with pytest.raises(StoreError, match="incomplete"):
+        store["half"]
+
+
+def test_altered_chunk_detected(tmp_path):
+    tube = tubes_3d(shape=(20, 20, 20), seed=5)
+    root = _new_store(tmp_path / "s.zarr")
+    write_case(root, "c", tube=tube, thin=tube, attrs={"source": "c"})
+    chunk = next((tmp_path / "s.zarr" / "c" / "tube" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    problems = verify_case_data(open_store(tmp_path / "s.zarr")["c"])
+    assert problems and problems[0].startswith("tube")
+
+
+def test_chunk_shape():
+    assert chunk_shape((999, 960)) == ((256, 256), (1024, 1024))
+    assert chunk_shape((64, 64, 64)) == ((64, 64, 64), (64, 64, 64))
+    assert chunk_shape((30, 600, 600)) == ((30, 64, 64), (30, 256, 256))
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(StoreError, match="no skelprep store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(StoreError, match="not a skelprep store"):
+        open_store(tmp_path / "plain.zarr")
+    root = zarr.open_group(str(tmp_path / "v9.zarr"), mode="w")
+    root.attrs["skelprep"] = {"format_version": 9}
+    with pytest.raises(StoreError, match="format version 9"):
+        open_store(tmp_path / "v9.zarr")
+    assert open_root(tmp_path / "plain.zarr") is not None
