@@ -1,0 +1,215 @@
+"""``thin_3d`` must equal ``skimage.morphology.skeletonize`` voxel for voxel on 3D input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
+
+from skelprep import _thinning
+from skelprep._thinning import thin_3d
+
+OCTA_LABELS = Path(__file__).resolve().parents[2] / "shared/data/real/tubenet_octa/OCTA-Labels.tif"
+
+
+def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
+    expected = skeletonize(mask.astype(bool))
+    got = thin_3d(mask)
+    assert got.dtype == bool
+    assert got.shape == mask.shape
+    diff = np.argwhere(got != expected)
+    assert diff.size == 0, f"{len(diff)} voxels differ, first at {diff[:5].tolist()}"
+    return got
+
+
+def random_blobs(shape: tuple[int, int, int], density: float, sigma: float, seed: int) -> np.ndarray:
+    """Smoothed noise thresholded at the quantile that gives ``density`` foreground."""
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random(shape), sigma)
+    return field > np.quantile(field, 1.0 - density)
+
+
+def random_tubes(shape: tuple[int, int, int], n: int, radii: tuple[float, float], seed: int) -> np.ndarray:
+    """Union of ``n`` straight tubes (capsules) between random points, random radii."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.indices(shape), axis=-1).astype(float)
+    out = np.zeros(shape, dtype=bool)
+    for _ in range(n):
+        a, b = rng.uniform(0, shape), rng.uniform(0, shape)
+        ab = b - a
+        t = np.clip(((grid - a) @ ab) / max(ab @ ab, 1e-9), 0.0, 1.0)
+        dist = np.linalg.norm(grid - (a + t[..., None] * ab), axis=-1)
+        out |= dist <= rng.uniform(*radii)
+    return out
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 0.85])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_blobs(density: float, seed: int) -> None:
+    shape = tuple(int(s) for s in np.random.default_rng(seed).integers(6, 22, 3))
+    assert_same_as_skimage(random_blobs(shape, density, sigma=1.5, seed=seed))
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize("seed", range(3))
+def test_random_noise(density: float, seed: int) -> None:
+    # Unsmoothed noise: ragged shapes with many thin bits, holes and cavities.
+    rng = np.random.default_rng(100 + seed)
+    assert_same_as_skimage(rng.random((9, 11, 10)) < density)
+
+
+@pytest.mark.parametrize(
+    "n, radii",
+    [(1, (0.5, 1.0)), (3, (1.0, 2.0)), (5, (1.5, 3.0)), (8, (0.8, 2.5)), (4, (3.0, 5.0))],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_random_tubes(n: int, radii: tuple[float, float], seed: int) -> None:
+    assert_same_as_skimage(random_tubes((24, 28, 26), n, radii, seed))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shapes_touching_the_border(seed: int) -> None:
+    # Blobs and tubes that run off every face of the array: the outside is background.
+    mask = random_blobs((14, 15, 16), 0.5, sigma=2.0, seed=seed)
+    mask[0], mask[:, -1], mask[:, :, 0] = True, True, True
+    assert_same_as_skimage(mask)
+    assert_same_as_skimage(random_tubes((12, 16, 10), 6, (1.5, 3.5), seed + 10))
+
+
+@pytest.mark.parametrize("pos", [(0, 0, 0), (4, 5, 6), (7, 0, 3), (7, 9, 11)])
+def test_single_voxel_is_kept(pos: tuple[int, int, int]) -> None:
+    mask = np.zeros((8, 10, 12), dtype=bool)
+    mask[pos] = True
+    got = assert_same_as_skimage(mask)
+    assert got[pos] and got.sum() == 1
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (2, 2, 2), (3, 3, 3), (5, 5, 5), (6, 6, 6), (3, 4, 7), (9, 8, 7)]
+)
+def test_full_arrays(shape: tuple[int, int, int]) -> None:
+    assert_same_as_skimage(np.ones(shape, dtype=bool))
+
+
+@pytest.mark.parametrize("size", [3, 4, 5, 6])
+def test_cube_inside_volume(size: int) -> None:
+    mask = np.zeros((12, 12, 12), dtype=bool)
+    mask[2 : 2 + size, 3 : 3 + size, 1 : 1 + size] = True
+    assert_same_as_skimage(mask)
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_even_width_bars_vanish_like_skimage(width: int) -> None:
+    # scikit-image's Lee thinning deletes these entirely (scikit-image issue
+    # #3757); an exact re-implementation must do the same.
+    mask = np.zeros((width + 4, width + 4, 36), dtype=bool)
+    mask[2 : 2 + width, 2 : 2 + width, 3:33] = True
+    assert not assert_same_as_skimage(mask).any()
+
+
+@pytest.mark.parametrize("width", [1, 3, 5])
+def test_odd_width_bars_keep_a_line(width: int) -> None:
+    mask = np.zeros((width + 4, width + 4, 36), dtype=bool)
+    mask[2 : 2 + width, 2 : 2 + width, 3:33] = True
+    assert assert_same_as_skimage(mask).any()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_depth_one_input_and_flat_crop(seed: int) -> None:
+    # An input of depth 1 makes scikit-image run only 4 of its 6 directions; a
+    # single foreground plane inside a deeper volume must still get all 6.
+    plane = random_blobs((1, 20, 24), 0.5, sigma=1.5, seed=seed)
+    assert_same_as_skimage(plane)
+    deep = np.zeros((5, 20, 24), dtype=bool)
+    deep[2] = plane[0]
+    assert_same_as_skimage(deep)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5), (3, 0, 2), (4, 5, 6), (1, 1, 1)])
+def test_empty(shape: tuple[int, int, int]) -> None:
+    got = thin_3d(np.zeros(shape, dtype=bool))
+    assert got.shape == shape and got.dtype == bool and not got.any()
+    assert_same_as_skimage(np.zeros(shape, dtype=bool))
+
+
+def test_non_bool_and_non_contiguous_input() -> None:
+    labels = random_blobs((16, 18, 20), 0.4, sigma=1.5, seed=7).astype(np.uint8) * 3
+    labels[labels > 0] += np.random.default_rng(0).integers(0, 2, (labels > 0).sum()).astype(np.uint8)
+    assert_same_as_skimage(labels)
+    assert_same_as_skimage(labels.astype(np.float32) / 2)
+    assert_same_as_skimage(labels.transpose(2, 0, 1))
+    assert_same_as_skimage(labels[::-1, 1::2])
+
+
+def test_rejects_non_3d() -> None:
+    with pytest.raises(ValueError, match="3D"):
+        thin_3d(np.ones((4, 4), dtype=bool))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hnp.arrays(dtype=bool, shape=hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=8)))
+def test_hypothesis_small_volumes(mask: np.ndarray) -> None:
+    assert_same_as_skimage(mask)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.floats(0.05, 0.95),
+    st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12)),
+)
+def test_hypothesis_dense_noise(seed: int, density: float, shape: tuple[int, int, int]) -> None:
+    assert_same_as_skimage(np.random.default_rng(seed).random(shape) < density)
+
+
+def test_simple_point_test_is_26_connectivity() -> None:
+    # The kernel counts the 26-components of the neighbourhood minus its centre
+    # with bit tricks; check that against scipy's labelling.
+    if not _thinning.HAVE_NUMBA:
+        pytest.skip("numba kernels not available")
+    rng = np.random.default_rng(0)
+    k = np.arange(27)
+    draw = lambda: rng.integers(0, 1 << 27, 500)  # noqa: E731
+    # AND/OR of random words gives ~25 % / ~75 % dense neighbourhoods.
+    for codes in (draw() & draw(), draw(), draw() | draw()):
+        for code in codes:
+            code = int(code) | (1 << 13)
+            cube = np.zeros((3, 3, 3), dtype=bool)
+            # Bit k is the voxel at (dp, dr, dc) + 1 = (k // 9, k % 3, (k // 3) % 3).
+            cube[k // 9, k % 3, (k // 3) % 3] = (code >> k) & 1
+            cube[1, 1, 1] = False
+            n_comp = ndi.label(cube, structure=np.ones((3, 3, 3)))[1]
+            assert _thinning._is_simple(code) == (n_comp <= 1), bin(code)
+
+
+def test_octa_labels() -> None:
+    tifffile = pytest.importorskip("tifffile")
+    if not OCTA_LABELS.is_file():
+        pytest.skip(f"{OCTA_LABELS} not available")
+    mask = tifffile.imread(OCTA_LABELS) > 0
+    assert mask.ndim == 3
+    assert assert_same_as_skimage(mask).any()
+
+
+def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    import skimage.morphology
+
+    calls = []
+
+    def spy(image, **kwargs):
+        calls.append(image.shape)
+        return skeletonize(image, **kwargs)
+
+    monkeypatch.setattr(skimage.morphology, "skeletonize", spy)
+    monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
+    mask = random_tubes((16, 18, 20), 4, (1.0, 3.0), seed=3)
+    got = thin_3d(mask.astype(np.uint8))
+    assert calls == [mask.shape]
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, skeletonize(mask))
