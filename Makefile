@@ -31,6 +31,9 @@ demo: install
 	$(BIN)/skelprep preview examples/chase_vessels/skeletons.zarr Image_11L_1stHO -o examples/previews/chase_Image_11L.png
 	$(BIN)/skelprep preview examples/road_cracks/skeletons.zarr crack_000 -o examples/previews/road_crack_000.png
 	$(BIN)/skelprep preview examples/octa3d/skeletons.zarr octa_000 -o examples/previews/octa_000_mip.png
+	@echo "== per-class skeletons: cracks inside the road region keep their own centrelines"
+	$(BIN)/skelprep build examples/road_cracks --mode per-class --out examples/road_cracks/skeletons-per-class.zarr --workers $(WORKERS)
+	$(BIN)/skelprep preview examples/road_cracks/skeletons-per-class.zarr crack_000 -o examples/previews/road_crack_000_per_class.png
 
 ## make test: install and run the test suite
 test: install
@@ -57,4 +60,4 @@ train: install
 	$(BIN)/python pipelines/train.py examples/road_cracks --out runs/road_cracks --device cpu --epochs 2 --steps-per-epoch 10 --patch-size 256 256 --batch-size 2
 
 clean:
-	rm -rf $(VENV) results runs examples/previews examples/*/skeletons.zarr examples/*/skeletons.zarr.lock .pytest_cache
+	rm -rf $(VENV) results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache
