@@ -55,9 +55,10 @@ bench: install
 bench-full: install
 	$(BIN)/python pipelines/bench.py --out results/bench
 
-## make train: a short CPU training run on the bundled 2D data
+## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data
 train: install
-	$(BIN)/python pipelines/train.py examples/road_cracks --out runs/road_cracks --device cpu --epochs 2 --steps-per-epoch 10 --patch-size 256 256 --batch-size 2
+	$(BIN)/python pipelines/train.py examples/road_cracks --out runs/road_cracks --device cpu --epochs 2 --steps-per-epoch 10 --patch-size 256 --batch-size 2 --num-workers 2 --recall-weight 1
+	$(BIN)/python pipelines/train.py examples/octa3d --out runs/octa3d --device cpu --epochs 2 --steps-per-epoch 5 --patch-size 64 --batch-size 2 --num-workers 2 --recall-weight 1
 
 clean:
 	rm -rf $(VENV) results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache
