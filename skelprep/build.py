@@ -14,6 +14,7 @@ import datetime as _dt
 import fcntl
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from skelprep import __version__
-from skelprep.io import InputError, Volume, file_sha256, read_mask
+from skelprep.io import InputError, Volume, file_sha256, image_shape, read_mask
 from skelprep.layout import DEFAULT_STORE_NAME, Case, DatasetLayout, discover
 from skelprep.skeleton import MODES, skeleton_targets
 from skelprep.store import (
@@ -50,6 +51,7 @@ __all__ = [
     "build_case",
     "verify",
     "default_store_path",
+    "store_is_busy",
     "BuildError",
 ]
 
@@ -162,10 +164,14 @@ def _store_lock(path: str) -> Iterator[None]:
     except OSError as exc:
         raise BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})") from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildError(f"{folder}: another skelprep build is using this store; wait for it to finish") from None
+        for attempt in range(10):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    raise BuildError(f"{folder}: another skelprep build is using this store; wait for it to finish") from None
+                time.sleep(0.05)  # not a build, maybe: store_is_busy() probes with a brief shared lock
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -173,6 +179,47 @@ def _store_lock(path: str) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing releases the lock, also when the process is killed
+
+
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _remove_partial_files(path: str) -> list[str]:
+    """Delete the temporary files of writes that a killed build left in a local store.
+
+    zarr's local store writes each file as ``<name>.<uuid hex>.partial`` and renames it
+    into place; a kill in between leaves the temporary file, which zarr then warns
+    about on every listing. Only called under the store lock, when no one else writes.
+    """
+    if not _is_local(path):
+        return []
+    removed = []
+    for dirpath, _, filenames in os.walk(path.removeprefix("file://")):
+        for name in filenames:
+            if _PARTIAL.search(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                removed.append(os.path.join(dirpath, name))
+    return removed
+
+
+def store_is_busy(path: str | os.PathLike) -> bool:
+    """Whether a build holds the lock of a local store right now (False for remote stores)."""
+    path = os.fspath(path)
+    if not _is_local(path):
+        return False
+    folder = Path(path.removeprefix("file://"))
+    try:
+        handle = open(folder.with_name(folder.name + ".lock"))  # never creates it
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _versions() -> dict[str, str]:
@@ -210,16 +257,43 @@ def _case_attrs(
     }
 
 
-def build_case(case: Case, out: str, params: dict[str, Any], layout_root: str) -> CaseOutcome:
+def _one_line(path: Path, what: object) -> str:
+    """``"<path>: <first line of what>"`` with control characters escaped: one line per failure."""
+    lines = str(what).strip().splitlines()
+    return str(InputError(path, lines[0] if lines else type(what).__name__))
+
+
+def _check_images(case: Case, mask_shape: tuple[int, ...]) -> None:
+    """Every image of the case has the mask's spatial shape (read from headers only)."""
+    for image in case.images:
+        shape = image_shape(image)
+        if shape != mask_shape:
+            raise InputError(image, f"image shape {shape} differs from the shape {mask_shape} of its mask {case.mask}")
+
+
+def _stored_case_intact(out: str, case_id: str) -> bool:
+    """The stored case is complete and its arrays match their checksums."""
+    store = SkeletonStore(open_root(out, mode="r"), out)
+    return case_id in store and not verify_case_data(store[case_id])
+
+
+def build_case(
+    case: Case, out: str, params: dict[str, Any], layout_root: str, *, repair: bool = False
+) -> CaseOutcome:
     """Compute and write one case; never raises (a failure is an outcome).
 
     Runs in a Dask worker: it opens the store itself, so only the case record
-    and this outcome are sent over the wire.
+    and this outcome are sent over the wire. With ``repair``, a stored case whose
+    data pass their checksums is left alone (outcome ``up-to-date``) and only a
+    damaged one is rebuilt.
     """
     start = time.perf_counter()
     try:
+        if repair and _stored_case_intact(out, case.case_id):
+            return CaseOutcome(case.case_id, "up-to-date", seconds=time.perf_counter() - start)
         fingerprint = file_sha256(case.mask)
         vol = read_mask(case.mask)
+        _check_images(case, vol.array.shape)
         targets = skeleton_targets(
             vol.array,
             radius=params["radius"],
@@ -232,14 +306,14 @@ def build_case(case: Case, out: str, params: dict[str, Any], layout_root: str) -
     except InputError as exc:
         return CaseOutcome(case.case_id, "failed", str(exc), time.perf_counter() - start)
     except (ValueError, OSError) as exc:
-        return CaseOutcome(case.case_id, "failed", f"{case.mask}: {exc}", time.perf_counter() - start)
+        return CaseOutcome(case.case_id, "failed", _one_line(case.mask, exc), time.perf_counter() - start)
     except MemoryError:
-        return CaseOutcome(case.case_id, "failed", f"{case.mask}: out of memory", time.perf_counter() - start)
+        return CaseOutcome(case.case_id, "failed", _one_line(case.mask, "out of memory"), time.perf_counter() - start)
     except Exception as exc:
         return CaseOutcome(
             case.case_id,
             "failed",
-            f"{case.mask}: unexpected {type(exc).__name__}: {exc}",
+            _one_line(case.mask, f"unexpected {type(exc).__name__}: {exc}"),
             time.perf_counter() - start,
             detail=traceback.format_exc(),
         )
@@ -290,13 +364,38 @@ def _check(store: SkeletonStore, case: Case, params: dict[str, Any]) -> CaseChec
         return CaseCheck(case.case_id, "incomplete", "its build did not finish")
     try:
         fingerprint = file_sha256(case.mask)
-    except OSError as exc:
-        return CaseCheck(case.case_id, "failed-input", f"{case.mask}: cannot read ({exc.strerror or exc})")
+    except InputError as exc:
+        return CaseCheck(case.case_id, "failed-input", str(exc))
     if meta.get("fingerprint") != fingerprint:
         return CaseCheck(case.case_id, "stale", "mask changed since it was built")
     if meta.get("params") != params:
         return CaseCheck(case.case_id, "params-changed", "built with other parameters")
     return CaseCheck(case.case_id, "ok")
+
+
+def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any]) -> CaseCheck:
+    """Read a current case's arrays against their checksums; ``corrupt`` if they fail.
+
+    A build running beside us may replace the case while we read it: then the
+    data fail because the case changed, and we report what is there now.
+    """
+    before = store.case_attrs(case.case_id)
+    try:
+        problems = verify_case_data(store[case.case_id])
+    except StoreError as exc:  # marked incomplete since it was checked
+        problems = [str(exc)]
+    except KeyError as exc:  # the group, or one of its arrays, is gone
+        problems = [f"{exc.args[0] if exc.args else 'an array'}: missing"]
+    if not problems:
+        return CaseCheck(case.case_id, "ok")
+    if store.case_attrs(case.case_id) != before:
+        return _check(store, case, params)
+    return CaseCheck(case.case_id, "corrupt", "; ".join(problems))
+
+
+# A case whose worker dies twice (memory limit, crash) fails alone instead of being retried
+# on every worker in turn; with one task slot per worker, a death implicates only its own case.
+_DASK_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
 
 
 def _run_on_dask(
@@ -309,7 +408,9 @@ def _run_on_dask(
     scheduler: str | None,
     memory_limit: str | None,
     progress: bool,
+    repair: Sequence[str] = (),
 ) -> list[CaseOutcome]:
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
@@ -321,19 +422,33 @@ def _run_on_dask(
             raise BuildError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     else:
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,  # skeletonization is single-threaded; one process per core
-            processes=True,
-            dashboard_address=None,
-            memory_limit=memory_limit or 0,
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set(_DASK_CONFIG):  # read when the scheduler starts
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,  # skeletonization is single-threaded; one process per core
+                processes=True,
+                dashboard_address=":0",  # any free port: never clash with a running dashboard
+                memory_limit=memory_limit or 0,
+                silence_logs=logging.CRITICAL,  # a dead worker is reported as its case's failure, in one line
+            )
         client = Client(cluster)
     outcomes = []
+    to_repair = set(repair)
+    died = "the worker process died while building this case"
+    if memory_limit:
+        died += f" (over the memory limit of {memory_limit} per worker?)"
     try:
         futures = {
-            client.submit(build_case, case, out, params, layout_root, pure=False, key=f"skelprep-{i}-{case.case_id}"): case
+            client.submit(
+                build_case,
+                case,
+                out,
+                params,
+                layout_root,
+                repair=case.case_id in to_repair,
+                pure=False,
+                key=f"skelprep-{i}-{case.case_id}",
+            ): case
             for i, case in enumerate(cases)
         }
         bar = tqdm(total=len(futures), desc="skelprep build", unit="case", file=sys.stderr, disable=not progress)
@@ -343,8 +458,8 @@ def _run_on_dask(
                 outcome = future.result()
             except Exception as exc:  # the worker died (memory limit, crash): only this case fails
                 name = type(exc).__name__
-                why = "worker died (memory limit exceeded?)" if name == "KilledWorker" else f"{name}: {exc}"
-                outcome = CaseOutcome(case.case_id, "failed", f"{case.mask}: {why}")
+                why = died if name == "KilledWorker" else f"{name}: {exc}"
+                outcome = CaseOutcome(case.case_id, "failed", _one_line(case.mask, why))
             outcomes.append(outcome)
             bar.update()
         bar.close()
@@ -353,6 +468,21 @@ def _run_on_dask(
         if cluster is not None:
             cluster.close()
     return outcomes
+
+
+def _check_memory_limit(memory_limit: str | None, scheduler: str | None) -> None:
+    """Reject a malformed memory limit before anything starts."""
+    if memory_limit is None:
+        return
+    if scheduler is not None:
+        raise BuildError("--memory-limit applies to local workers; set it on the cluster of --scheduler instead")
+    from dask.utils import parse_bytes
+
+    try:
+        if memory_limit != "auto" and parse_bytes(memory_limit) <= 0:
+            raise ValueError
+    except ValueError:
+        raise BuildError(f"invalid memory limit {memory_limit!r} (expected a size like 4GB or 500MiB)") from None
 
 
 def build(
@@ -368,6 +498,7 @@ def build(
     images: str | None = None,
     memory_limit: str | None = None,
     progress: bool = False,
+    repair: bool = False,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -394,12 +525,23 @@ def build(
         Per-worker memory limit (e.g. ``"4GB"``); a case that exceeds it fails alone.
     progress : bool
         Show a progress bar on stderr.
+    repair : bool
+        Also read every up-to-date case and rebuild those whose data fail their
+        checksums (altered or missing chunks), as ``verify`` reports them.
 
     Returns
     -------
     BuildReport
+
+    Raises
+    ------
+    LayoutError
+        The dataset as a whole cannot be used (nothing is built).
+    BuildError
+        The store is locked by another build or unusable, or an option is invalid.
     """
     start = time.perf_counter()
+    _check_memory_limit(memory_limit, scheduler)
     layout = discover(dataset, masks=masks, images=images)
     params = params or BuildParams()
     if params.ignore_label is None and layout.ignore_label is not None:
@@ -409,12 +551,16 @@ def build(
     report = BuildReport(store=out)
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     with _store_lock(out):
+        _remove_partial_files(out)
         root = _open_or_create_root(out, layout, param_dict)
         store = SkeletonStore(root, out)
-        todo = []
+        todo, to_repair = [], []
         for case in layout.cases:
             check = _check(store, case, param_dict)
-            if check.state == "ok" and not force:
+            if check.state == "ok" and not force and repair:
+                todo.append(case)
+                to_repair.append(case.case_id)
+            elif check.state == "ok" and not force:
                 report.outcomes.append(CaseOutcome(case.case_id, "up-to-date"))
             elif check.state == "failed-input":
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", check.reason))
@@ -431,6 +577,7 @@ def build(
                     scheduler=scheduler,
                     memory_limit=memory_limit,
                     progress=progress,
+                    repair=to_repair,
                 )
             )
         if prune:
@@ -469,9 +616,7 @@ def verify(
     for case in layout.cases:
         check = _check(store, case, params)
         if check.state == "ok" and check_data:
-            problems = verify_case_data(store[case.case_id])
-            if problems:
-                check = CaseCheck(case.case_id, "corrupt", "; ".join(problems))
+            check = _check_data(store, case, params)
         checks.append(check)
     known = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
     for case_id in sorted(set(store.case_ids) | set(store.incomplete_case_ids)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,16 @@ def _echo_json(data: Any) -> None:
 @click.option("--images", metavar="GLOB", help="Image files, matched to masks by case id.")
 @click.option("--force", is_flag=True, help="Rebuild every case.")
 @click.option("--prune", is_flag=True, help="Delete stored cases whose mask is gone.")
-@click.option("--memory-limit", metavar="SIZE", help="Per-worker memory limit, e.g. 4GB.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Also read every up-to-date case and rebuild those whose data fail their checksums (what verify calls corrupt).",
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Per-worker memory limit, e.g. 4GB; a case that exceeds it fails alone, the others are built.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -94,16 +104,25 @@ def build(
     images: str | None,
     force: bool,
     prune: bool,
+    repair: bool,
     memory_limit: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Compute tubed skeletons for every mask of DATASET and store them as Zarr."""
+    """Compute tubed skeletons for every mask of DATASET and store them as Zarr.
+
+    Cases that cannot be built (unreadable or invalid masks, images of another
+    shape, ...) are listed as 'failed: <file>: <reason>' on stderr while the
+    others are built; the exit code is then 1. A second build on the same store
+    refuses while one runs. Inputs are only read.
+    """
     from skelprep.build import BuildParams
     from skelprep.build import build as run_build
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
+    if memory_limit is not None and scheduler is not None:
+        raise click.UsageError("--memory-limit and --scheduler exclude each other (limit the cluster's workers)")
     report = run_build(
         dataset,
         out,
@@ -116,6 +135,7 @@ def build(
         images=images,
         memory_limit=memory_limit,
         progress=not no_progress and not as_json,
+        repair=repair,
     )
     if as_json:
         _echo_json(report.as_dict())
@@ -181,9 +201,18 @@ def info(store: str, as_json: bool) -> None:
 def verify(
     dataset: Path, out: str | None, masks: str | None, images: str | None, no_data: bool, as_json: bool
 ) -> None:
-    """Check that the store of DATASET is complete, current and intact (exit 1 if not)."""
+    """Check that the store of DATASET is complete, current and intact (exit 1 if not).
+
+    States: missing, incomplete, stale (mask changed), params-changed (rebuild
+    with 'skelprep build'); corrupt (chunks altered or removed: 'skelprep build
+    --repair'); orphan (mask gone: 'skelprep build --prune'); failed-input (fix
+    the file).
+    """
+    from skelprep.build import default_store_path, store_is_busy
     from skelprep.build import verify as run_verify
 
+    if store_is_busy(out or default_store_path(dataset)):
+        click.echo("note: a build is running on this store; the cases it is writing show as missing or incomplete", err=True)
     checks = run_verify(dataset, out, masks=masks, images=images, check_data=not no_data)
     bad = [c for c in checks if c.state != "ok"]
     if as_json:
@@ -192,6 +221,14 @@ def verify(
         for check in bad:
             click.echo(f"{check.state:<15} {check.case_id}: {check.reason}")
         click.echo(f"{len(checks) - len(bad)} ok, {len(bad)} with problems")
+        states = {c.state for c in bad}
+        target = shlex.quote(str(dataset)) + (f" --out {shlex.quote(out)}" if out else "")
+        if states & {"missing", "incomplete", "stale", "params-changed"}:
+            click.echo(f"to fix: 'skelprep build {target}' builds what is missing or out of date")
+        if "corrupt" in states:
+            click.echo(f"to fix: 'skelprep build {target} --repair' rebuilds the corrupt cases")
+        if "orphan" in states:
+            click.echo(f"to fix: 'skelprep build {target} --prune' deletes the orphans")
     sys.exit(EXIT_FAILED if bad else EXIT_OK)
 
 
@@ -228,6 +265,50 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     picture.save(output)
     click.echo(f"wrote {output}")
+
+
+# --- skelprep eval (issue #3) -------------------------------------------------------------------
+@cli.command("eval")
+@click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
+@click.option("--classes", help="Comma-separated classes to score [default: those present].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON.")
+def eval_(pred_dir: Path, gt_dir: Path, store: str | None, classes: str | None, json_path: Path | None) -> None:
+    """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed)."""
+    from skelprep.evaluate import evaluate_folders
+    from skelprep.metrics import METRIC_NAMES
+
+    try:
+        wanted = None if classes is None else [int(c) for c in classes.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 1,2, got {classes!r}", param_hint="--classes") from None
+    report = evaluate_folders(pred_dir, gt_dir, store=store, classes=wanted)
+    heads = ("dice", "clDice", "Tprec", "Tsens", "b0 err", "b1 err")
+    width = max([len(c) for c in report["cases"]] + [4])
+    click.echo(f"{'case':<{width}}  " + " ".join(f"{h:>8}" for h in heads) + "  gt skeleton")
+
+    def row(name: str, values: dict[str, float], note: str = "") -> None:
+        # Ratios in [0, 1] with 4 decimals; Betti errors are counts (means of counts: 2 decimals).
+        cells = " ".join(
+            f"{values.get(k, float('nan')):>8.{2 if k.startswith('betti') else 4}f}" for k in METRIC_NAMES
+        )
+        click.echo(f"{name:<{width}}  {cells}  {note}".rstrip())
+
+    for case_id, result in report["cases"].items():
+        row(case_id, result["mean"], result["gt_skeleton"])
+    if report["cases"]:
+        row("mean", report["mean"])
+    for reason in report["failed"].values():
+        click.echo(f"failed: {reason}", err=True)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        click.echo(f"wrote {json_path}")
+    sys.exit(EXIT_FAILED if report["failed"] else EXIT_OK)
+
+
+# --- end of skelprep eval -----------------------------------------------------------------------
 
 
 def main() -> None:

@@ -6,8 +6,12 @@ the file and the reason in one line.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +27,17 @@ __all__ = [
     "read_mask",
     "read_image",
     "file_sha256",
+    "check_input_file",
+    "image_shape",
     "MAX_LABEL",
+    "MAX_VOXELS",
 ]
 
 MASK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
 IMAGE_SUFFIXES: tuple[str, ...] = MASK_SUFFIXES + (".jpg", ".jpeg")
 MAX_LABEL = 65535  # labels are stored as uint8 or uint16
+# Larger headers are corrupt or hostile (a few bytes can declare terabytes); no real mask comes near.
+MAX_VOXELS = 1 << 31
 
 
 class InputError(ValueError):
@@ -37,7 +46,12 @@ class InputError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{_printable(self.path)}: {_printable(reason)}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a file name cannot break the one-line message."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -82,17 +96,95 @@ def split_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFF
     return name, ""
 
 
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _kind_problem(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` cannot be an input; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return f"is {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file"
+
+
+def check_input_file(path: str | os.PathLike) -> os.stat_result:
+    """Check that ``path`` is a readable, non-empty regular file, without reading it.
+
+    Never blocks: a FIFO named like a mask is rejected before anything opens it.
+
+    Returns
+    -------
+    os.stat_result
+
+    Raises
+    ------
+    InputError
+        Missing file, dangling symlink, symlink loop, folder, FIFO/socket/device,
+        empty file, or no permission to read.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "symbolic link loop"
+        elif exc.errno == errno.ENOENT and os.path.islink(path):
+            reason = f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = "file not found"
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied"
+        else:
+            reason = f"cannot access ({exc.strerror or exc})"
+        raise InputError(path, reason) from None
+    problem = _kind_problem(st.st_mode)
+    if problem:
+        raise InputError(path, problem)
+    if st.st_size == 0:
+        raise InputError(path, "file is empty")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        reason = "permission denied" if exc.errno == errno.EACCES else f"cannot open ({exc.strerror or exc})"
+        raise InputError(path, reason) from None
+    return st
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, as hex."""
+    """SHA-256 of a file's bytes, as hex.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, or is not a regular file (a FIFO would block).
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang the build; it is rejected below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        check_input_file(path)  # raises with the precise reason (loop, dangling link, ...)
+        raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
+    problem = _kind_problem(os.fstat(fd).st_mode)
+    if problem:
+        os.close(fd)
+        raise InputError(path, problem)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        except OSError as exc:
+            raise InputError(path, f"read error ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 
 def _read_png(path: Path, *, as_mask: bool) -> Volume:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -109,16 +201,13 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
                         array = array.astype(np.uint32 if array.max() > 65535 else np.uint16)
                 else:
                     array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, zlib.error, ...
         raise InputError(path, f"cannot read image ({_first_line(exc)})") from None
     if array.ndim == 3:
         if as_mask:
-            colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
-            if mode in ("RGBA", "LA") and array[..., -1].min() != array[..., -1].max():
-                raise InputError(path, "mask has a varying alpha channel")
-            if not (colour == colour[..., :1]).all():
-                raise InputError(path, f"colour mask with distinct channels ({mode}); save label maps as grayscale or palette PNG")
-            array = colour[..., 0]
+            array = _colour_to_labels(path, array, alpha=mode in ("RGBA", "LA"), what=mode)
         else:
             array = np.moveaxis(array[..., :3] if mode == "RGBA" else array, -1, 0)
     elif not as_mask:
@@ -126,28 +215,93 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
     return Volume(np.ascontiguousarray(array), spacing=(1.0, 1.0), axes="yx")
 
 
+def _colour_to_labels(path: Path, array: np.ndarray, *, alpha: bool, what: str) -> np.ndarray:
+    """A label map from a colour mask whose channels are equal (samples on the last axis)."""
+    colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+    if alpha and array[..., -1].min() != array[..., -1].max():
+        raise InputError(path, "mask has a varying alpha channel")
+    if not (colour == colour[..., :1]).all():
+        raise InputError(path, f"colour mask with distinct channels ({what}); save label maps as grayscale or palette images")
+    return colour[..., 0]
+
+
+def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
+    if math.prod(shape) > MAX_VOXELS:
+        raise InputError(path, f"header declares shape {tuple(shape)}, more than {MAX_VOXELS} voxels (corrupt file?)")
+
+
+def _check_gzip_stream(path: Path, expected: int) -> None:
+    """Read a gzip file to its end, so that its CRC-32 and length are checked.
+
+    nibabel stops decompressing where the voxel data end and never reaches the
+    gzip trailer: a corrupted stream would otherwise be read as wrong labels.
+    """
+    import gzip
+
+    total, limit = 0, expected + (1 << 20)
+    with gzip.open(path, "rb") as stream:
+        while block := stream.read(1 << 24):
+            total += len(block)
+            if total > limit:  # a gzip bomb behind a small header
+                raise InputError(path, f"gzip stream holds more than the {expected} bytes its header declares")
+
+
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     try:
         img = nib.load(path)
+        _check_voxels(path, img.header.get_data_shape())  # before the data are allocated
         array = np.asanyarray(img.dataobj)
+        if split_suffix(path.name)[1].lower() == ".nii.gz":
+            _check_gzip_stream(path, img.header.get_data_offset() + array.nbytes)
         zooms = tuple(float(z) for z in img.header.get_zooms())
         affine = np.asarray(img.affine, dtype=np.float64)
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:  # nibabel raises many types for broken files
         raise InputError(path, f"cannot read NIfTI ({_first_line(exc)})") from None
     return Volume(array, spacing=zooms, affine=affine, axes="ijkt"[: array.ndim])
 
 
-def _read_tiff(path: Path) -> Volume:
+def _tiff_series(path: Path, *, data: bool) -> tuple[np.ndarray | None, tuple[int, ...], str]:
+    """(array or None, shape, tifffile axes) of a TIFF's first series; samples (RGB) axis last."""
     import tifffile
 
+    # tifffile logs a warning before raising on a broken file; without a handler Python would
+    # print it to stderr, beside our one-line error. Configured logging still receives it.
+    logger = logging.getLogger("tifffile")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
     try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            _check_voxels(path, shape)
+            array = series.asarray() if data else None
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:
         raise InputError(path, f"cannot read TIFF ({_first_line(exc)})") from None
-    axes = "zyx" if array.ndim == 3 else "yx"
-    return Volume(array, spacing=(1.0,) * array.ndim, axes=axes)
+    if "S" in axes:  # colour samples: last, as PIL gives them
+        k = axes.index("S")
+        shape = shape[:k] + shape[k + 1 :] + (shape[k],)
+        axes = axes[:k] + axes[k + 1 :] + "S"
+        if array is not None:
+            array = np.moveaxis(array, k, -1)
+    return array, shape, axes
+
+
+def _read_tiff(path: Path, *, as_mask: bool) -> Volume:
+    array, _, axes = _tiff_series(path, data=True)
+    if axes.endswith("S"):
+        if as_mask:
+            array = _colour_to_labels(path, array, alpha=array.shape[-1] in (2, 4), what=f"TIFF, {array.shape[-1]} samples")
+        else:
+            # channel-first with 2D axes, as a colour PNG: read_image adds no channel axis
+            return Volume(np.ascontiguousarray(np.moveaxis(array, -1, 0)), spacing=(1.0,) * (array.ndim - 1), axes="yx")
+    spatial = "zyx" if array.ndim == 3 else "yx"
+    return Volume(array, spacing=(1.0,) * array.ndim, axes=spatial)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -155,34 +309,76 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _read_any(path: str | os.PathLike, *, as_mask: bool) -> Volume:
-    path = Path(path)
+def _file_suffix(path: Path, *, as_mask: bool) -> str:
+    """The file's known suffix (lower case) after checking it is a readable regular file."""
     _, suffix = split_suffix(path.name)
     suffix = suffix.lower()
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "permission denied")
-    if path.stat().st_size == 0:
-        raise InputError(path, "file is empty")
-    if suffix in (".png", ".jpg", ".jpeg") and not (as_mask and suffix != ".png"):
+    if not suffix or (as_mask and suffix not in MASK_SUFFIXES):
+        allowed = ", ".join(MASK_SUFFIXES if as_mask else IMAGE_SUFFIXES)
+        raise InputError(path, f"unsupported file type (expected one of {allowed})")
+    check_input_file(path)
+    return suffix
+
+
+def _read_any(path: str | os.PathLike, *, as_mask: bool) -> Volume:
+    path = Path(path)
+    suffix = _file_suffix(path, as_mask=as_mask)
+    if suffix in (".png", ".jpg", ".jpeg"):
         return _read_png(path, as_mask=as_mask)
     if suffix in (".nii", ".nii.gz"):
         return _read_nifti(path)
+    return _read_tiff(path, as_mask=as_mask)
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Spatial shape of an image, from its header only (no pixel data are decoded).
+
+    The shape is the one :func:`read_image` gives after its channel axis, and the
+    one :func:`read_mask` gives for a mask of the same geometry: PNG/JPEG
+    ``(rows, columns)``; NIfTI the header's shape without trailing singleton
+    axes; TIFF the first series without its colour-samples axis.
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, or its header is broken.
+    """
+    path = Path(path)
+    suffix = _file_suffix(path, as_mask=False)
+    if suffix in (".nii", ".nii.gz"):
+        import nibabel as nib
+
+        try:
+            shape = tuple(int(n) for n in nib.load(path).header.get_data_shape())
+        except Exception as exc:  # nibabel raises many types for broken headers
+            raise InputError(path, f"cannot read NIfTI header ({_first_line(exc)})") from None
+        return _squeezed(shape)
     if suffix in (".tif", ".tiff"):
-        return _read_tiff(path)
-    allowed = ", ".join(MASK_SUFFIXES if as_mask else IMAGE_SUFFIXES)
-    raise InputError(path, f"unsupported file type (expected one of {allowed})")
+        _, shape, axes = _tiff_series(path, data=False)
+        return shape[:-1] if axes.endswith("S") else shape
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Exception as exc:  # PIL raises many types for broken headers
+        raise InputError(path, f"cannot read image header ({_first_line(exc)})") from None
+    return (height, width)
 
 
 def _squeeze_nifti(vol: Volume) -> Volume:
     """Drop trailing singleton axes of NIfTI data ((x, y, z, 1) -> 3D, (x, y, 1) -> 2D)."""
     array = vol.array
     if vol.axes.startswith("ij"):
-        while array.ndim > 2 and array.shape[-1] == 1:
-            array = array[..., 0]
+        array = array.reshape(_squeezed(array.shape))
     return Volume(array, vol.spacing[: array.ndim], vol.affine, vol.axes[: array.ndim], vol.label_remap)
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
+from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, _printable, split_suffix
 
 __all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "DEFAULT_STORE_NAME"]
 
@@ -55,7 +55,7 @@ class CaseProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return _printable(f"{self.path}: {self.reason}")  # one line, whatever the file is called
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,30 @@ class DatasetLayout:
 
 
 def _walk_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files below ``folder`` with one of ``suffixes``, sorted; hidden entries and stores skipped."""
+    """Entries below ``folder`` named with one of ``suffixes``, sorted; hidden entries and stores skipped.
+
+    Everything so named is returned, not only regular files: a folder called
+    ``x.png``, a FIFO or a broken symlink is surely a broken case, and the build
+    reports it rather than skipping it silently.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):  # os.walk does not follow symlinked dirs
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".zarr"))
+        visible = [d for d in dirnames if not d.startswith(".") and not d.endswith(".zarr")]
+        found.extend(Path(dirpath) / d for d in visible if split_suffix(d, suffixes)[1])
+        dirnames[:] = sorted(d for d in visible if not split_suffix(d, suffixes)[1])
         for name in filenames:
             if not name.startswith(".") and split_suffix(name, suffixes)[1]:
                 found.append(Path(dirpath) / name)
     return sorted(found)
+
+
+def _case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a group of the store, or None."""
+    for part in case_id.split("/"):
+        if part == "zarr.json" or part.startswith("__"):
+            # zarr.json is the store's metadata file; "__" names are reserved by Zarr v3
+            return f"case id '{case_id}' cannot name a Zarr group ('{part}' is reserved); rename the mask"
+    return None
 
 
 def _case_id(path: Path, base: Path) -> str:
@@ -92,11 +108,21 @@ def _collect_masks(masks: list[Path], base: Path) -> tuple[dict[str, Path], list
         by_id.setdefault(_case_id(mask, base), []).append(mask)
     unique, problems = {}, []
     for case_id, paths in by_id.items():
-        if len(paths) == 1:
+        reserved = _case_id_problem(case_id)
+        if reserved:
+            problems.append(CaseProblem(case_id, paths[0], reserved))
+        elif len(paths) == 1:
             unique[case_id] = paths[0]
         else:
             names = ", ".join(p.name for p in paths)
             problems.append(CaseProblem(case_id, paths[0], f"duplicate case id '{case_id}' ({names})"))
+    # A case group cannot also be the folder of other cases: writing "a" would delete "a/b".
+    folders = {case_id.rsplit("/", 1)[0] for case_id in by_id if "/" in case_id}
+    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
+    for case_id in sorted(folders & unique.keys()):
+        problems.append(
+            CaseProblem(case_id, unique.pop(case_id), f"case id '{case_id}' is also the folder of other cases; rename the mask")
+        )
     return unique, problems
 
 
@@ -136,12 +162,16 @@ def _pair(
 
 def _discover_nnunet(root: Path) -> DatasetLayout:
     meta_path = root / "dataset.json"
+    if not meta_path.is_file():  # a FIFO would block read_text(); a folder gives a vague error
+        raise LayoutError(f"{meta_path}: invalid dataset.json (not a regular file)")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from None
     if not isinstance(meta, dict):
         raise LayoutError(f"{meta_path}: invalid dataset.json (not a JSON object)")
+    if not isinstance(meta.get("labels", {}), dict):
+        raise LayoutError(f"{meta_path}: invalid dataset.json ('labels' must map names to values)")
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise LayoutError(f"{meta_path}: 'file_ending' missing or invalid")
@@ -159,7 +189,10 @@ def _discover_nnunet(root: Path) -> DatasetLayout:
                 ignore_label = value
     channels = meta.get("channel_names") or meta.get("modality")
     n_channels = len(channels) if isinstance(channels, dict) else None
-    masks, problems = _collect_masks(_walk_files(labels_dir, (ending,)), labels_dir)
+    mask_files = _walk_files(labels_dir, (ending,))
+    if not mask_files:
+        raise LayoutError(f"{labels_dir}: no '{ending}' masks found (file_ending of {meta_path})")
+    masks, problems = _collect_masks(mask_files, labels_dir)
     images_dir = root / "imagesTr"
     image_index = _index_images(_walk_files(images_dir, (ending,)), images_dir) if images_dir.is_dir() else None
     if image_index is not None and n_channels is not None:
@@ -181,7 +214,10 @@ def _discover_generic(root: Path) -> DatasetLayout:
         raise LayoutError(
             f"{root}: no dataset.json, labels/ or masks/ folder found; pass --masks GLOB to name the masks"
         )
-    masks, problems = _collect_masks(_walk_files(labels_dir, MASK_SUFFIXES), labels_dir)
+    mask_files = _walk_files(labels_dir, MASK_SUFFIXES)
+    if not mask_files:
+        raise LayoutError(f"{labels_dir}: no masks found ({', '.join(MASK_SUFFIXES)})")
+    masks, problems = _collect_masks(mask_files, labels_dir)
     images_dir = next((root / n for n in ("images", "imagesTr") if (root / n).is_dir()), None)
     image_index = _index_images(_walk_files(images_dir, IMAGE_SUFFIXES), images_dir) if images_dir else None
     cases, pair_problems = _pair(masks, image_index, None)
@@ -201,7 +237,8 @@ def _glob_base(root: Path, pattern: str) -> Path:
 
 def _glob_files(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
-    return sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file() and split_suffix(p, suffixes)[1])
+    # Not only regular files: a matching folder, FIFO or broken symlink is reported by the build.
+    return sorted(Path(p) for p in glob.glob(full, recursive=True) if split_suffix(p, suffixes)[1])
 
 
 def _discover_globs(root: Path, masks: str, images: str | None) -> DatasetLayout:

@@ -24,6 +24,7 @@ import datetime as _dt
 import hashlib
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -99,8 +100,20 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
 
 
 def delete_case(root: zarr.Group, case_id: str) -> None:
-    """Remove a case group (no error if absent)."""
+    """Remove a case group (no error if absent).
+
+    The group is first marked incomplete (an atomic rewrite of its metadata): the
+    deletion itself is not atomic, and a kill in the middle must not leave a
+    group that still says ``complete: true`` over missing chunks.
+    """
     try:
+        group = root[case_id]
+    except Exception:  # absent, or metadata unreadable: nothing can take it for complete
+        group = None
+    meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
+    if isinstance(meta, dict) and meta.get("complete") is not False:
+        group.attrs.update({ATTRS_KEY: {**meta, "complete": False}})
+    try:  # also clears the leftovers of an interrupted deletion (folders without metadata)
         del root[case_id]
     except KeyError:
         pass
@@ -237,10 +250,17 @@ class SkeletonStore(Mapping[str, CaseTargets]):
     def _scan(self) -> tuple[list[str], list[str]]:
         """(complete, incomplete) case ids, found by walking the group tree."""
         complete, incomplete = [], []
-        try:
-            members = list(self.root.members(max_depth=None))
-        except Exception as exc:
-            raise StoreError(f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})") from None
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    # a folder without metadata is a write in progress, or one a kill interrupted
+                    warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
+                    members = list(self.root.members(max_depth=None))
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    raise StoreError(f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})") from None
+                time.sleep(0.1)  # a build deleted a node while we listed it: list again
         for name, node in members:
             if not isinstance(node, zarr.Group):
                 continue

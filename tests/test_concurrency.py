@@ -1,0 +1,82 @@
+"""Two builds on one store: the second refuses while the first runs; readers work meanwhile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from skelprep import open_store
+from skelprep.build import store_is_busy, verify
+
+from .test_crash_safety import CLI, N_CASES, check_store, make_dataset, start_build, wait_for_a_write
+
+LOCKED = "another skelprep build is using this store; wait for it to finish"
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups")
+
+
+@pytest.fixture(scope="module")
+def crash_dataset(tmp_path_factory):
+    """The crash-safety dataset: 40 small 3D cases, a build of ~3 s."""
+    return make_dataset(tmp_path_factory.mktemp("concurrency") / "ds")
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+def test_second_build_refuses_while_first_runs_and_readers_keep_working(crash_dataset, tmp_path):
+    dataset, expected = crash_dataset
+    out = tmp_path / "store.zarr"
+    first = start_build(dataset, out)
+    wait_for_a_write(first, out, 0)
+    # Pause the first build (client and workers) mid-way, so that the second one surely meets
+    # it however slow its own start is; a paused build holds its lock as a running one does.
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        assert first.poll() is None and store_is_busy(out)
+        second = subprocess.run(CLI + ["build", str(dataset), "--out", str(out), "--force", "--no-progress"],
+                                capture_output=True, text=True, timeout=60)
+        paused_states = {c.state for c in verify(dataset, out)}
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr == f"skelprep: error: {out}: {LOCKED}\n"
+    assert paused_states <= {"ok", "missing", "incomplete"} and "missing" in paused_states
+
+    # readers while the build writes: never an error, never a case reported corrupt
+    rounds = 0
+    while first.poll() is None or rounds < 2:
+        states = {c.state for c in verify(dataset, out)}
+        assert states <= {"ok", "missing", "incomplete"}, states
+        check_store(out, expected)  # listed cases are complete and equal the core's output
+        rounds += 1
+    cli_verify = subprocess.run(CLI + ["verify", str(dataset), "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert cli_verify.returncode == 0 and "Traceback" not in cli_verify.stderr
+
+    code, stdout, stderr = _finish(first)
+    assert code == 0 and f"{N_CASES} built" in stdout, stderr
+    assert not store_is_busy(out)
+    assert check_store(out, expected) == (N_CASES, 0)
+
+
+def test_two_builds_started_at_once(crash_dataset, tmp_path):
+    dataset, expected = crash_dataset
+    out = tmp_path / "store.zarr"
+    procs = [start_build(dataset, out, "--force"), start_build(dataset, out, "--force")]
+    results = [_finish(p) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    for code, stdout, stderr in results:
+        if code == 1:  # the loser refuses at once, in one line, before touching the store
+            assert stderr == f"skelprep: error: {out}: {LOCKED}\n" and not stdout
+        else:
+            assert code == 0 and f"{N_CASES} built" in stdout, stderr
+    assert codes in ([0, 1], [0, 0])  # [0, 0] only if one finished before the other looked
+    assert check_store(out, expected) == (N_CASES, 0)
+    assert all(c.state == "ok" for c in verify(dataset, out))
+    assert sorted(open_store(out).attrs["cases"]) == sorted(expected)
