@@ -29,7 +29,7 @@ def test_write_and_read_back(tmp_path):
     np.testing.assert_array_equal(case.tube[...], targets.tube)
     np.testing.assert_array_equal(case.thin[...], targets.thin)
     np.testing.assert_array_equal(case.tube[10:50, 5:30, 64:128], targets.tube[10:50, 5:30, 64:128])
-    assert case.tube.dtype == np.uint8 and case.tube.chunks == (64, 40, 64)
+    assert case.tube.dtype == np.uint8 and case.tube.chunks == (70, 40, 128)
     assert case.attrs["complete"] is True and case.shape == labels.shape
     assert case.attrs["label_counts"]["tube"] == {
         str(v): int((targets.tube == v).sum()) for v in np.unique(targets.tube) if v
@@ -74,7 +74,7 @@ def test_altered_chunk_detected(tmp_path):
 def test_chunk_shape():
     assert chunk_shape((999, 960)) == ((256, 256), (1024, 1024))
     assert chunk_shape((64, 64, 64)) == ((64, 64, 64), (64, 64, 64))
-    assert chunk_shape((30, 600, 600)) == ((30, 64, 64), (30, 256, 256))
+    assert chunk_shape((30, 600, 600)) == ((30, 128, 128), (30, 256, 256))
 
 
 def test_open_errors(tmp_path):

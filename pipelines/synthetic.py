@@ -1,0 +1,155 @@
+"""Generated sparse 3D vessel trees of CT size, for benchmarks.
+
+Real angiography masks (CT/MR of the head or the liver) are large volumes
+(hundreds of voxels per side) in which the vessels fill well under 1 % of the
+voxels: long, thin, branching tubes of radius 1-4 voxels. This module draws
+such trees by smooth random walks that branch and taper, and rasterizes them as
+unions of balls; every tree gets one class label (artery/vein/... style multi-class
+masks). Generation is deterministic for a seed and takes a few seconds for
+256 x 512 x 512.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["vessel_tree_volume", "write_vessel_dataset"]
+
+
+def _ball_offsets(radius: float) -> np.ndarray:
+    """Integer offsets (k, 3) of the voxels within Euclidean ``radius`` of the origin."""
+    r = int(np.ceil(radius))
+    grid = np.stack(np.meshgrid(*(np.arange(-r, r + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    return grid[(grid**2).sum(1) <= radius**2 + 1e-9]
+
+
+def _walk(
+    rng: np.random.Generator,
+    shape: np.ndarray,
+    start: np.ndarray,
+    direction: np.ndarray,
+    radius: float,
+    length: int,
+    out: list[tuple[np.ndarray, float]],
+    depth: int,
+) -> None:
+    """One tapering, wiggling branch; spawns side branches recursively."""
+    pos = start.astype(float)
+    d = direction / np.linalg.norm(direction)
+    points = []
+    for step in range(length):
+        # smooth turn: a small random perturbation of the heading
+        d = d + rng.normal(scale=0.12, size=3)
+        d /= np.linalg.norm(d)
+        pos = pos + d
+        if np.any(pos < 2) or np.any(pos > shape - 3):
+            break
+        points.append(pos.copy())
+        if depth < 4 and step > 10 and rng.random() < 0.012:
+            side = rng.normal(size=3)
+            side -= side @ d * d  # leave sideways
+            _walk(
+                rng,
+                shape,
+                pos,
+                d + 1.2 * side / np.linalg.norm(side),
+                max(radius * 0.7, 1.0),
+                int(length * 0.6),
+                out,
+                depth + 1,
+            )
+        radius = max(radius * 0.999, 1.0)
+    if points:
+        out.append((np.asarray(points), radius))
+
+
+def vessel_tree_volume(
+    shape: tuple[int, int, int] = (256, 512, 512),
+    *,
+    n_trees: int = 6,
+    n_classes: int = 3,
+    target_fraction: float = 0.006,
+    seed: int = 0,
+) -> np.ndarray:
+    """A uint8 label map of branching vessel trees (label = tree index mod ``n_classes``, plus 1).
+
+    Trees are added until the foreground reaches ``target_fraction`` of the voxels
+    (at least ``n_trees``), so the result is sparse like a real angiography mask.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Volume shape (z, y, x).
+    n_trees : int
+        Minimum number of trees.
+    n_classes : int
+        Number of foreground classes.
+    target_fraction : float
+        Foreground fraction to reach (approximately; it stops at the first tree past it).
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    ndarray of uint8
+    """
+    rng = np.random.default_rng(seed)
+    dims = np.asarray(shape, dtype=float)
+    labels = np.zeros(shape, np.uint8)
+    flat = labels.reshape(-1)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    tree = 0
+    while tree < n_trees or np.count_nonzero(labels) < target_fraction * labels.size:
+        branches: list[tuple[np.ndarray, float]] = []
+        start = rng.uniform(0.15, 0.85, 3) * dims
+        radius0 = rng.uniform(2.0, 4.0)
+        _walk(rng, dims, start, rng.normal(size=3), radius0, int(dims.max() * 1.2), branches, 0)
+        value = 1 + tree % n_classes
+        for points, radius in branches:
+            # quantize the radius so ball offsets can be shared
+            offsets = _ball_offsets(round(radius * 2) / 2)
+            centres = np.rint(points).astype(np.int64)
+            voxels = (centres[:, None, :] + offsets[None]).reshape(-1, 3)
+            voxels = voxels[np.all((voxels >= 0) & (voxels < np.asarray(shape)), axis=1)]
+            flat[voxels @ strides] = value
+        tree += 1
+        if tree > 200:  # a tiny volume cannot reach the fraction; stop anyway
+            break
+    return labels
+
+
+def write_vessel_dataset(
+    folder: str | os.PathLike,
+    *,
+    n_cases: int = 4,
+    shape: tuple[int, int, int] = (256, 512, 512),
+    seed: int = 0,
+    **kwargs,
+) -> Path:
+    """Write ``n_cases`` generated volumes as ``folder/labels/vessels_XXX.nii.gz`` (generic layout).
+
+    Existing files are kept (the benchmark writes the dataset once and reuses it).
+
+    Returns
+    -------
+    Path
+        The dataset folder.
+    """
+    import nibabel as nib
+
+    folder = Path(folder)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        path = folder / "labels" / f"vessels_{i:03d}.nii.gz"
+        if path.exists():
+            continue
+        labels = vessel_tree_volume(shape, seed=seed + i, **kwargs)
+        image = nib.Nifti1Image(labels, np.eye(4))
+        image.set_data_dtype(np.uint8)
+        tmp = path.with_name(path.name + ".tmp.nii.gz")
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    return folder
