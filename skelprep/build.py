@@ -398,6 +398,30 @@ def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any]) -> Cas
 _DASK_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
 
 
+def _in_process(workers: int | None, scheduler: str | None, memory_limit: str | None, n_cases: int) -> bool:
+    """Whether to skip Dask: one worker or one case, and no scheduler or memory limit to honour."""
+    return scheduler is None and memory_limit is None and (workers == 1 or n_cases == 1)
+
+
+def _run_in_process(
+    cases: Sequence[Case],
+    out: str,
+    params: dict[str, Any],
+    layout_root: str,
+    *,
+    progress: bool,
+    repair: Sequence[str] = (),
+) -> list[CaseOutcome]:
+    """Build the cases one after another in this process: no cluster start-up (1-4 s) for small jobs."""
+    from tqdm import tqdm
+
+    to_repair = set(repair)
+    return [
+        build_case(case, out, params, layout_root, repair=case.case_id in to_repair)
+        for case in tqdm(cases, desc="skelprep build", unit="case", file=sys.stderr, disable=not progress)
+    ]
+
+
 def _run_on_dask(
     cases: Sequence[Case],
     out: str,
@@ -568,7 +592,9 @@ def build(
                 todo.append(case)
         if todo:
             report.outcomes.extend(
-                _run_on_dask(
+                _run_in_process(todo, out, param_dict, os.fspath(layout.root), progress=progress, repair=to_repair)
+                if _in_process(workers, scheduler, memory_limit, len(todo))
+                else _run_on_dask(
                     todo,
                     out,
                     param_dict,

@@ -67,7 +67,12 @@ def _echo_json(data: Any) -> None:
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
-@click.option("--workers", type=click.IntRange(min=1), help="Local worker processes [default: CPU count].")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Local worker processes [default: CPU count]. With 1 (or one case to build) the cases run in this "
+    "process, without starting a cluster.",
+)
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
 @click.option("--mode", type=click.Choice(["joint", "per-class"]), default="joint", show_default=True)
 @click.option("--radius", type=click.IntRange(min=0), default=2, show_default=True, help="L1 radius of the tube.")

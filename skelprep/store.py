@@ -69,7 +69,7 @@ class StoreError(ValueError):
 
 def label_counts(array: np.ndarray) -> dict[str, int]:
     """Voxel count of every non-zero label, keyed by the label as a string (JSON keys)."""
-    counts = np.bincount(array.ravel())
+    counts = np.bincount(array[array != 0])  # only the labelled voxels: bincount casts to int64
     return {str(v): int(counts[v]) for v in np.flatnonzero(counts) if v != 0}
 
 
