@@ -170,7 +170,9 @@ def _store_lock(path: str) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if attempt == 9:
-                    raise BuildError(f"{folder}: another skelprep build is using this store; wait for it to finish") from None
+                    raise BuildError(
+                        f"{folder}: another skelprep build is using this store; wait for it to finish"
+                    ) from None
                 time.sleep(0.05)  # not a build, maybe: store_is_busy() probes with a brief shared lock
         handle.seek(0)
         handle.truncate()
@@ -268,7 +270,9 @@ def _check_images(case: Case, mask_shape: tuple[int, ...]) -> None:
     for image in case.images:
         shape = image_shape(image)
         if shape != mask_shape:
-            raise InputError(image, f"image shape {shape} differs from the shape {mask_shape} of its mask {case.mask}")
+            raise InputError(
+                image, f"image shape {shape} differs from the shape {mask_shape} of its mask {case.mask}"
+            )
 
 
 def _stored_case_intact(out: str, case_id: str) -> bool:
@@ -308,7 +312,9 @@ def build_case(
     except (ValueError, OSError) as exc:
         return CaseOutcome(case.case_id, "failed", _one_line(case.mask, exc), time.perf_counter() - start)
     except MemoryError:
-        return CaseOutcome(case.case_id, "failed", _one_line(case.mask, "out of memory"), time.perf_counter() - start)
+        return CaseOutcome(
+            case.case_id, "failed", _one_line(case.mask, "out of memory"), time.perf_counter() - start
+        )
     except Exception as exc:
         return CaseOutcome(
             case.case_id,
@@ -318,7 +324,10 @@ def build_case(
             detail=traceback.format_exc(),
         )
     return CaseOutcome(
-        case.case_id, "built", seconds=time.perf_counter() - start, fallback_components=targets.fallback_components
+        case.case_id,
+        "built",
+        seconds=time.perf_counter() - start,
+        fallback_components=targets.fallback_components,
     )
 
 
@@ -331,9 +340,15 @@ def _open_or_create_root(out: str, layout: DatasetLayout, params: dict[str, Any]
     if meta is None:
         if any(True for _ in root.members()):
             raise BuildError(f"{out}: exists and is not a skelprep store; choose another --out")
-        meta = {"format_version": FORMAT_VERSION, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cases": []}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "cases": [],
+        }
     elif meta.get("format_version") != FORMAT_VERSION:
-        raise BuildError(f"{out}: store format version {meta.get('format_version')}, this skelprep writes {FORMAT_VERSION}")
+        raise BuildError(
+            f"{out}: store format version {meta.get('format_version')}, this skelprep writes {FORMAT_VERSION}"
+        )
     meta = {
         **meta,
         "params": params,
@@ -475,7 +490,9 @@ def _run_on_dask(
             ): case
             for i, case in enumerate(cases)
         }
-        bar = tqdm(total=len(futures), desc="skelprep build", unit="case", file=sys.stderr, disable=not progress)
+        bar = tqdm(
+            total=len(futures), desc="skelprep build", unit="case", file=sys.stderr, disable=not progress
+        )
         for future in as_completed(futures):
             case = futures[future]
             try:
@@ -499,14 +516,18 @@ def _check_memory_limit(memory_limit: str | None, scheduler: str | None) -> None
     if memory_limit is None:
         return
     if scheduler is not None:
-        raise BuildError("--memory-limit applies to local workers; set it on the cluster of --scheduler instead")
+        raise BuildError(
+            "--memory-limit applies to local workers; set it on the cluster of --scheduler instead"
+        )
     from dask.utils import parse_bytes
 
     try:
         if memory_limit != "auto" and parse_bytes(memory_limit) <= 0:
             raise ValueError
     except ValueError:
-        raise BuildError(f"invalid memory limit {memory_limit!r} (expected a size like 4GB or 500MiB)") from None
+        raise BuildError(
+            f"invalid memory limit {memory_limit!r} (expected a size like 4GB or 500MiB)"
+        ) from None
 
 
 def build(
@@ -592,7 +613,9 @@ def build(
                 todo.append(case)
         if todo:
             report.outcomes.extend(
-                _run_in_process(todo, out, param_dict, os.fspath(layout.root), progress=progress, repair=to_repair)
+                _run_in_process(
+                    todo, out, param_dict, os.fspath(layout.root), progress=progress, repair=to_repair
+                )
                 if _in_process(workers, scheduler, memory_limit, len(todo))
                 else _run_on_dask(
                     todo,

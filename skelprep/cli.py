@@ -48,7 +48,9 @@ class _Cli(click.Group):
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
                 _fail(str(exc))
             first = str(exc).strip().splitlines()
-            _fail(f"{type(exc).__name__}: {first[0] if first else ''} (run 'skelprep --debug ...' for details)")
+            _fail(
+                f"{type(exc).__name__}: {first[0] if first else ''} (run 'skelprep --debug ...' for details)"
+            )
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,9 +77,13 @@ def _echo_json(data: Any) -> None:
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
 @click.option("--mode", type=click.Choice(["joint", "per-class"]), default="joint", show_default=True)
-@click.option("--radius", type=click.IntRange(min=0), default=2, show_default=True, help="L1 radius of the tube.")
+@click.option(
+    "--radius", type=click.IntRange(min=0), default=2, show_default=True, help="L1 radius of the tube."
+)
 @click.option("--ignore-label", type=click.IntRange(min=1), help="Label excluded from skeletons and tubes.")
-@click.option("--slice-axis", type=click.IntRange(0, 2), help="Per-slice 2D skeletons along this axis (3D data).")
+@click.option(
+    "--slice-axis", type=click.IntRange(0, 2), help="Per-slice 2D skeletons along this axis (3D data)."
+)
 @click.option("--masks", metavar="GLOB", help="Mask files, relative to DATASET (** allowed).")
 @click.option("--images", metavar="GLOB", help="Image files, matched to masks by case id.")
 @click.option("--force", is_flag=True, help="Rebuild every case.")
@@ -127,7 +133,9 @@ def build(
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
     if memory_limit is not None and scheduler is not None:
-        raise click.UsageError("--memory-limit and --scheduler exclude each other (limit the cluster's workers)")
+        raise click.UsageError(
+            "--memory-limit and --scheduler exclude each other (limit the cluster's workers)"
+        )
     report = run_build(
         dataset,
         out,
@@ -173,7 +181,8 @@ def info(store: str, as_json: bool) -> None:
     for case_id in opened.case_ids:
         meta = opened.case_attrs(case_id) or {}
         cases[case_id] = {
-            k: meta.get(k) for k in ("shape", "dtype", "spacing", "axes", "label_counts", "fallback_components", "source")
+            k: meta.get(k)
+            for k in ("shape", "dtype", "spacing", "axes", "label_counts", "fallback_components", "source")
         }
     incomplete = opened.incomplete_case_ids
     if as_json:
@@ -181,7 +190,9 @@ def info(store: str, as_json: bool) -> None:
         return
     attrs = opened.attrs
     click.echo(f"store     {store}")
-    click.echo(f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}")
+    click.echo(
+        f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}"
+    )
     click.echo(f"dataset   {attrs.get('dataset')} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
@@ -217,11 +228,16 @@ def verify(
     from skelprep.build import verify as run_verify
 
     if store_is_busy(out or default_store_path(dataset)):
-        click.echo("note: a build is running on this store; the cases it is writing show as missing or incomplete", err=True)
+        click.echo(
+            "note: a build is running on this store; the cases it is writing show as missing or incomplete",
+            err=True,
+        )
     checks = run_verify(dataset, out, masks=masks, images=images, check_data=not no_data)
     bad = [c for c in checks if c.state != "ok"]
     if as_json:
-        _echo_json({"ok": not bad, "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks}})
+        _echo_json(
+            {"ok": not bad, "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks}}
+        )
     else:
         for check in bad:
             click.echo(f"{check.state:<15} {check.case_id}: {check.reason}")
@@ -240,8 +256,12 @@ def verify(
 @cli.command()
 @click.argument("store")
 @click.argument("case")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
-@click.option("--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="Projection axis for 3D.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
+)
+@click.option(
+    "--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="Projection axis for 3D."
+)
 def preview(store: str, case: str, output: Path, axis: int) -> None:
     """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
     from PIL import Image
@@ -278,8 +298,12 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
 @click.option("--classes", help="Comma-separated classes to score [default: those present].")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON.")
-def eval_(pred_dir: Path, gt_dir: Path, store: str | None, classes: str | None, json_path: Path | None) -> None:
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
+)
+def eval_(
+    pred_dir: Path, gt_dir: Path, store: str | None, classes: str | None, json_path: Path | None
+) -> None:
     """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed)."""
     from skelprep.evaluate import evaluate_folders
     from skelprep.metrics import METRIC_NAMES
@@ -287,7 +311,9 @@ def eval_(pred_dir: Path, gt_dir: Path, store: str | None, classes: str | None, 
     try:
         wanted = None if classes is None else [int(c) for c in classes.split(",") if c.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected integers like 1,2, got {classes!r}", param_hint="--classes") from None
+        raise click.BadParameter(
+            f"expected integers like 1,2, got {classes!r}", param_hint="--classes"
+        ) from None
     report = evaluate_folders(pred_dir, gt_dir, store=store, classes=wanted)
     heads = ("dice", "clDice", "Tprec", "Tsens", "b0 err", "b1 err")
     width = max([len(c) for c in report["cases"]] + [4])

@@ -203,7 +203,9 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
                     array = np.asarray(img)
     except MemoryError:
         raise
-    except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, zlib.error, ...
+    except (
+        Exception
+    ) as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, zlib.error, ...
         raise InputError(path, f"cannot read image ({_first_line(exc)})") from None
     if array.ndim == 3:
         if as_mask:
@@ -221,13 +223,18 @@ def _colour_to_labels(path: Path, array: np.ndarray, *, alpha: bool, what: str) 
     if alpha and array[..., -1].min() != array[..., -1].max():
         raise InputError(path, "mask has a varying alpha channel")
     if not (colour == colour[..., :1]).all():
-        raise InputError(path, f"colour mask with distinct channels ({what}); save label maps as grayscale or palette images")
+        raise InputError(
+            path,
+            f"colour mask with distinct channels ({what}); save label maps as grayscale or palette images",
+        )
     return colour[..., 0]
 
 
 def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
     if math.prod(shape) > MAX_VOXELS:
-        raise InputError(path, f"header declares shape {tuple(shape)}, more than {MAX_VOXELS} voxels (corrupt file?)")
+        raise InputError(
+            path, f"header declares shape {tuple(shape)}, more than {MAX_VOXELS} voxels (corrupt file?)"
+        )
 
 
 def _check_gzip_stream(path: Path, expected: int) -> None:
@@ -243,7 +250,9 @@ def _check_gzip_stream(path: Path, expected: int) -> None:
         while block := stream.read(1 << 24):
             total += len(block)
             if total > limit:  # a gzip bomb behind a small header
-                raise InputError(path, f"gzip stream holds more than the {expected} bytes its header declares")
+                raise InputError(
+                    path, f"gzip stream holds more than the {expected} bytes its header declares"
+                )
 
 
 def _read_nifti(path: Path) -> Volume:
@@ -296,10 +305,14 @@ def _read_tiff(path: Path, *, as_mask: bool) -> Volume:
     array, _, axes = _tiff_series(path, data=True)
     if axes.endswith("S"):
         if as_mask:
-            array = _colour_to_labels(path, array, alpha=array.shape[-1] in (2, 4), what=f"TIFF, {array.shape[-1]} samples")
+            array = _colour_to_labels(
+                path, array, alpha=array.shape[-1] in (2, 4), what=f"TIFF, {array.shape[-1]} samples"
+            )
         else:
             # channel-first with 2D axes, as a colour PNG: read_image adds no channel axis
-            return Volume(np.ascontiguousarray(np.moveaxis(array, -1, 0)), spacing=(1.0,) * (array.ndim - 1), axes="yx")
+            return Volume(
+                np.ascontiguousarray(np.moveaxis(array, -1, 0)), spacing=(1.0,) * (array.ndim - 1), axes="yx"
+            )
     spatial = "zyx" if array.ndim == 3 else "yx"
     return Volume(array, spacing=(1.0,) * array.ndim, axes=spatial)
 

@@ -121,7 +121,11 @@ def _collect_masks(masks: list[Path], base: Path) -> tuple[dict[str, Path], list
     folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
     for case_id in sorted(folders & unique.keys()):
         problems.append(
-            CaseProblem(case_id, unique.pop(case_id), f"case id '{case_id}' is also the folder of other cases; rename the mask")
+            CaseProblem(
+                case_id,
+                unique.pop(case_id),
+                f"case id '{case_id}' is also the folder of other cases; rename the mask",
+            )
         )
     return unique, problems
 
@@ -151,7 +155,9 @@ def _pair(
         if not found:
             problems.append(CaseProblem(case_id, mask, f"no image found for case '{case_id}'"))
         elif len(set(channels)) != len(channels):
-            problems.append(CaseProblem(case_id, mask, f"case '{case_id}' has several images for one channel"))
+            problems.append(
+                CaseProblem(case_id, mask, f"case '{case_id}' has several images for one channel")
+            )
         elif n_channels is not None and channels != list(range(n_channels)):
             want = ", ".join(f"_{c:04d}" for c in range(n_channels))
             problems.append(CaseProblem(case_id, mask, f"case '{case_id}' needs image channels {want}"))
@@ -194,7 +200,9 @@ def _discover_nnunet(root: Path) -> DatasetLayout:
         raise LayoutError(f"{labels_dir}: no '{ending}' masks found (file_ending of {meta_path})")
     masks, problems = _collect_masks(mask_files, labels_dir)
     images_dir = root / "imagesTr"
-    image_index = _index_images(_walk_files(images_dir, (ending,)), images_dir) if images_dir.is_dir() else None
+    image_index = (
+        _index_images(_walk_files(images_dir, (ending,)), images_dir) if images_dir.is_dir() else None
+    )
     if image_index is not None and n_channels is not None:
         # nnU-Net's natural images (RGB PNG) hold all channels in one file.
         if ending.lower() in (".png", ".jpg") and all(len(v) == 1 for v in image_index.values()):
@@ -254,7 +262,9 @@ def _discover_globs(root: Path, masks: str, images: str | None) -> DatasetLayout
     return DatasetLayout(root, "glob", tuple(cases), tuple(problems + pair_problems), mask_dir=mask_base)
 
 
-def discover(dataset: str | os.PathLike, masks: str | None = None, images: str | None = None) -> DatasetLayout:
+def discover(
+    dataset: str | os.PathLike, masks: str | None = None, images: str | None = None
+) -> DatasetLayout:
     """Find the cases of a dataset folder.
 
     Parameters
@@ -289,4 +299,3 @@ def discover(dataset: str | os.PathLike, masks: str | None = None, images: str |
     if (root / "dataset.json").exists():
         return _discover_nnunet(root)
     return _discover_generic(root)
-

@@ -235,7 +235,9 @@ class SkeletonStore(Mapping[str, CaseTargets]):
             raise StoreError(f"{self.path}: not a skelprep store (no 'skelprep' attributes)")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: store format version {version}, this skelprep reads {FORMAT_VERSION}")
+            raise StoreError(
+                f"{self.path}: store format version {version}, this skelprep reads {FORMAT_VERSION}"
+            )
         self.attrs: dict[str, Any] = meta
         self._case_ids: list[str] | None = None
 
@@ -263,7 +265,9 @@ class SkeletonStore(Mapping[str, CaseTargets]):
                 break
             except Exception as exc:
                 if attempt == 2:
-                    raise StoreError(f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})") from None
+                    raise StoreError(
+                        f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})"
+                    ) from None
                 time.sleep(0.1)  # a build deleted a node while we listed it: list again
         for name, node in members:
             if not isinstance(node, zarr.Group):

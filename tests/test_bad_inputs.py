@@ -46,7 +46,9 @@ def _permissions_enforceable() -> bool:
     """Whether a process of ours can be made to obey chmod (always, unless root cannot drop CAP_DAC_*)."""
     if os.geteuid() != 0:
         return True
-    probe = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_drop_dac_capabilities, capture_output=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "pass"], preexec_fn=_drop_dac_capabilities, capture_output=True
+    )
     return probe.returncode == 0
 
 
@@ -87,7 +89,9 @@ def _vessel_2d(shape=(24, 32), value=1) -> np.ndarray:
     return mask
 
 
-def make_corpus(root: Path, *, with_permissions: bool) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]]]:
+def make_corpus(
+    root: Path, *, with_permissions: bool
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]]]:
     """Write a generic dataset (labels/ + images/) of good and bad cases.
 
     Returns
@@ -150,13 +154,22 @@ def make_corpus(root: Path, *, with_permissions: bool) -> tuple[dict[str, np.nda
     bad_file("text named .png", "text.png", b"this is a README, not a mask\n" * 3, "cannot read image")
     bad_file("garbage named .nii.gz", "garbage.nii.gz", os.urandom(600), "cannot read NIfTI")
     bad_file("zero-size NIfTI", "zero.nii.gz", b"", "file is empty")
-    stream = bytearray(gzip.compress(nib.Nifti1Image(np.arange(4096, dtype=np.int16).reshape(16, 16, 16), np.eye(4)).to_bytes()))
+    stream = bytearray(
+        gzip.compress(
+            nib.Nifti1Image(np.arange(4096, dtype=np.int16).reshape(16, 16, 16), np.eye(4)).to_bytes()
+        )
+    )
     stream[len(stream) // 2 : len(stream) // 2 + 32] = b"\x00" * 32
     bad_file("NIfTI with a broken gzip stream", "bad_gzip.nii.gz", bytes(stream), "cannot read NIfTI")
     whole = nib.Nifti1Image(np.ones((16, 16, 16), np.uint8), np.eye(4)).to_bytes()
     bad_file("truncated uncompressed NIfTI", "short.nii", whole[: len(whole) - 1000], "cannot read NIfTI")
     bad_file("garbage named .tif", "garbage_tiff.tif", b"II*\x00" + os.urandom(300), "cannot read TIFF")
-    bad_file("PNG decompression bomb header", "bomb.png", _bomb_png(100_000, 100_000), "decompression bomb|exceeds limit")
+    bad_file(
+        "PNG decompression bomb header",
+        "bomb.png",
+        _bomb_png(100_000, 100_000),
+        "decompression bomb|exceeds limit",
+    )
     header = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)).header.copy()
     header.set_data_shape((4000, 4000, 4000))
     header["vox_offset"] = 352
@@ -192,7 +205,12 @@ def make_corpus(root: Path, *, with_permissions: bool) -> tuple[dict[str, np.nda
     bad["RGBA mask with a varying alpha"] = (str(labels / "alpha.png"), "varying alpha")
     for name in ("probabilities", "nan", "negative", "time", "complex"):
         image_for(name, (6, 6, 6))
-    for name, shape in {"huge_labels": (6, 6), "colour": (8, 8), "colour_tiff": (8, 8), "alpha": (8, 8)}.items():
+    for name, shape in {
+        "huge_labels": (6, 6),
+        "colour": (8, 8),
+        "colour_tiff": (8, 8),
+        "alpha": (8, 8),
+    }.items():
         image_for(name, shape)
 
     # --- file-system oddities ---
@@ -222,7 +240,10 @@ def make_corpus(root: Path, *, with_permissions: bool) -> tuple[dict[str, np.nda
     # --- cases that discovery or the image check rejects ---
     write_png(labels / "shape_mismatch.png", _vessel_2d((20, 30)))
     image_for("shape_mismatch", (20, 31))
-    bad["image/mask shape mismatch"] = (str(images / "shape_mismatch.png"), r"image shape \(20, 31\) differs .*\(20, 30\)")
+    bad["image/mask shape mismatch"] = (
+        str(images / "shape_mismatch.png"),
+        r"image shape \(20, 31\) differs .*\(20, 30\)",
+    )
     write_png(labels / "no_image.png", _vessel_2d())
     bad["missing image"] = (str(labels / "no_image.png"), "no image found")
     write_png(labels / "twice.png", _vessel_2d())
@@ -237,7 +258,10 @@ def make_corpus(root: Path, *, with_permissions: bool) -> tuple[dict[str, np.nda
     bad["case id that names the store's metadata"] = (str(labels / "zarr.json.png"), "reserved")
     write_png(labels / "nest.png", _vessel_2d())
     image_for("nest", (24, 32))
-    bad["case id that is another case's folder"] = (str(labels / "nest.png"), "also the folder of other cases")
+    bad["case id that is another case's folder"] = (
+        str(labels / "nest.png"),
+        "also the folder of other cases",
+    )
     return good, bad
 
 
@@ -257,12 +281,17 @@ def test_bad_input_corpus_fails_case_by_case(tmp_path):
     good, bad = make_corpus(root, with_permissions=enforce)
     assert len(bad) >= 30
     out = tmp_path / "corpus.zarr"
-    result = _build_cli(["build", str(root), "--out", str(out), "--workers", "2", "--no-progress"], drop_dac=enforce and os.geteuid() == 0)
+    result = _build_cli(
+        ["build", str(root), "--out", str(out), "--workers", "2", "--no-progress"],
+        drop_dac=enforce and os.geteuid() == 0,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
     assert len(failed) == len(result.stderr.splitlines()), result.stderr  # nothing but one line per failure
-    assert f"{len(good)} built, 0 up to date, {len(bad) + 1} failed" in result.stdout  # +1: loop_b, the loop's other end
+    assert (
+        f"{len(good)} built, 0 up to date, {len(bad) + 1} failed" in result.stdout
+    )  # +1: loop_b, the loop's other end
     unmatched = []
     for kind, (path, reason) in bad.items():
         pattern = re.compile(re.escape(f"failed: {path}") + r"[^\n]*: .*(" + reason + ")")
@@ -280,7 +309,10 @@ def test_bad_input_corpus_fails_case_by_case(tmp_path):
     assert store["labels_16bit"].tube.dtype == np.uint16
 
     # --debug: the same failures, with a traceback for anything unexpected (here: none)
-    again = _build_cli(["--debug", "build", str(root), "--out", str(out), "--workers", "1", "--no-progress"], drop_dac=enforce and os.geteuid() == 0)
+    again = _build_cli(
+        ["--debug", "build", str(root), "--out", str(out), "--workers", "1", "--no-progress"],
+        drop_dac=enforce and os.geteuid() == 0,
+    )
     assert again.returncode == 1 and f"0 built, {len(good)} up to date, {len(bad) + 1} failed" in again.stdout
 
 
@@ -296,10 +328,22 @@ def test_reader_never_opens_a_fifo(tmp_path):
     "setup, message",
     [
         (lambda r: (r / "dataset.json").write_text('{"file_ending": ".png", '), "invalid dataset.json"),
-        (lambda r: (r / "dataset.json").write_text('{"file_ending": ".png", "labels": {"bg": 0}}'), "labelsTr: labels folder"),
+        (
+            lambda r: (r / "dataset.json").write_text('{"file_ending": ".png", "labels": {"bg": 0}}'),
+            "labelsTr: labels folder",
+        ),
         (lambda r: (r / "dataset.json").write_text('["not", "an", "object"]'), "not a JSON object"),
-        (lambda r: (r / "dataset.json").write_text('{"file_ending": ".png", "labels": ["bg", "x"]}'), "'labels' must map"),
-        (lambda r: ((r / "labelsTr").mkdir(), (r / "dataset.json").write_text('{"file_ending": ".nii.gz"}')), "no '.nii.gz' masks found"),
+        (
+            lambda r: (r / "dataset.json").write_text('{"file_ending": ".png", "labels": ["bg", "x"]}'),
+            "'labels' must map",
+        ),
+        (
+            lambda r: (
+                (r / "labelsTr").mkdir(),
+                (r / "dataset.json").write_text('{"file_ending": ".nii.gz"}'),
+            ),
+            "no '.nii.gz' masks found",
+        ),
         (lambda r: (r / "dataset.json").write_text('{"file_ending": ".bmp"}'), "unsupported file_ending"),
         (lambda r: (r / "dataset.json").mkdir(), "not a regular file"),
         (lambda r: os.mkfifo(r / "dataset.json"), "not a regular file"),
@@ -307,8 +351,16 @@ def test_reader_never_opens_a_fifo(tmp_path):
         (lambda r: (r / "labels").mkdir(), "no masks found"),
     ],
     ids=[
-        "invalid-json", "missing-labels-folder", "json-not-object", "labels-not-mapping", "no-masks-of-file-ending",
-        "unsupported-ending", "json-is-folder", "json-is-fifo", "no-labels-folder", "empty-labels-folder",
+        "invalid-json",
+        "missing-labels-folder",
+        "json-not-object",
+        "labels-not-mapping",
+        "no-masks-of-file-ending",
+        "unsupported-ending",
+        "json-is-folder",
+        "json-is-fifo",
+        "no-labels-folder",
+        "empty-labels-folder",
     ],
 )
 def test_whole_dataset_errors_stop_before_building(tmp_path, setup, message):
@@ -340,7 +392,9 @@ def test_unusable_store_and_options_are_one_line_errors(tmp_path):
         assert result.exit_code == 1, (extra, result.output)
         assert result.stderr.count("\n") == 1 and message in result.stderr, (extra, result.stderr)
     assert (root / "labels" / "a.png").read_bytes()[:4] == b"\x89PNG"
-    result = runner.invoke(cli, ["build", str(root), "--memory-limit", "1GB", "--scheduler", "tcp://127.0.0.1:1"])
+    result = runner.invoke(
+        cli, ["build", str(root), "--memory-limit", "1GB", "--scheduler", "tcp://127.0.0.1:1"]
+    )
     assert result.exit_code == 2 and "exclude each other" in result.stderr
 
 
@@ -352,7 +406,13 @@ def test_image_shape_reads_headers_and_agrees_with_the_readers(tmp_path):
     vol = _nifti(tmp_path / "v.nii.gz", np.zeros((4, 5, 6, 1), np.int16))
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((5, 7, 3), np.uint8), photometric="rgb")
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 5, 7), np.uint8), photometric="minisblack")
-    expected = {rgb: (5, 7), grey: (5, 7), vol: (4, 5, 6), tmp_path / "rgb.tif": (5, 7), tmp_path / "stack.tif": (3, 5, 7)}
+    expected = {
+        rgb: (5, 7),
+        grey: (5, 7),
+        vol: (4, 5, 6),
+        tmp_path / "rgb.tif": (5, 7),
+        tmp_path / "stack.tif": (3, 5, 7),
+    }
     for path, shape in expected.items():
         assert image_shape(path) == shape, path
         assert read_image(path).array.shape[1:] == shape, path

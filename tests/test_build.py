@@ -52,7 +52,8 @@ def test_build_matches_core_and_is_incremental(octa_dataset):
     changed = build(octa_dataset, workers=1)
     assert [o.case_id for o in changed.built] == ["octa_002"] and len(changed.up_to_date) == 3
     np.testing.assert_array_equal(
-        open_store(octa_dataset / "skeletons.zarr")["octa_002"].tube[...], skeleton_targets(data.astype(np.uint8)).tube
+        open_store(octa_dataset / "skeletons.zarr")["octa_002"].tube[...],
+        skeleton_targets(data.astype(np.uint8)).tube,
     )
 
     # changed parameters: everything; --force: everything
@@ -97,7 +98,9 @@ def test_failed_cases_do_not_stop_the_build(tmp_path):
 def test_modes_and_ignore_label_from_dataset_json(tmp_path):
     root = tmp_path / "nn"
     (root / "labelsTr").mkdir(parents=True)
-    (root / "dataset.json").write_text('{"labels": {"background": 0, "a": 1, "ignore": 3}, "file_ending": ".png"}')
+    (root / "dataset.json").write_text(
+        '{"labels": {"background": 0, "a": 1, "ignore": 3}, "file_ending": ".png"}'
+    )
     mask = np.zeros((30, 40), np.uint8)
     mask[10:16, 2:38] = 1
     mask[5:25, 18:22] = 3
@@ -106,7 +109,9 @@ def test_modes_and_ignore_label_from_dataset_json(tmp_path):
     assert report.ok
     case = open_store(root / "skeletons.zarr")["c"]
     assert case.attrs["params"]["ignore_label"] == 3 and case.attrs["params"]["mode"] == "per-class"
-    np.testing.assert_array_equal(case.tube[...], skeleton_targets(mask, ignore_label=3, mode="per-class").tube)
+    np.testing.assert_array_equal(
+        case.tube[...], skeleton_targets(mask, ignore_label=3, mode="per-class").tube
+    )
 
 
 def test_second_build_on_locked_store_refuses(octa_dataset):

@@ -33,7 +33,11 @@ def test_build_info_verify_preview(runner, cracks_dataset, tmp_path):
     result = runner.invoke(cli, ["info", store])
     assert result.exit_code == 0 and "crack_001" in result.stdout and "3 complete" in result.stdout
     info = json.loads(runner.invoke(cli, ["info", store, "--json"]).stdout)
-    assert info["attrs"]["params"]["mode"] == "joint" and set(info["cases"]) == {"crack_000", "crack_001", "crack_002"}
+    assert info["attrs"]["params"]["mode"] == "joint" and set(info["cases"]) == {
+        "crack_000",
+        "crack_001",
+        "crack_002",
+    }
 
     result = runner.invoke(cli, ["verify", str(cracks_dataset)])
     assert result.exit_code == 0 and "3 ok, 0 with problems" in result.stdout
@@ -51,7 +55,9 @@ def test_build_info_verify_preview(runner, cracks_dataset, tmp_path):
 def test_preview_3d_is_a_projection(runner, octa_dataset, tmp_path):
     assert runner.invoke(cli, ["build", str(octa_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
     out = tmp_path / "p.png"
-    result = runner.invoke(cli, ["preview", str(octa_dataset / "skeletons.zarr"), "octa_000", "-o", str(out), "--axis", "2"])
+    result = runner.invoke(
+        cli, ["preview", str(octa_dataset / "skeletons.zarr"), "octa_000", "-o", str(out), "--axis", "2"]
+    )
     assert result.exit_code == 0
     # 64 x 64 projection, enlarged (nearest) so a person can see it
     assert np.asarray(Image.open(out)).shape == (512, 512, 3)
@@ -74,7 +80,11 @@ def test_usage_and_dataset_errors(runner, tmp_path):
     assert runner.invoke(cli, ["build"]).exit_code == 2
     assert runner.invoke(cli, ["build", str(tmp_path), "--mode", "both"]).exit_code == 2
     result = runner.invoke(cli, ["build", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and result.stderr.startswith("skelprep: error:") and "Traceback" not in result.stderr
+    assert (
+        result.exit_code == 1
+        and result.stderr.startswith("skelprep: error:")
+        and "Traceback" not in result.stderr
+    )
     result = runner.invoke(cli, ["info", str(tmp_path / "none.zarr")])
     assert result.exit_code == 1 and "no skelprep store" in result.stderr
     result = runner.invoke(cli, ["build", str(tmp_path), "--workers", "2", "--scheduler", "tcp://x:1"])

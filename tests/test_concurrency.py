@@ -16,7 +16,9 @@ from .test_crash_safety import CLI, N_CASES, check_store, make_dataset, start_bu
 
 LOCKED = "another skelprep build is using this store; wait for it to finish"
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups")
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,12 @@ def test_second_build_refuses_while_first_runs_and_readers_keep_working(crash_da
     os.killpg(first.pid, signal.SIGSTOP)
     try:
         assert first.poll() is None and store_is_busy(out)
-        second = subprocess.run(CLI + ["build", str(dataset), "--out", str(out), "--force", "--no-progress"],
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            CLI + ["build", str(dataset), "--out", str(out), "--force", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         paused_states = {c.state for c in verify(dataset, out)}
     finally:
         os.killpg(first.pid, signal.SIGCONT)
@@ -56,7 +62,9 @@ def test_second_build_refuses_while_first_runs_and_readers_keep_working(crash_da
         assert states <= {"ok", "missing", "incomplete"}, states
         check_store(out, expected)  # listed cases are complete and equal the core's output
         rounds += 1
-    cli_verify = subprocess.run(CLI + ["verify", str(dataset), "--out", str(out)], capture_output=True, text=True, timeout=60)
+    cli_verify = subprocess.run(
+        CLI + ["verify", str(dataset), "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert cli_verify.returncode == 0 and "Traceback" not in cli_verify.stderr
 
     code, stdout, stderr = _finish(first)

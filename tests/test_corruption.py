@@ -41,7 +41,9 @@ def runner() -> CliRunner:
 
 def test_verify_detects_damage_and_build_repairs_it(runner, tmp_path):
     root = tmp_path / "ds"
-    masks = {name: _mask(i) for i, name in enumerate(["altered", "removed", "stale", "vanished", "half", "fine"])}
+    masks = {
+        name: _mask(i) for i, name in enumerate(["altered", "removed", "stale", "vanished", "half", "fine"])
+    }
     for name, mask in masks.items():
         write_png(root / "labels" / f"{name}.png", mask)
     result = runner.invoke(cli, ["build", str(root), "--workers", "2", "--no-progress"])
@@ -76,12 +78,21 @@ def test_verify_detects_damage_and_build_repairs_it(runner, tmp_path):
     assert lines["half"].startswith("incomplete")
     assert lines["new"].startswith("missing")
     assert "1 ok, 6 with problems" in result.stdout
-    for hint in ("--repair' rebuilds the corrupt cases", "--prune' deletes the orphans", "builds what is missing or out of date"):
+    for hint in (
+        "--repair' rebuilds the corrupt cases",
+        "--prune' deletes the orphans",
+        "builds what is missing or out of date",
+    ):
         assert hint in result.stdout
     states = json.loads(runner.invoke(cli, ["verify", str(root), "--json"]).stdout)["cases"]
     assert {k: v["state"] for k, v in states.items()} == {
-        "altered": "corrupt", "removed": "corrupt", "stale": "stale", "vanished": "orphan",
-        "half": "incomplete", "new": "missing", "fine": "ok",
+        "altered": "corrupt",
+        "removed": "corrupt",
+        "stale": "stale",
+        "vanished": "orphan",
+        "half": "incomplete",
+        "new": "missing",
+        "fine": "ok",
     }
     # without reading the data, the damage cannot be seen
     no_data = _lines(runner.invoke(cli, ["verify", str(root), "--no-data"]).stdout)
@@ -100,7 +111,9 @@ def test_verify_detects_damage_and_build_repairs_it(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 built, 4 up to date, 0 failed" in result.stdout
     result = runner.invoke(cli, ["verify", str(root)])
-    assert result.exit_code == 0 and "6 ok, 0 with problems" in result.stdout and "to fix" not in result.stdout
+    assert (
+        result.exit_code == 0 and "6 ok, 0 with problems" in result.stdout and "to fix" not in result.stdout
+    )
     opened = open_store(store)
     assert sorted(opened) == sorted(set(masks) - {"vanished"})
     for name in opened:

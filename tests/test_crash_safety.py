@@ -28,7 +28,9 @@ from .conftest import tubes_3d
 CLI = [sys.executable, "-m", "skelprep.cli"]
 N_CASES = 40
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups")
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups"
+)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -145,14 +147,22 @@ def test_sigkill_at_many_moments_never_leaves_a_half_built_case(crash_dataset, t
     assert sum(1 for *_, finished, c, inc in seen if not finished and (0 < c < N_CASES or inc)) >= 4, seen
 
     # the store is not left locked; the next build finishes the job and verify passes
-    done = subprocess.run(CLI + ["build", str(dataset), "--out", str(out), "--workers", "1", "--no-progress"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        CLI + ["build", str(dataset), "--out", str(out), "--workers", "1", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert ", 0 failed" in done.stdout
     assert check_store(out, expected) == (N_CASES, 0)
     assert not list(out.rglob("*.partial"))  # the temporary files of interrupted writes are cleaned up
-    verify = subprocess.run(CLI + ["verify", str(dataset), "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert verify.returncode == 0 and f"{N_CASES} ok, 0 with problems" in verify.stdout, verify.stdout + verify.stderr
+    verify = subprocess.run(
+        CLI + ["verify", str(dataset), "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0 and f"{N_CASES} ok, 0 with problems" in verify.stdout, (
+        verify.stdout + verify.stderr
+    )
 
 
 def test_killing_only_the_client_stops_its_workers(crash_dataset, tmp_path):

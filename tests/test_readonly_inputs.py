@@ -50,21 +50,32 @@ def enforce() -> bool:
 
 
 def _run(args: list[str], drop: bool) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_drop_dac_capabilities if drop else None)
+    return subprocess.run(
+        CLI + args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_drop_dac_capabilities if drop else None,
+    )
 
 
 def test_build_on_a_read_only_dataset_writes_nothing_there(octa_dataset, tmp_path, enforce):
-    (octa_dataset / "labelsTr" / "link_to_000.nii.gz").symlink_to("octa_000.nii.gz")  # links are read, not followed for writes
+    (octa_dataset / "labelsTr" / "link_to_000.nii.gz").symlink_to(
+        "octa_000.nii.gz"
+    )  # links are read, not followed for writes
     (octa_dataset / "imagesTr" / "link_to_000_0000.nii.gz").symlink_to("octa_000_0000.nii.gz")
     _make_read_only(octa_dataset)
     before = snapshot(octa_dataset)
     out = tmp_path / "elsewhere" / "targets.zarr"
     try:
-        built = _run(["build", str(octa_dataset), "--out", str(out), "--workers", "2", "--no-progress"], enforce)
+        built = _run(
+            ["build", str(octa_dataset), "--out", str(out), "--workers", "2", "--no-progress"], enforce
+        )
         assert built.returncode == 0, built.stderr
         assert "5 built, 0 up to date, 0 failed" in built.stdout
-        again = _run(["build", str(octa_dataset), "--out", str(out), "--workers", "1", "--no-progress"], enforce)
+        again = _run(
+            ["build", str(octa_dataset), "--out", str(out), "--workers", "1", "--no-progress"], enforce
+        )
         assert again.returncode == 0 and "0 built, 5 up to date" in again.stdout
         checked = _run(["verify", str(octa_dataset), "--out", str(out)], enforce)
         assert checked.returncode == 0 and "5 ok, 0 with problems" in checked.stdout
@@ -101,4 +112,6 @@ def test_store_in_the_dataset_touches_only_itself_and_its_lock(cracks_dataset):
     assert {k.split("/")[0] for k in new} == {"skeletons.zarr", "skeletons.zarr.lock"}
     changed = {k for k in before if before[k] != after.get(k)}
     assert changed == {"."}  # the folder's mtime: the store and its lock were created in it
-    assert {k: v for k, v in after.items() if k in before and k != "."} == {k: v for k, v in before.items() if k != "."}
+    assert {k: v for k, v in after.items() if k in before and k != "."} == {
+        k: v for k, v in before.items() if k != "."
+    }

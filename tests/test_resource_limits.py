@@ -17,7 +17,10 @@ def test_case_over_the_memory_limit_fails_alone(tmp_path):
     labels = tmp_path / "ds" / "labels"
     labels.mkdir(parents=True)
     for i in range(3):
-        nib.save(nib.Nifti1Image(tubes_3d(shape=(32, 32, 32), n=3, seed=i), np.eye(4)), labels / f"small_{i}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(tubes_3d(shape=(32, 32, 32), n=3, seed=i), np.eye(4)),
+            labels / f"small_{i}.nii.gz",
+        )
     # 64 MB of labels; thinning a solid block this size needs several copies, held for seconds
     big = np.zeros((400, 400, 400), np.uint8)
     big[20:380, 20:380, 20:380] = 1
@@ -26,7 +29,9 @@ def test_case_over_the_memory_limit_fails_alone(tmp_path):
 
     result = subprocess.run(
         CLI + ["build", str(tmp_path / "ds"), "--workers", "1", "--memory-limit", "400MB", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "3 built, 0 up to date, 1 failed" in result.stdout

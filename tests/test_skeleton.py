@@ -53,7 +53,9 @@ def test_parity_chase_vessels(name):
 
 @pytest.mark.parametrize("i", range(6))
 def test_parity_cracks_multiclass(i):
-    labels = read_mask(needs(SHARED / "nnunet" / "Dataset001_RoadCracks" / "labelsTr" / f"crack_{i:03d}.png")).array
+    labels = read_mask(
+        needs(SHARED / "nnunet" / "Dataset001_RoadCracks" / "labelsTr" / f"crack_{i:03d}.png")
+    ).array
     assert labels.max() >= 1
     targets = skeleton_targets(labels)
     np.testing.assert_array_equal(targets.tube, reference_tube(labels))
@@ -71,7 +73,9 @@ def test_parity_octa_3d():
 
 @pytest.mark.parametrize("i", range(4))
 def test_parity_octa_nifti_cases(i):
-    labels = read_mask(needs(SHARED / "nnunet" / "Dataset002_OCTA" / "labelsTr" / f"octa_{i:03d}.nii.gz")).array
+    labels = read_mask(
+        needs(SHARED / "nnunet" / "Dataset002_OCTA" / "labelsTr" / f"octa_{i:03d}.nii.gz")
+    ).array
     targets = skeleton_targets(labels)
     assert_parity_where_kept(labels, targets, targets.fallback_components)
 

@@ -22,7 +22,9 @@ def test_write_and_read_back(tmp_path):
     labels = tubes_3d(shape=(70, 40, 130), seed=4)
     targets = skeleton_targets(labels)
     root = _new_store(tmp_path / "s.zarr")
-    write_case(root, "sub/case_1", tube=targets.tube, thin=targets.thin, attrs={"source": "sub/case_1.nii.gz"})
+    write_case(
+        root, "sub/case_1", tube=targets.tube, thin=targets.thin, attrs={"source": "sub/case_1.nii.gz"}
+    )
     store = open_store(tmp_path / "s.zarr")
     assert store.case_ids == ["sub/case_1"] and "sub/case_1" in store and len(store) == 1
     case = store["sub/case_1"]
