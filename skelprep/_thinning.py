@@ -1,18 +1,23 @@
-"""Exact, foreground-only re-implementation of scikit-image's 3D Lee thinning.
+"""Exact, foreground-only re-implementations of scikit-image's thinnings.
 
-``skimage.morphology.skeletonize`` on a 3D array runs Lee et al. (1994) thinning
-(``_compute_thin_image`` in ``skimage/morphology/_skeletonize_lee_cy.pyx``). Each
-round it sweeps the *whole* padded volume once per border direction, so its cost
-grows with the volume. :func:`thin_3d` gives the same result voxel for voxel but
-only ever visits foreground voxels:
+``skimage.morphology.skeletonize`` sweeps the *whole* image once per
+(sub-)iteration, so its cost is (number of iterations) x (image size). The
+functions here give the same result pixel for pixel but only visit foreground:
 
-* the volume is cropped to the foreground bounding box plus a one-voxel zero
+* :func:`thin_2d` replaces Zhang-Suen thinning (2D input), see its Notes;
+* :func:`thin_3d` replaces Lee et al. (1994) thinning (3D input).
+
+3D: Lee thinning (``_compute_thin_image`` in
+``skimage/morphology/_skeletonize_lee_cy.pyx``) sweeps the padded volume once per
+border direction and round. :func:`thin_3d`:
+
+* crops the volume to the foreground bounding box plus a one-voxel zero
   margin (exact: thinning only deletes, and every test reads a 3x3x3
   neighbourhood, so voxels further out are never read);
-* the foreground is kept as a list of flat indices in raster order, the order in
+* keeps the foreground as a list of flat indices in raster order, the order in
   which scikit-image's sweep meets them, and deleted voxels drop out of it;
-* per direction, candidates are collected from that list with the same tests and
-  re-checked sequentially in the same order, exactly as scikit-image does.
+* per direction, collects candidates from that list with the same tests and
+  re-checks them sequentially in the same order, exactly as scikit-image does.
 
 On top of that, the outcome of the tests on a voxel's neighbourhood (simple?
 also not an endpoint and Euler invariant?) is cached in the work volume and
@@ -20,7 +25,7 @@ invalidated whenever one of its 26 neighbours is deleted. The tests are pure
 functions of the 3x3x3 neighbourhood, so the cache never changes the result; it
 spares re-testing the stable voxels six times per round.
 
-If numba is not installed, :func:`thin_3d` falls back to scikit-image.
+If numba is not installed, both functions fall back to scikit-image.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA
         return func
 
 
-__all__ = ["HAVE_NUMBA", "thin_3d"]
+__all__ = ["HAVE_NUMBA", "thin_2d", "thin_3d"]
 
 # --- Neighbourhood numbering --------------------------------------------------
 # scikit-image numbers the 3x3x3 neighbourhood as k = 9*(dp+1) + 3*(dc+1) + (dr+1)
@@ -312,4 +317,178 @@ def thin_3d(mask: np.ndarray) -> np.ndarray:
     # Scatter the survivors (cost ~ skeleton size, not volume).
     coords = np.unravel_index(fg[:n_left], work.shape)
     out[tuple(c - 1 + b.start for c, b in zip(coords, box, strict=True))] = True
+    return out
+
+
+# --- 2D: Zhang-Suen thinning ---------------------------------------------------
+# scikit-image's ``_fast_skeletonize`` (``_skeletonize_various_cy.pyx``, 0.26):
+# the image is padded with one zero pixel, then it repeats
+#
+#     for pass in (first, second):
+#         for every foreground pixel p (raster order):
+#             v = LUT[code(p)]      # code read from the image at the pass start
+#             if v == 3 or (v == 1 and first) or (v == 2 and second):
+#                 mark p for removal (in a copy)
+#         image = copy              # deletions applied after the scan
+#
+# until an iteration (both passes) removes nothing. Each pass is thus *parallel*:
+# the decisions only depend on the image at its start, so the scan order does
+# not matter. code(p) sets bit k for the k-th neighbour in the order
+# NW, N, NE, E, SE, S, SW, W (weights 1, 2, ..., 128).
+#
+# Verbatim copy of scikit-image's table. Note that it is *not* the textbook
+# Zhang-Suen rule: 25 of its entries differ from conditions (a)-(d) of the paper,
+# so it must not be regenerated from the definition.
+_ZS_LUT = np.array(
+    [
+        0, 0, 0, 1, 0, 0, 1, 3, 0, 0, 3, 1, 1, 0, 1, 3, 0, 0, 0, 0, 0, 0,
+        0, 0, 2, 0, 2, 0, 3, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3, 0, 2, 2, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0,
+        0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 3, 0, 2, 0, 0, 0, 3, 1,
+        0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 1, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 3, 1, 3, 0, 0,
+        1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 2, 3, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3,
+        0, 1, 0, 0, 0, 0, 2, 2, 0, 0, 2, 0, 0, 0,
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+
+@_njit
+def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> None:
+    """Zhang-Suen-thin the flat, zero-padded image ``img`` in place.
+
+    Parameters
+    ----------
+    img : ndarray of uint8, 1-D
+        Flattened C-order image with a background margin of at least one pixel;
+        1 is foreground, 0 background.
+    todo : ndarray of int64
+        Flat indices of all foreground pixels (any order). Used as work space.
+    ncols : int
+        Row length of the (padded) image.
+    """
+    n_fg = todo.shape[0]
+    # Flat offsets of the neighbours in LUT bit order: NW, N, NE, E, SE, S, SW, W.
+    offsets = np.array([-ncols - 1, -ncols, -ncols + 1, 1, ncols + 1, ncols, ncols - 1, -1], dtype=np.int64)
+    nxt = np.empty(n_fg, dtype=np.int64)
+    dels = np.empty(n_fg, dtype=np.int64)
+    # queued[i] == 1 iff i is already in ``nxt``; keeps each list duplicate-free,
+    # hence at most n_fg long.
+    queued = np.zeros(img.shape[0], dtype=np.uint8)
+    n_todo = n_fg  # first pass: every foreground pixel (no assumption on the LUT)
+    first_pass = True
+    # A pixel's LUT value is a function of its 8-neighbourhood only. So a pixel
+    # needs re-evaluating in the next pass only if (a) a neighbour was deleted in
+    # this pass, or (b) its value says "delete, but in the other pass" (1 seen in
+    # the second pass, 2 in the first). Every other surviving pixel keeps value 0
+    # and scikit-image's full sweep would leave it alone too. When the list is
+    # empty no pass can ever delete anything again: that is scikit-image's
+    # "an iteration removed nothing" stop, reached on the same image.
+    while n_todo > 0:
+        other = 2 if first_pass else 1  # value that waits for the other pass
+        n_del = 0
+        n_next = 0
+        # 1) Decide on the image as it is at the start of the pass.
+        for t in range(n_todo):
+            i = todo[t]
+            queued[i] = 0
+            code = 0
+            for k in range(8):
+                code |= np.int64(img[i + offsets[k]]) << k
+            v = _ZS_LUT[code]
+            if v == 0:
+                continue
+            if v == other:
+                queued[i] = 1
+                nxt[n_next] = i
+                n_next += 1
+            else:  # 3, or the value of this pass
+                dels[n_del] = i
+                n_del += 1
+        # 2) Apply all deletions at once (parallel pass, as in scikit-image) ...
+        for t in range(n_del):
+            img[dels[t]] = 0
+        # 3) ... then queue the surviving neighbours, whose codes just changed.
+        for t in range(n_del):
+            i = dels[t]
+            for k in range(8):
+                j = i + offsets[k]
+                if img[j] != 0 and queued[j] == 0:
+                    queued[j] = 1
+                    nxt[n_next] = j
+                    n_next += 1
+        todo, nxt = nxt, todo
+        n_todo = n_next
+        first_pass = not first_pass
+
+
+def thin_2d(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a 2D boolean image, exactly as scikit-image does it.
+
+    Identical, pixel for pixel, to ``skimage.morphology.skeletonize(mask)`` for 2D
+    input, but the work grows with the number of pixels deleted (and their
+    neighbours) instead of (number of passes) x (image size).
+
+    Parameters
+    ----------
+    mask : ndarray, 2D
+        Image to thin; non-zero values are foreground. Outside the array counts as
+        background, as in scikit-image.
+
+    Returns
+    -------
+    ndarray of bool
+        The thinned image, same shape as ``mask``.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2D.
+
+    Notes
+    -----
+    scikit-image applies each sub-iteration (pass) in parallel: decisions are
+    made on the image as it was at the start of the pass and applied afterwards.
+    The result therefore does not depend on which pixels are looked at, as long
+    as every pixel it would delete is looked at. Here a pass only looks at the
+    pixels whose 8-neighbourhood changed in the previous pass, plus those whose
+    table value defers them to the other pass; every other pixel has the same
+    neighbourhood, hence the same table value, as when it was last found not
+    deletable. The image is first cropped to the foreground bounding box plus a
+    one-pixel zero margin, which is exact because every test reads a 3x3
+    neighbourhood and thinning only deletes.
+
+    Without numba this calls ``skimage.morphology.skeletonize``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"thin_2d expects a 2D array, got {mask.ndim}D")
+    mask = mask.astype(bool, copy=False)
+    if not HAVE_NUMBA:
+        from skimage.morphology import skeletonize
+
+        return skeletonize(mask).astype(bool, copy=False)
+
+    out = np.zeros(mask.shape, dtype=bool)
+    if mask.size == 0:
+        return out
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return out  # empty foreground: nothing to thin
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+
+    # Crop plus a zero margin of one pixel (also reproduces scikit-image's
+    # padding). Built as bool for a fast np.flatnonzero, then reinterpreted as
+    # uint8 0/1 for the kernel, which reads neighbour values as LUT bits.
+    work = np.zeros((box[0].stop - box[0].start + 2, box[1].stop - box[1].start + 2), dtype=bool)
+    work[1:-1, 1:-1] = mask[box]
+    todo = np.flatnonzero(work).astype(np.int64, copy=False)
+    _zhang_suen_flat(work.view(np.uint8).reshape(-1), todo, work.shape[1])
+    out[box] = work[1:-1, 1:-1]
     return out

@@ -25,10 +25,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
-from skimage.morphology import skeletonize
 
 from skelprep import _thinning
-from skelprep._thinning import thin_3d
+from skelprep._thinning import thin_2d, thin_3d
 
 __all__ = [
     "SkeletonTargets",
@@ -89,19 +88,18 @@ def _foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
 
 
 def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
-    """scikit-image's skeleton of a binary mask, computed on its bounding box.
+    """scikit-image's skeleton of a binary mask (Zhang 2D, Lee 3D), computed on its bounding box.
 
     Both thinnings treat the outside of the array as background and only look at
     3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact.
     """
-    if mask.ndim == 3 and _thinning.HAVE_NUMBA:
-        return thin_3d(mask)  # it crops to the foreground itself; a second crop only copies
+    thin = thin_3d if mask.ndim == 3 else thin_2d
+    if _thinning.HAVE_NUMBA:
+        return thin(mask)  # the numba thinnings crop to the foreground themselves
     out = np.zeros(mask.shape, dtype=bool)
     box = _foreground_box(mask, margin=1)
-    if box is None:
-        return out
-    crop = mask[box]
-    out[box] = thin_3d(crop) if crop.ndim == 3 else skeletonize(crop)
+    if box is not None:
+        out[box] = thin(mask[box])
     return out
 
 
@@ -427,9 +425,7 @@ def tube_from_thin(
     return out
 
 
-def _thin_mask(
-    labels: np.ndarray, mode: str, slice_axis: int | None
-) -> tuple[np.ndarray, int]:
+def _thin_mask(labels: np.ndarray, mode: str, slice_axis: int | None) -> tuple[np.ndarray, int]:
     """Binary thin skeleton of the foreground of ``labels`` (ignore label already removed)."""
     if slice_axis is not None:
         if labels.ndim != 3:
@@ -537,7 +533,9 @@ def thin_skeleton(
     >>> thin_skeleton(labels)[3]
     array([0, 1, 1, 1, 0, 0, 0], dtype=uint8)
     """
-    return skeleton_targets(labels, radius=0, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis).thin
+    return skeleton_targets(
+        labels, radius=0, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis
+    ).thin
 
 
 def tubed_skeleton(

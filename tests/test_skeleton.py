@@ -216,3 +216,40 @@ def test_rejects_bad_options():
         skeleton_targets(labels, slice_axis=0)
     with pytest.raises(ValueError, match="background"):
         skeleton_targets(labels, ignore_label=0)
+
+
+def _sparse_volume(seed: int) -> np.ndarray:
+    """A large, sparse volume with thin tubes and bars that Lee thinning deletes whole."""
+    labels = np.zeros((60, 90, 120), np.uint8)
+    labels[10:50, 10:80, 10:110] = tubes_3d(shape=(40, 70, 100), n=4, seed=seed, n_classes=2)
+    labels[2:4, 2:4, 20:60] = 3  # even-width bars: need the fallback
+    labels[55:57, 80:82, 5:45] = 3
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_and_dense_component_checks_agree(monkeypatch, seed):
+    labels = _sparse_volume(seed)
+    monkeypatch.setattr(skelprep.skeleton, "_SPARSE_LABEL_FACTOR", 10**9)  # always the voxel graph
+    sparse = skeleton_targets(labels)
+    monkeypatch.setattr(skelprep.skeleton, "_SPARSE_LABEL_FACTOR", 0)  # always ndi.label
+    dense = skeleton_targets(labels)
+    assert sparse.fallback_components == dense.fallback_components >= 2
+    np.testing.assert_array_equal(sparse.thin, dense.thin)
+    np.testing.assert_array_equal(sparse.tube, dense.tube)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+@pytest.mark.parametrize("slice_axis", [None, 1])
+def test_scattered_and_dense_dilation_agree(monkeypatch, radius, slice_axis):
+    thin = skeletonize_mask(_sparse_volume(0) > 0)[0]
+    thin[0, 0, 0] = thin[-1, -1, -1] = True  # seeds on the array corners: clipping
+    monkeypatch.setattr(skelprep.skeleton, "_SPARSE_DILATE_FACTOR", 0)  # scatter ball offsets
+    scattered = tube_from_thin(thin, radius, slice_axis=slice_axis)
+    monkeypatch.setattr(skelprep.skeleton, "_SPARSE_DILATE_FACTOR", 10**9)  # scipy binary_dilation
+    dense = tube_from_thin(thin, radius, slice_axis=slice_axis)
+    np.testing.assert_array_equal(scattered, dense)
+    cross = ndi.generate_binary_structure(3, 1)
+    if slice_axis is not None:
+        cross[:, 0], cross[:, 2] = False, False  # no neighbours along axis 1
+    np.testing.assert_array_equal(dense, ndi.binary_dilation(thin, cross, iterations=radius))
