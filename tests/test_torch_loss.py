@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import skelprep.torch.loss as loss_module
 from skelprep.torch.loss import (
     CompoundLoss,
     DeepSupervisionLoss,
@@ -250,3 +251,130 @@ def test_no_tensor_of_batch_times_classes_voxels(loss_cls):
     backward_big = [name for name, n in sizes if n >= big and not any(v in name for v in views)]
     # The gradient buffer of probs (zeros + scatter of gather's backward, plus the sum_v p_c term's add).
     assert len(backward_big) <= 3, backward_big
+
+
+# --------------------------------------------------------------------------------------------
+# The fused path of SkeletonRecallLoss on logits (no softmax kept)
+# --------------------------------------------------------------------------------------------
+def _unfused(logits, tube, **kw):
+    """The same loss through softmax + gather (the path CompoundLoss and apply_softmax=False take)."""
+    mask = kw.pop("loss_mask", None)
+    probs = torch.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, 1)
+    return SkeletonRecallLoss(apply_softmax=False, **kw)(probs, tube, loss_mask=mask)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks far smaller than the test volumes, with a ragged last one: the chunk loop is exercised."""
+    monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", 6 * 37)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_sums_gradcheck(ndim, weighted, small_chunks):
+    gen = torch.Generator().manual_seed(20 + ndim)
+    shape = (5, 6) if ndim == 2 else (3, 4, 5)
+    logits = torch.randn(2, 3, *shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 1, *shape), generator=gen)
+    weight = torch.rand(2, 1, *shape, generator=gen, dtype=torch.float64) if weighted else None
+    assert torch.autograd.gradcheck(
+        lambda x: loss_module._FusedRecallSums.apply(x, target, weight)[0], (logits,)
+    )
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_fused_loss_gradcheck(ndim, batch_dice, small_chunks):
+    gen = torch.Generator().manual_seed(30 + ndim)
+    shape = (6, 7) if ndim == 2 else (3, 4, 5)
+    logits = torch.randn(2, 3, *shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    tube = torch.randint(0, 3, (2, 1, *shape), generator=gen)
+    mask = torch.rand(tube.shape, generator=gen) < 0.8
+    loss = SkeletonRecallLoss(batch_dice=batch_dice)
+    assert torch.autograd.gradcheck(lambda x: loss(x, tube), (logits,))
+    assert torch.autograd.gradcheck(lambda x: loss(x, tube, loss_mask=mask), (logits,))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_fused_gradient_equals_unfused_path(ndim, dtype, batch_dice, small_chunks):
+    logits, _, tube = _inputs(ndim, 4, seed=40 + ndim, dtype=dtype)
+    mask = torch.rand(tube.shape, generator=torch.Generator().manual_seed(4)) < 0.7
+    atol = 1e-6 if dtype == torch.float32 else 1e-12
+    for kw in ({}, {"loss_mask": mask}, {"smooth": 1.0}):
+        fused = SkeletonRecallLoss(batch_dice=batch_dice, **{k: v for k, v in kw.items() if k == "smooth"})
+        ours = fused(logits, tube, loss_mask=kw.get("loss_mask"))
+        _assert_same(ours, _unfused(logits, tube, batch_dice=batch_dice, **kw), [logits], atol=atol)
+    ignored = torch.where(mask, tube, torch.full_like(tube, 255))
+    ours = SkeletonRecallLoss(batch_dice=batch_dice, ignore_index=255)(logits, ignored)
+    _assert_same(ours, _unfused(logits, tube, batch_dice=batch_dice, loss_mask=mask), [logits], atol=atol)
+
+
+def test_fused_channels_last_logits(small_chunks):
+    logits, _, tube = _inputs(3, 4, seed=50)
+    cl = logits.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
+    ours = SkeletonRecallLoss()(cl, tube)
+    ours.backward()
+    ref = SkeletonRecallLoss()(logits, tube)
+    ref.backward()
+    assert torch.allclose(ours, ref, atol=1e-12, rtol=0)
+    assert torch.allclose(cl.grad, logits.grad, atol=1e-12, rtol=0)
+    assert cl.grad.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_precision_under_autocast(dtype, small_chunks):
+    logits, _, tube = _inputs(3, 4, seed=60, dtype=torch.float32)
+    half = logits.detach().to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = SkeletonRecallLoss()(half, tube)
+    assert ours.dtype == torch.float32
+    # The same half-precision values, softmaxed in float32 on the unfused path.
+    ref_in = half.detach().float().requires_grad_()
+    ref = _unfused(ref_in, tube)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    ours.backward()
+    ref.backward()
+    assert half.grad.dtype == dtype
+    assert torch.allclose(
+        half.grad.float(), ref_in.grad, atol=1e-3 * float(ref_in.grad.abs().max()), rtol=1e-2
+    )
+
+
+def _big_tensors(fn, big):
+    """(op, dtype) of every tensor of >= ``big`` elements the ops inside ``fn`` create."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found = []
+    views = ("expand", "detach", "view", "alias", "slice", "unsqueeze", "select", "as_strided")
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if (
+                    isinstance(t, torch.Tensor)
+                    and t.numel() >= big
+                    and not any(v in str(func) for v in views)
+                ):
+                    found.append((str(func), t.dtype))
+            return out
+
+    with Record():
+        result = fn()
+    return result, found
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_memory_one_gradient_buffer(dtype, small_chunks):
+    """On logits: forward makes no (B, C, *spatial)-sized tensor, backward exactly one (the gradient,
+    in the logits' dtype: no float32 copy of half-precision logits), and autograd keeps it as .grad."""
+    logits, _, tube = _inputs(3, 5, seed=8, dtype=torch.float32)
+    logits = logits.detach().to(dtype).requires_grad_()
+    big = logits.numel()
+    value, forward_big = _big_tensors(lambda: SkeletonRecallLoss()(logits, tube), big)
+    assert not forward_big, forward_big
+    _, backward_big = _big_tensors(value.backward, big)
+    assert len(backward_big) == 1 and backward_big[0][1] == dtype, backward_big
+    assert logits.grad is not None and logits.grad.dtype == dtype
