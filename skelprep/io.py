@@ -203,15 +203,15 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
                     array = np.asarray(img)
     except MemoryError:
         raise
-    except (
-        Exception
-    ) as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, zlib.error, ...
+    except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, ...
         raise InputError(path, f"cannot read image ({_first_line(exc)})") from None
     if array.ndim == 3:
         if as_mask:
             array = _colour_to_labels(path, array, alpha=mode in ("RGBA", "LA"), what=mode)
         else:
-            array = np.moveaxis(array[..., :3] if mode == "RGBA" else array, -1, 0)
+            if mode in ("RGBA", "LA"):  # alpha is no image channel
+                array = array[..., :-1]
+            array = np.moveaxis(array, -1, 0)
     elif not as_mask:
         array = array[np.newaxis]
     return Volume(np.ascontiguousarray(array), spacing=(1.0, 1.0), axes="yx")

@@ -149,3 +149,12 @@ def test_split_suffix():
     assert split_suffix("a/b.NII.GZ") == ("a/b", ".NII.GZ")
     assert split_suffix("x.tiff") == ("x", ".tiff")
     assert split_suffix("x.txt") == ("x.txt", "")
+
+
+@pytest.mark.parametrize("mode, channels", [("RGBA", 3), ("LA", 1), ("RGB", 3), ("L", 1)])
+def test_read_image_drops_alpha(tmp_path, mode, channels):
+    grey = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    Image.fromarray(grey).convert(mode).save(tmp_path / "img.png")
+    image = read_image(tmp_path / "img.png").array
+    assert image.shape == (channels, 5, 6)
+    np.testing.assert_array_equal(image[0], grey)
