@@ -17,16 +17,14 @@ no connected foreground component loses its skeleton entirely.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from skelprep import _thinning
+from skelprep._flood import unreached
 from skelprep._thinning import thin_2d, thin_3d
 
 __all__ = [
@@ -180,98 +178,33 @@ def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
     box = _foreground_box(mask, margin=0)
     if box is None:
         return thin, 0
-    fg = np.flatnonzero(mask)  # raster order; cheap on bool, and what the sparse labelling needs
-    box_size = math.prod(b.stop - b.start for b in box)
-    if fg.size * _SPARSE_LABEL_FACTOR < box_size:
-        missing = _missing_components_sparse(fg, mask.shape, thin)
-    else:
-        missing = _missing_components_dense(mask, box, thin)
+    thin_box = thin[box]  # a view: writes land in ``thin``
+    orphans = unreached(mask[box], thin_box)  # flood fill from the skeleton: O(foreground)
+    if orphans is None:  # no numba: label every component instead
+        missing = _components_without(mask[box], thin_box)
+    else:  # the unreached voxels are exactly the components without a skeleton (usually none)
+        orphan_mask = np.zeros(thin_box.shape, dtype=bool)
+        orphan_mask[orphans] = True
+        missing = _components_without(orphan_mask, thin_box) if orphans[0].size else []
     for component_box, component in missing:
-        thin[component_box] |= _fallback_skeleton(component)
+        thin_box[component_box] |= _fallback_skeleton(component)
     return thin, len(missing)
 
 
-# Label the foreground as a graph of its voxels (not the volume) when it fills less
-# than 1/_SPARSE_LABEL_FACTOR of its bounding box. Measured on this project's data:
-# ndi.label costs ~10-20 ns per voxel of the box (3D), the graph ~1 us per
-# foreground voxel, so the graph wins below a few percent of foreground (sparse
-# vessel trees of CT size: 0.5 %); dense 2D masks (cracks: 60 %) keep ndi.label.
-_SPARSE_LABEL_FACTOR = 40
-
-
-def _missing_components_dense(
-    mask: np.ndarray, box: tuple[slice, ...], thin: np.ndarray
-) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+def _components_without(mask: np.ndarray, thin: np.ndarray) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """(box, component mask) of every connected component of ``mask`` without a ``thin`` voxel."""
+    box = _foreground_box(mask, margin=0)
+    if box is None:
+        return []
     components, n = ndi.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
     kept = np.zeros(n + 1, dtype=bool)
     kept[components[thin[box]]] = True
-    missing = np.flatnonzero(~kept[1:]) + 1
+    slices = ndi.find_objects(components)
     out = []
-    if missing.size:
-        slices = ndi.find_objects(components)
-        for index in missing:
-            sl = slices[index - 1]
-            global_sl = tuple(
-                slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sl, strict=True)
-            )
-            out.append((global_sl, components[sl] == index))
-    return out
-
-
-def _missing_components_sparse(
-    fg: np.ndarray, shape: tuple[int, ...], thin: np.ndarray
-) -> list[tuple[tuple[slice, ...], np.ndarray]]:
-    """Like :func:`_missing_components_dense`, from the flat indices ``fg`` of the foreground.
-
-    The foreground voxels are the nodes of a graph whose edges join full-connectivity
-    (8 / 26) neighbours; its connected components are the mask's. The work grows
-    with the foreground, not with the volume: neighbours are found by binary search
-    of shifted keys in the sorted key list, keys being flat indices in a grid padded
-    by one voxel (so that a shift never wraps to the next row).
-    """
-    coords = np.unravel_index(fg, shape)
-    padded = tuple(s + 2 for s in shape)
-    strides = [math.prod(padded[a + 1 :]) for a in range(len(shape))]
-    key = np.zeros(fg.size, dtype=np.int64)
-    for c, stride in zip(coords, strides, strict=True):
-        key += (c.astype(np.int64) + 1) * stride  # ascending, like fg
-    n = key.size
-    last = n - 1
-    # Forward neighbours only (each undirected edge once). They come in runs of three
-    # along the last axis, (row shift) + (-1, 0, +1): one search for the run's first
-    # key finds all three, as keys are distinct and ascending (key t + m, if present,
-    # lies within m places after the first key >= t).
-    neighbours = [np.where(key[np.minimum(np.arange(1, n + 1), last)] == key + 1, np.arange(1, n + 1), -1)]
-    for prefix in np.ndindex(*(3,) * (len(shape) - 1)):
-        row_shift = sum((o - 1) * stride for o, stride in zip(prefix, strides[:-1], strict=True))
-        if row_shift <= 0:
-            continue
-        start = np.searchsorted(key, key + row_shift - 1)
-        window = [key[np.minimum(start + j, last)] for j in range(3)]
-        for m in range(3):
-            target = key + row_shift - 1 + m
-            found = np.full(n, -1, dtype=np.int64)
-            for j in range(m + 1):
-                np.copyto(found, np.minimum(start + j, last), where=window[j] == target)
-            neighbours.append(found)
-    # Adjacency as CSR, built row by row without sorting.
-    table = np.stack(neighbours, axis=1)
-    valid = table >= 0
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(valid.sum(axis=1), out=indptr[1:])
-    graph = csr_matrix((np.ones(int(indptr[-1])), table[valid], indptr), shape=(n, n))
-    n_components, component = connected_components(graph, directed=False)
-    kept = np.zeros(n_components, dtype=bool)
-    kept[component[thin.reshape(-1)[fg]]] = True
-    out = []
-    for index in np.flatnonzero(~kept):
-        members = np.flatnonzero(component == index)
-        local = [c[members] for c in coords]
-        sl = tuple(slice(int(c.min()), int(c.max()) + 1) for c in local)
-        component_mask = np.zeros(tuple(s.stop - s.start for s in sl), dtype=bool)
-        component_mask[tuple(c - s.start for c, s in zip(local, sl, strict=True))] = True
-        out.append((sl, component_mask))
+    for index in np.flatnonzero(~kept[1:]) + 1:
+        sl = slices[index - 1]
+        global_sl = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sl, strict=True))
+        out.append((global_sl, components[sl] == index))
     return out
 
 

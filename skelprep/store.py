@@ -75,7 +75,7 @@ def label_counts(array: np.ndarray) -> dict[str, int]:
 
 def array_checksum(array: np.ndarray) -> str:
     """SHA-256 of an array's C-order bytes; stored so ``verify`` can check the data."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()  # hashes the buffer, no copy
 
 
 def chunk_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
