@@ -19,7 +19,9 @@ from skelprep.evaluate import evaluate_folders, find_masks
 from skelprep.metrics import betti_errors, betti_numbers, cldice, dice, evaluate_case, skeleton
 from skelprep.store import open_store
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nnunet"  # shared/ sits beside the project
+from .conftest import EXAMPLES
+
+DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 
 
 # --- hand-made shapes ------------------------------------------------------------------------
@@ -246,9 +248,9 @@ def test_eval_cli_failures(folders):
 def test_eval_reuses_the_store(tmp_path):
     dataset = tmp_path / "octa"
     (dataset / "labelsTr").mkdir(parents=True)
-    shutil.copy(DATA / "Dataset002_OCTA" / "dataset.json", dataset)
+    shutil.copy(DATA / "octa3d" / "dataset.json", dataset)
     for i in range(2):
-        shutil.copy(DATA / "Dataset002_OCTA" / "labelsTr" / f"octa_00{i}.nii.gz", dataset / "labelsTr")
+        shutil.copy(DATA / "octa3d" / "labelsTr" / f"octa_00{i}.nii.gz", dataset / "labelsTr")
     assert build(dataset, workers=1).ok
     pred_dir = tmp_path / "pred"
     shutil.copytree(dataset / "labelsTr", pred_dir)
@@ -262,9 +264,7 @@ def test_eval_reuses_the_store(tmp_path):
     expected = evaluate_case(gt, gt, gt_thin=store["octa_000"].thin[...])
     assert report["cases"]["octa_000"]["mean"] == expected["mean"]
     # Touch a ground truth: its stored skeleton is stale and not used.
-    shutil.copy(
-        DATA / "Dataset002_OCTA" / "labelsTr" / "octa_002.nii.gz", dataset / "labelsTr" / "octa_001.nii.gz"
-    )
+    shutil.copy(DATA / "octa3d" / "labelsTr" / "octa_002.nii.gz", dataset / "labelsTr" / "octa_001.nii.gz")
     shutil.copy(dataset / "labelsTr" / "octa_001.nii.gz", pred_dir / "octa_001.nii.gz")
     out = tmp_path / "e.json"
     result = CliRunner().invoke(

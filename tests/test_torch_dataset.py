@@ -18,7 +18,9 @@ from skelprep.io import read_image, read_mask
 from skelprep.store import ATTRS_KEY, StoreError, open_store
 from skelprep.torch.dataset import SkeletonDataset, normalize_image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nnunet"  # shared/ sits beside the project
+from .conftest import EXAMPLES
+
+DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 
 
 def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
@@ -36,11 +38,9 @@ def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
 
 def make_dataset(root: Path, kind: str, n: int = 2) -> Path:
     if kind == "2d":
-        path = copy_cases(
-            DATA / "Dataset001_RoadCracks", root / "cracks", [f"crack_{i:03d}" for i in range(n)]
-        )
+        path = copy_cases(DATA / "road_cracks", root / "cracks", [f"crack_{i:03d}" for i in range(n)])
     else:
-        path = copy_cases(DATA / "Dataset002_OCTA", root / "octa", [f"octa_{i:03d}" for i in range(n)])
+        path = copy_cases(DATA / "octa3d", root / "octa", [f"octa_{i:03d}" for i in range(n)])
     report = build(path, workers=1)
     assert report.ok and len(report.built) == n
     return path
@@ -181,7 +181,7 @@ def test_pickles_after_use_and_with_transform(built):
 
 
 def test_missing_store(tmp_path):
-    dataset = copy_cases(DATA / "Dataset002_OCTA", tmp_path / "octa", ["octa_000"])
+    dataset = copy_cases(DATA / "octa3d", tmp_path / "octa", ["octa_000"])
     with pytest.raises(StoreError, match="no skelprep store"):
         SkeletonDataset(dataset)
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import EXAMPLES
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nnunet"  # shared/ sits beside the project
+DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 
 
 def _load_train():
@@ -57,9 +59,7 @@ def _check_outputs(out: Path, summary: dict, ndim: int, n_classes: int) -> None:
 
 
 def test_train_2d_builds_store_and_writes_outputs(tmp_path, capsys):
-    dataset = copy_cases(
-        DATA / "Dataset001_RoadCracks", tmp_path / "cracks", ["crack_000", "crack_001", "crack_002"]
-    )
+    dataset = copy_cases(DATA / "road_cracks", tmp_path / "cracks", ["crack_000", "crack_001", "crack_002"])
     out = tmp_path / "runs" / "cracks"
     args = [str(dataset), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64"]
     args += [
@@ -81,7 +81,7 @@ def test_train_2d_builds_store_and_writes_outputs(tmp_path, capsys):
 
 
 def test_train_3d_octa_with_workers_and_baseline(tmp_path):
-    dataset = copy_cases(DATA / "Dataset002_OCTA", tmp_path / "octa", ["octa_000", "octa_001"])
+    dataset = copy_cases(DATA / "octa3d", tmp_path / "octa", ["octa_000", "octa_001"])
     out = tmp_path / "runs" / "octa"
     args = [str(dataset), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "32"]
     args += ["--batch-size", "2", "--num-workers", "2", "--val-fraction", "0.5", "--recall-weight", "0"]
@@ -93,13 +93,13 @@ def test_train_3d_octa_with_workers_and_baseline(tmp_path):
 
 
 def test_train_refuses_missing_store_with_no_build(tmp_path):
-    dataset = copy_cases(DATA / "Dataset002_OCTA", tmp_path / "octa", ["octa_000"])
+    dataset = copy_cases(DATA / "octa3d", tmp_path / "octa", ["octa_000"])
     with pytest.raises(SystemExit, match="missing.*skelprep build"):
         train.main([str(dataset), "--out", str(tmp_path / "r"), "--no-build"])
 
 
 def test_train_rejects_patch_not_divisible(tmp_path):
-    dataset = copy_cases(DATA / "Dataset002_OCTA", tmp_path / "octa", ["octa_000", "octa_001"])
+    dataset = copy_cases(DATA / "octa3d", tmp_path / "octa", ["octa_000", "octa_001"])
     with pytest.raises(SystemExit, match="divisible by 8"):
         train.main([str(dataset), "--out", str(tmp_path / "r"), "--patch-size", "30", "--device", "cpu"])
 
