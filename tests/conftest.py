@@ -28,6 +28,19 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     return dst
 
 
+def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
+    """An nnU-Net dataset with only ``case_ids`` (mask and every image channel)."""
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    shutil.copy(src / "dataset.json", dst)
+    for case_id in case_ids:
+        for path in (src / "labelsTr").glob(f"{case_id}.*"):
+            shutil.copy(path, dst / "labelsTr")
+        for path in (src / "imagesTr").glob(f"{case_id}_*"):
+            shutil.copy(path, dst / "imagesTr")
+    return dst
+
+
 @pytest.fixture
 def octa_dataset(tmp_path: Path) -> Path:
     """The 4-case 3D OCT-A nnU-Net dataset, writable."""

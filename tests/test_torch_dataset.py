@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,9 @@ from skelprep.io import read_image, read_mask
 from skelprep.store import ATTRS_KEY, StoreError, open_store
 from skelprep.torch.dataset import SkeletonDataset, normalize_image
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, copy_cases
 
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
-
-
-def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
-    """An nnU-Net dataset with only ``case_ids`` (mask and every image channel)."""
-    (dst / "imagesTr").mkdir(parents=True)
-    (dst / "labelsTr").mkdir()
-    shutil.copy(src / "dataset.json", dst)
-    for case_id in case_ids:
-        for path in (src / "labelsTr").glob(f"{case_id}.*"):
-            shutil.copy(path, dst / "labelsTr")
-        for path in (src / "imagesTr").glob(f"{case_id}_*"):
-            shutil.copy(path, dst / "imagesTr")
-    return dst
 
 
 def make_dataset(root: Path, kind: str, n: int = 2) -> Path:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, copy_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
@@ -24,18 +23,6 @@ def _load_train():
 
 
 train = _load_train()
-
-
-def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
-    (dst / "imagesTr").mkdir(parents=True)
-    (dst / "labelsTr").mkdir()
-    shutil.copy(src / "dataset.json", dst)
-    for case_id in case_ids:
-        for path in (src / "labelsTr").glob(f"{case_id}.*"):
-            shutil.copy(path, dst / "labelsTr")
-        for path in (src / "imagesTr").glob(f"{case_id}_*"):
-            shutil.copy(path, dst / "imagesTr")
-    return dst
 
 
 def _check_outputs(out: Path, summary: dict, ndim: int, n_classes: int) -> None:

@@ -247,7 +247,24 @@ class _FusedRecallSums(torch.autograd.Function):
         return grad, None, None
 
 
-class SkeletonRecallLoss(nn.Module):
+class _PerClassRatioLoss(nn.Module):
+    """Shared settings of the per-class ratio losses (Skeleton Recall, soft Dice)."""
+
+    def __init__(
+        self,
+        apply_softmax: bool = True,
+        batch_dice: bool = False,
+        smooth: float = 1e-5,
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.apply_softmax = apply_softmax
+        self.batch_dice = batch_dice
+        self.smooth = smooth
+        self.ignore_index = ignore_index
+
+
+class SkeletonRecallLoss(_PerClassRatioLoss):
     """Soft recall of the tubed skeleton, negated (the Skeleton Recall loss).
 
     For every foreground class ``c`` (channel 0, the background, is excluded)::
@@ -294,19 +311,6 @@ class SkeletonRecallLoss(nn.Module):
     -1.0
     """
 
-    def __init__(
-        self,
-        apply_softmax: bool = True,
-        batch_dice: bool = False,
-        smooth: float = 1e-5,
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.apply_softmax = apply_softmax
-        self.batch_dice = batch_dice
-        self.smooth = smooth
-        self.ignore_index = ignore_index
-
     def forward(
         self, input: torch.Tensor, tube: torch.Tensor, loss_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -329,7 +333,7 @@ class SkeletonRecallLoss(nn.Module):
         return -recall.mean()
 
 
-class SoftDiceLoss(nn.Module):
+class SoftDiceLoss(_PerClassRatioLoss):
     """nnU-Net's memory-efficient soft Dice, negated, background excluded.
 
     Per foreground class: ``(2·sum p_c·Y_c + smooth) / (sum p_c + sum Y_c + smooth)``
@@ -344,19 +348,6 @@ class SoftDiceLoss(nn.Module):
     >>> SoftDiceLoss(apply_softmax=False)(probs, label).item()
     -1.0
     """
-
-    def __init__(
-        self,
-        apply_softmax: bool = True,
-        batch_dice: bool = False,
-        smooth: float = 1e-5,
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.apply_softmax = apply_softmax
-        self.batch_dice = batch_dice
-        self.smooth = smooth
-        self.ignore_index = ignore_index
 
     def forward(
         self, input: torch.Tensor, label: torch.Tensor, loss_mask: torch.Tensor | None = None
