@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA
         return func
 
 
-__all__ = ["HAVE_NUMBA", "thin_2d", "thin_3d"]
+__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d"]
 
 # --- Neighbourhood numbering --------------------------------------------------
 # scikit-image numbers the 3x3x3 neighbourhood as k = 9*(dp+1) + 3*(dc+1) + (dr+1)
@@ -251,6 +251,46 @@ def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offs
     return n_fg
 
 
+def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` grown by ``margin`` (clipped to the array), or None if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _as_mask(mask: np.ndarray, ndim: int, name: str) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != ndim:
+        raise ValueError(f"{name} expects a {ndim}D array, got {mask.ndim}D")
+    return mask.astype(bool, copy=False)
+
+
+def _skimage_skeleton(mask: np.ndarray) -> np.ndarray:
+    """The no-numba path: scikit-image itself."""
+    from skimage.morphology import skeletonize
+
+    return skeletonize(mask).astype(bool, copy=False)
+
+
+def _padded_crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(foreground box, bool copy of it with a zero margin of one voxel), or None if empty.
+
+    The margin also reproduces scikit-image's padding. The copy is bool because
+    np.flatnonzero is much faster on bool; the kernels reinterpret it as uint8.
+    """
+    box = foreground_box(mask)
+    if box is None:
+        return None
+    work = np.zeros(tuple(b.stop - b.start + 2 for b in box), dtype=bool)
+    work[(slice(1, -1),) * mask.ndim] = mask[box]
+    return box, work
+
+
 def thin_3d(mask: np.ndarray) -> np.ndarray:
     """Lee (1994) 3D thinning of a boolean volume.
 
@@ -277,31 +317,15 @@ def thin_3d(mask: np.ndarray) -> np.ndarray:
     -----
     Without numba this calls ``skimage.morphology.skeletonize``.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"thin_3d expects a 3D array, got {mask.ndim}D")
-    mask = mask.astype(bool, copy=False)
+    mask = _as_mask(mask, 3, "thin_3d")
     if not HAVE_NUMBA:
-        from skimage.morphology import skeletonize
-
-        return skeletonize(mask).astype(bool, copy=False)
-
+        return _skimage_skeleton(mask)
     out = np.zeros(mask.shape, dtype=bool)
-    if mask.size == 0:
-        return out
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return out  # empty foreground: nothing to thin
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    box = tuple(box)
-
-    # Crop plus a zero margin of one voxel; this also reproduces scikit-image's
-    # padding. Built as bool because np.flatnonzero is much faster on bool, then
-    # reinterpreted as uint8 (True == 1 == _UNKNOWN) for the kernel's states.
-    work = np.zeros(tuple(b.stop - b.start + 2 for b in box), dtype=bool)
-    work[1:-1, 1:-1, 1:-1] = mask[box]
+    crop = _padded_crop(mask)
+    if crop is None:
+        return out  # empty foreground: nothing to thin
+    box, work = crop
+    # uint8 view of the crop: True == 1 == _UNKNOWN, the kernel's starting state.
     fg = np.flatnonzero(work).astype(np.int64, copy=False)  # ascending == raster order
     flat = work.view(np.uint8).reshape(-1)
 
@@ -465,29 +489,15 @@ def thin_2d(mask: np.ndarray) -> np.ndarray:
 
     Without numba this calls ``skimage.morphology.skeletonize``.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"thin_2d expects a 2D array, got {mask.ndim}D")
-    mask = mask.astype(bool, copy=False)
+    mask = _as_mask(mask, 2, "thin_2d")
     if not HAVE_NUMBA:
-        from skimage.morphology import skeletonize
-
-        return skeletonize(mask).astype(bool, copy=False)
-
+        return _skimage_skeleton(mask)
     out = np.zeros(mask.shape, dtype=bool)
-    if mask.size == 0:
-        return out
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    crop = _padded_crop(mask)
+    if crop is None:
         return out  # empty foreground: nothing to thin
-    cols = np.flatnonzero(mask.any(axis=0))
-    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-
-    # Crop plus a zero margin of one pixel (also reproduces scikit-image's
-    # padding). Built as bool for a fast np.flatnonzero, then reinterpreted as
-    # uint8 0/1 for the kernel, which reads neighbour values as LUT bits.
-    work = np.zeros((box[0].stop - box[0].start + 2, box[1].stop - box[1].start + 2), dtype=bool)
-    work[1:-1, 1:-1] = mask[box]
+    box, work = crop
+    # uint8 0/1 view for the kernel, which reads neighbour values as LUT bits.
     todo = np.flatnonzero(work).astype(np.int64, copy=False)
     _zhang_suen_flat(work.view(np.uint8).reshape(-1), todo, work.shape[1])
     out[box] = work[1:-1, 1:-1]

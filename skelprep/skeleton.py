@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from skelprep import _thinning
 from skelprep._flood import unreached
+from skelprep._thinning import foreground_box as _foreground_box
 from skelprep._thinning import thin_2d, thin_3d
 
 __all__ = [
@@ -71,18 +72,6 @@ def _check_labels(labels: np.ndarray, *, allow_ndim: tuple[int, ...] = (2, 3)) -
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ValueError(f"labels must be non-negative, found {labels.min()}")
     return labels
-
-
-def _foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """Bounding box of ``mask`` grown by ``margin`` (clipped to the array), or None if empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        box.append(slice(max(hit[0] - margin, 0), min(hit[-1] + 1 + margin, mask.shape[axis])))
-    return tuple(box)
 
 
 def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:

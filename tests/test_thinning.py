@@ -22,8 +22,9 @@ ROAD_CRACK_MASKS = sorted((SHARED_DATA / "nnunet/Dataset001_RoadCracks/labelsTr"
 
 
 def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
+    """``thin_3d`` or ``thin_2d`` (by dimension) equals scikit-image; returns our skeleton."""
     expected = skeletonize(mask.astype(bool))
-    got = thin_3d(mask)
+    got = (thin_3d if mask.ndim == 3 else thin_2d)(mask)
     assert got.dtype == bool
     assert got.shape == mask.shape
     diff = np.argwhere(got != expected)
@@ -200,7 +201,8 @@ def test_octa_labels() -> None:
     assert assert_same_as_skimage(mask).any()
 
 
-def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch, ndim: int) -> None:
     import skimage.morphology
 
     calls = []
@@ -211,24 +213,17 @@ def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(skimage.morphology, "skeletonize", spy)
     monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
-    mask = random_tubes((16, 18, 20), 4, (1.0, 3.0), seed=3)
-    got = thin_3d(mask.astype(np.uint8))
+    if ndim == 3:
+        mask, thin = random_tubes((16, 18, 20), 4, (1.0, 3.0), seed=3), thin_3d
+    else:
+        mask, thin = random_blobs((30, 40), 0.5, sigma=2.0, seed=11), thin_2d
+    got = thin(mask.astype(np.uint8))
     assert calls == [mask.shape]
     assert got.dtype == bool
     np.testing.assert_array_equal(got, skeletonize(mask))
 
 
 # --- 2D: Zhang-Suen thinning ---------------------------------------------------
-
-
-def assert_same_as_skimage_2d(mask: np.ndarray) -> np.ndarray:
-    expected = skeletonize(mask.astype(bool))
-    got = thin_2d(mask)
-    assert got.dtype == bool
-    assert got.shape == mask.shape
-    diff = np.argwhere(got != expected)
-    assert diff.size == 0, f"{len(diff)} pixels differ, first at {diff[:5].tolist()}"
-    return got
 
 
 def read_png_mask(path: Path) -> np.ndarray:
@@ -243,23 +238,23 @@ def read_png_mask(path: Path) -> np.ndarray:
 def test_2d_random_blobs(density: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in rng.integers(8, 90, 2))
-    assert_same_as_skimage_2d(random_blobs(shape, density, sigma=float(rng.uniform(1.0, 4.0)), seed=seed))
+    assert_same_as_skimage(random_blobs(shape, density, sigma=float(rng.uniform(1.0, 4.0)), seed=seed))
 
 
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.7, 0.9])
 @pytest.mark.parametrize("seed", range(3))
 def test_2d_random_noise(density: float, seed: int) -> None:
     rng = np.random.default_rng(200 + seed)
-    assert_same_as_skimage_2d(rng.random((37, 41)) < density)
+    assert_same_as_skimage(rng.random((37, 41)) < density)
 
 
 def test_2d_large_thick_blobs() -> None:
     # Road-mask-like: ~60 % foreground in regions tens of pixels wide, so many
     # passes; also a diagonal rectangle and a disc (symmetric, tie-prone shapes).
-    assert_same_as_skimage_2d(random_blobs((300, 340), 0.6, sigma=12.0, seed=5))
+    assert_same_as_skimage(random_blobs((300, 340), 0.6, sigma=12.0, seed=5))
     yy, xx = np.mgrid[:120, :130]
-    assert_same_as_skimage_2d((yy - 60) ** 2 + (xx - 64) ** 2 <= 50**2)
-    assert_same_as_skimage_2d((np.abs(yy - xx) < 15) & (np.abs(yy + xx - 125) < 70))
+    assert_same_as_skimage((yy - 60) ** 2 + (xx - 64) ** 2 <= 50**2)
+    assert_same_as_skimage((np.abs(yy - xx) < 15) & (np.abs(yy + xx - 125) < 70))
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8, 11])
@@ -267,31 +262,31 @@ def test_2d_lines_bars_and_rings(width: int) -> None:
     mask = np.zeros((40, 60), dtype=bool)
     mask[5 : 5 + width, 3:57] = True  # horizontal bar
     mask[12:38, 40 : 40 + width] = True  # vertical bar, touching nothing
-    assert_same_as_skimage_2d(mask)
+    assert_same_as_skimage(mask)
     # Diagonal band of the given width.
     yy, xx = np.mgrid[:50, :50]
-    assert_same_as_skimage_2d((np.abs(yy - xx) < width) & (yy > 3) & (yy < 46))
+    assert_same_as_skimage((np.abs(yy - xx) < width) & (yy > 3) & (yy < 46))
     # Ring and square frame.
     r = np.hypot(yy - 24.5, xx - 24.5)
-    assert_same_as_skimage_2d((r >= 12) & (r < 12 + width))
+    assert_same_as_skimage((r >= 12) & (r < 12 + width))
     frame = np.zeros((50, 50), dtype=bool)
     frame[5:45, 5:45] = True
     frame[5 + width : 45 - width, 5 + width : 45 - width] = False
-    assert_same_as_skimage_2d(frame)
+    assert_same_as_skimage(frame)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_2d_shapes_touching_the_border(seed: int) -> None:
     mask = random_blobs((33, 29), 0.5, sigma=2.0, seed=seed)
     mask[0], mask[-1, ::2], mask[:, 0], mask[1::3, -1] = True, True, True, True
-    assert_same_as_skimage_2d(mask)
+    assert_same_as_skimage(mask)
 
 
 @pytest.mark.parametrize("pos", [(0, 0), (3, 4), (8, 0), (0, 11), (8, 11)])
 def test_2d_single_pixel_is_kept(pos: tuple[int, int]) -> None:
     mask = np.zeros((9, 12), dtype=bool)
     mask[pos] = True
-    got = assert_same_as_skimage_2d(mask)
+    got = assert_same_as_skimage(mask)
     assert got[pos] and got.sum() == 1
 
 
@@ -299,7 +294,7 @@ def test_2d_single_pixel_is_kept(pos: tuple[int, int]) -> None:
     "shape", [(1, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 5), (3, 8), (17, 16), (64, 50)]
 )
 def test_2d_full_images(shape: tuple[int, int]) -> None:
-    assert_same_as_skimage_2d(np.ones(shape, dtype=bool))
+    assert_same_as_skimage(np.ones(shape, dtype=bool))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -307,9 +302,9 @@ def test_2d_one_pixel_wide_images(seed: int) -> None:
     rng = np.random.default_rng(300 + seed)
     for density in (0.3, 0.7, 1.0):
         line = rng.random(25) < density
-        assert_same_as_skimage_2d(line[None, :])
-        assert_same_as_skimage_2d(line[:, None])
-        assert_same_as_skimage_2d(np.stack([line, rng.random(25) < density]))  # 2 rows
+        assert_same_as_skimage(line[None, :])
+        assert_same_as_skimage(line[:, None])
+        assert_same_as_skimage(np.stack([line, rng.random(25) < density]))  # 2 rows
 
 
 @pytest.mark.parametrize("shape", [(0, 0), (0, 5), (4, 0), (6, 7), (1, 1)])
@@ -320,10 +315,10 @@ def test_2d_empty(shape: tuple[int, int]) -> None:
 
 def test_2d_non_bool_and_non_contiguous_input() -> None:
     labels = random_blobs((40, 50), 0.5, sigma=2.0, seed=9).astype(np.uint8) * 2
-    assert_same_as_skimage_2d(labels)
-    assert_same_as_skimage_2d(labels.astype(np.float64) - 0.5 * (labels == 0))  # -0.5 counts as foreground
-    assert_same_as_skimage_2d(labels.T)
-    assert_same_as_skimage_2d(labels[::-1, 1::2])
+    assert_same_as_skimage(labels)
+    assert_same_as_skimage(labels.astype(np.float64) - 0.5 * (labels == 0))  # -0.5 counts as foreground
+    assert_same_as_skimage(labels.T)
+    assert_same_as_skimage(labels[::-1, 1::2])
 
 
 def test_2d_rejects_non_2d() -> None:
@@ -334,35 +329,17 @@ def test_2d_rejects_non_2d() -> None:
 @settings(max_examples=1000, deadline=None)
 @given(hnp.arrays(dtype=bool, shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12)))
 def test_2d_hypothesis_small_images(mask: np.ndarray) -> None:
-    assert_same_as_skimage_2d(mask)
+    assert_same_as_skimage(mask)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.95), st.tuples(st.integers(1, 30), st.integers(1, 30)))
 def test_2d_hypothesis_dense_noise(seed: int, density: float, shape: tuple[int, int]) -> None:
-    assert_same_as_skimage_2d(np.random.default_rng(seed).random(shape) < density)
+    assert_same_as_skimage(np.random.default_rng(seed).random(shape) < density)
 
 
 @pytest.mark.parametrize("path", CHASE_MASKS + ROAD_CRACK_MASKS, ids=lambda p: p.name)
 def test_2d_real_masks(path: Path) -> None:
     mask = read_png_mask(path)
     assert mask.any()
-    assert assert_same_as_skimage_2d(mask).any()
-
-
-def test_2d_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
-    import skimage.morphology
-
-    calls = []
-
-    def spy(image, **kwargs):
-        calls.append(image.shape)
-        return skeletonize(image, **kwargs)
-
-    monkeypatch.setattr(skimage.morphology, "skeletonize", spy)
-    monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
-    mask = random_blobs((30, 40), 0.5, sigma=2.0, seed=11)
-    got = thin_2d(mask.astype(np.uint8))
-    assert calls == [mask.shape]
-    assert got.dtype == bool
-    np.testing.assert_array_equal(got, skeletonize(mask))
+    assert assert_same_as_skimage(mask).any()
