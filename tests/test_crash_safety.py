@@ -88,7 +88,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """40 small 3D cases (a build takes ~3 s on one worker) and the core's targets for each."""
+    """40 small 3D cases and the core's targets for each."""
     (root / "labels").mkdir(parents=True)
     expected = {}
     for i in range(N_CASES):
@@ -123,16 +123,30 @@ def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -
     return len(store.case_ids), len(store.incomplete_case_ids)
 
 
+def writing_time(dataset: Path, out: Path) -> float:
+    """Seconds from a build's first case write to its exit: the window the kills must hit."""
+    started = time.time_ns()
+    proc = start_build(dataset, out)
+    wait_for_a_write(proc, out, started)
+    first_write = time.monotonic()
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    return time.monotonic() - first_write
+
+
 def test_sigkill_at_many_moments_never_leaves_a_half_built_case(crash_dataset, tmp_path):
     dataset, expected = crash_dataset
     out = tmp_path / "store.zarr"
     seen = []
-    # A kill during start-up (imports, planning, cluster start), then kills at moments spread
-    # over the writing phase, counted from the first case group written. Every second run is
-    # --force, so that kills also land while complete cases are deleted and replaced.
-    moments = [("start", 0.8)] + [("writing", float(t)) for t in np.linspace(0.0, 1.2, 9)]
+    # A kill during start-up (imports, planning), then kills at moments spread over the
+    # writing phase, counted from the first case group written and scaled by how long that
+    # phase takes on this machine (measured once), so the kills land inside it however fast
+    # the build is. Every writing run but the first is --force, so kills land while complete
+    # cases are deleted and replaced (a plain rebuild after a kill has almost nothing left to do).
+    window = writing_time(dataset, tmp_path / "calibration.zarr")
+    moments = [("start", 0.8)] + [("writing", float(f) * window) for f in np.linspace(0.0, 0.8, 9)]
     for i, (phase, delay) in enumerate(moments):
-        extra = ("--force",) if i % 2 else ()
+        extra = ("--force",) if i > 1 else ()
         started = time.time_ns()
         proc = start_build(dataset, out, *extra)
         if phase == "writing":
