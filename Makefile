@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,torch,fast]"
+	$(BIN)/pip install --quiet -e ".[dev,torch,fast,nnunet,monai,torchio,s3]"
 	touch $@
 
 install: $(STAMP)
