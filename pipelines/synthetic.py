@@ -153,3 +153,42 @@ def write_vessel_dataset(
         nib.save(image, tmp)
         os.replace(tmp, path)
     return folder
+
+
+def write_crop_dataset(
+    folder: str | os.PathLike,
+    sources: list[Path],
+    *,
+    n_cases: int = 504,
+    size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write ``n_cases`` square crops of real 2D masks as ``folder/labels/crop_XXXX.png``.
+
+    Many small cases, as in 2D datasets of thousands of images (roads, retina,
+    cracks): crops at seeded random offsets of the ``sources`` in turn, each
+    flipped and rotated by a seeded choice, so that no two cases are equal.
+    Existing files are kept.
+
+    Returns
+    -------
+    Path
+        The dataset folder.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    masks = [np.asarray(Image.open(p)) for p in sources]
+    for i in range(n_cases):
+        mask = masks[i % len(masks)]
+        y = int(rng.integers(0, mask.shape[0] - size + 1))
+        x = int(rng.integers(0, mask.shape[1] - size + 1))
+        crop = np.rot90(mask[y : y + size, x : x + size], int(rng.integers(4)))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        path = folder / "labels" / f"crop_{i:04d}.png"
+        if not path.exists():
+            Image.fromarray(np.ascontiguousarray(crop)).save(path)
+    return folder

@@ -23,10 +23,9 @@ import numpy as np
 from skelprep import __version__
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
-from skelprep.io import InputError, Volume, file_sha256, image_shape, read_mask
+from skelprep.io import InputError, Volume, image_shape, read_bytes, read_mask
 from skelprep.layout import Case, DatasetLayout, discover
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
-from skelprep.skeleton import MODES, skeleton_targets
 from skelprep.store import (
     SkeletonStore,
     StoreError,
@@ -36,6 +35,7 @@ from skelprep.store import (
     label_counts,
     open_for_writing,
     open_root,
+    read_consolidated,
     verify_case_data,
     write_case,
 )
@@ -53,6 +53,8 @@ __all__ = [
 
 # Bumped when the computation changes its output: stored cases then count as stale.
 RECIPE_VERSION = 1
+# skelprep.skeleton.MODES; the core (scipy, numba: 0.37 s) is imported only where a case is computed.
+MODES: tuple[str, ...] = ("joint", "per-class")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class BuildReport:
     outcomes: list[CaseOutcome] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    plan_phases: dict[str, float] = field(default_factory=dict)  # client side: plan, run, finalize
 
     def _with(self, status: str) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -116,20 +119,26 @@ class BuildReport:
             "failed": {o.case_id: o.reason for o in self.failed},
             "pruned": self.pruned,
             "fallback_components": sum(o.fallback_components for o in self.built),
+            "phases": self.phases,
         }
+
+    @property
+    def phases(self) -> dict[str, float]:
+        """Seconds per phase: ``plan`` (client), then summed over the built cases (``read``, ``core``, ...)."""
+        total: dict[str, float] = dict(self.plan_phases)
+        for outcome in self.built:
+            for name, seconds in outcome.phases.items():
+                total[name] = total.get(name, 0.0) + seconds
+        return {k: round(v, 4) for k, v in total.items()}
 
 
 def _versions() -> dict[str, str]:
-    import scipy
-    import skimage
-    import zarr
+    """Versions of what computes and stores the targets (from package metadata: no imports)."""
+    from importlib.metadata import version
 
     return {
         "skelprep": __version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-        "zarr": zarr.__version__,
+        **{name: version(name) for name in ("numpy", "scipy", "scikit-image", "zarr")},
     }
 
 
@@ -179,6 +188,12 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
     return case_id in store and not verify_case_data(store[case_id])
 
 
+@functools.lru_cache(maxsize=8)
+def _writable_root(out: str):
+    """The store's root group, opened once per process (thread-safe: only its store is used)."""
+    return open_root(out, mode="a")
+
+
 def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
     """Compute and write one case; never raises (a failure is an outcome).
 
@@ -196,9 +211,13 @@ def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
     try:
         if job.repair and _stored_case_intact(out, case.case_id):
             return CaseOutcome(case.case_id, "up-to-date", seconds=time.perf_counter() - start)
-        fingerprint = file_sha256(case.mask)
-        vol = read_mask(case.mask)
+        raw, fingerprint = read_bytes(case.mask)  # one read for the fingerprint and the decode
+        vol = read_mask(case.mask, raw=raw)
+        del raw
         _check_images(case, vol.array.shape)
+        read_at = time.perf_counter()
+        from skelprep.skeleton import skeleton_targets
+
         targets = skeleton_targets(
             vol.array,
             radius=params.radius,
@@ -206,8 +225,12 @@ def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
             ignore_label=params.ignore_label,
             slice_axis=params.slice_axis,
         )
+        core_at = time.perf_counter()
         attrs = _case_attrs(job, fingerprint, params, vol, targets.fallback_components)
-        write_case(open_root(out, mode="a"), case.case_id, tube=targets.tube, thin=targets.thin, attrs=attrs)
+        root = _writable_root(out)
+        phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
+        written = write_case(root, case.case_id, tube=targets.tube, thin=targets.thin, attrs=attrs)
+        phases.update(written.seconds)
     except InputError as exc:
         return failed(str(exc))
     except (ValueError, OSError) as exc:
@@ -223,6 +246,8 @@ def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
         "built",
         seconds=time.perf_counter() - start,
         fallback_components=targets.fallback_components,
+        phases=phases,
+        documents=written.documents,
     )
 
 
@@ -234,20 +259,85 @@ def _source(case: Case, layout: DatasetLayout) -> str:
         return case.mask.as_posix()
 
 
-def _open_for_build(out: str, layout: DatasetLayout, params: BuildParams):
+def _consolidated_before(out: str) -> dict[str, Any] | None:
+    """The store's consolidated metadata before this build: {} for a new store, None if unknown."""
     try:
-        return open_for_writing(
-            out,
-            {
-                "params": params.as_dict(),
-                "versions": _versions(),
-                "dataset": os.path.abspath(layout.root),
-                "layout": layout.kind,
-                "label_names": {str(k): v for k, v in layout.label_names.items()},
-            },
-        )
+        return read_consolidated(open_root(out, mode="r"))
+    except StoreError:  # no store yet: nothing to consolidate but what this build writes
+        return {}
+
+
+def _root_attrs(layout: DatasetLayout, params: BuildParams) -> dict[str, Any]:
+    """What a build records in the store's root attributes."""
+    return {
+        "params": params.as_dict(),
+        "versions": _versions(),
+        "dataset": os.path.abspath(layout.root),
+        "layout": layout.kind,
+        "label_names": {str(k): v for k, v in layout.label_names.items()},
+    }
+
+
+def _open_for_build(out: str, attrs: dict[str, Any]):
+    try:
+        return open_for_writing(out, attrs)
     except StoreError as exc:
         raise BuildError(str(exc)) from None
+
+
+def _existing_store(out: str) -> SkeletonStore | None:
+    """The store as it is, opened for reading; None if there is none (or not one of ours)."""
+    try:
+        return SkeletonStore(open_root(out, mode="r"), out)
+    except StoreError:  # absent or foreign: open_for_writing creates it or says why not
+        return None
+
+
+def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
+    """The store's root attributes already say what this build would record."""
+    return all(store.attrs.get(k) == v for k, v in attrs.items())
+
+
+def _write_phase(
+    report: BuildReport,
+    out: str,
+    attrs: dict[str, Any],
+    store: SkeletonStore | None,
+    jobs: list[CaseJob],
+    since: dict[str, Any] | None,
+    layout: DatasetLayout,
+    params: BuildParams,
+    prune: bool,
+    planned: float,
+    **run_options: Any,
+) -> None:
+    """Record the build in the root, run the jobs, prune, and finalize the store."""
+    root = _open_for_build(out, attrs)
+    if jobs:
+        report.outcomes.extend(
+            run_cases(
+                functools.partial(build_case, out=out, params=params),
+                jobs,
+                case_id=lambda job: job.case.case_id,
+                source=lambda job: job.case.mask,
+                **run_options,
+            )
+        )
+    if prune:
+        wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
+        store = SkeletonStore(root, out)
+        stored = set(store.case_ids) | set(store.incomplete_case_ids)
+        for case_id in sorted(stored - wanted):
+            delete_case(root, case_id)
+            report.pruned.append(case_id)
+    ran = time.perf_counter()
+    report.plan_phases["run"] = ran - planned
+    written: dict[str, Any] = {}
+    for outcome in report.built:
+        written.update(outcome.documents)
+    touched = {o.case_id for o in report.failed} | set(report.pruned)
+    finalize_store(root, out, since=since, written=written, touched=touched)
+    report.plan_phases["finalize"] = time.perf_counter() - ran
 
 
 def build(
@@ -315,40 +405,35 @@ def build(
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     report = BuildReport(store=out)
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
+    run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
     with store_lock(out):
         remove_partial_files(out)
-        root = _open_for_build(out, layout, params)
-        store = SkeletonStore(root, out)
+        since = _consolidated_before(out)
+        store = _existing_store(out)
         jobs = []
+        if store is not None:
+            store.prefetch_attrs(c.case_id for c in layout.cases)
         for case in layout.cases:
-            check = check_case(store, case, param_dict)
-            if check.state == "ok" and not force and not repair:
+            check = check_case(store, case, param_dict) if store is not None else None
+            if check is None:
+                jobs.append(CaseJob(case, _source(case, layout)))
+            elif check.state == "ok" and not force and not repair:
                 report.outcomes.append(CaseOutcome(case.case_id, "up-to-date"))
             elif check.state == "failed-input":
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", check.reason))
             else:
                 repair_only = check.state == "ok" and not force  # with --repair: rebuilt only if damaged
                 jobs.append(CaseJob(case, _source(case, layout), repair=repair_only))
-        if jobs:
-            report.outcomes.extend(
-                run_cases(
-                    functools.partial(build_case, out=out, params=params),
-                    jobs,
-                    case_id=lambda job: job.case.case_id,
-                    source=lambda job: job.case.mask,
-                    workers=workers,
-                    scheduler=scheduler,
-                    memory_limit=memory_limit,
-                    progress=progress,
-                )
+        planned = time.perf_counter()
+        report.plan_phases["plan"] = planned - start
+        attrs = _root_attrs(layout, params)
+        if not jobs and not prune and since is not None and store is not None and _recorded(store, attrs):
+            # Nothing to write: the store, its case list and consolidated metadata stay as they are.
+            report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
+        else:
+            _write_phase(
+                report, out, attrs, store, jobs, since, layout, params, prune, planned, **run_options
             )
-        if prune:
-            wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-            stored = set(store.case_ids) | set(store.incomplete_case_ids)
-            for case_id in sorted(stored - wanted):
-                delete_case(root, case_id)
-                report.pruned.append(case_id)
-        finalize_store(root, out)
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
     return report

@@ -20,19 +20,27 @@ Reading needs nothing but zarr: ``zarr.open_group(out)["case_001/tube"][...]``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.group import GroupMetadata
+from zarr.core.sync import sync
 
+from skelprep._shards import encode_shards
 from skelprep._util import utc_now
 
 __all__ = [
@@ -50,8 +58,12 @@ __all__ = [
     "open_root",
     "write_case",
     "write_array",
+    "encode_array",
+    "EncodedArray",
     "delete_case",
     "finalize_store",
+    "read_consolidated",
+    "WrittenCase",
     "array_checksum",
     "label_counts",
     "chunk_shape",
@@ -69,6 +81,10 @@ ARRAY_NAMES: tuple[str, ...] = ("tube", "thin")
 _CHUNK = {2: (256, 256), 3: (128, 128, 128)}
 # Shards bundle chunks into few files; reading a patch still decodes only its chunks.
 _SHARD_CHUNKS = {2: (8, 8), 3: (2, 2, 2)}
+_ZSTD_LEVEL = 3
+_PROTOTYPE = default_buffer_prototype()
+# Hash in a second thread, beside the encoding, only where it pays for the thread's start.
+_HASH_IN_THREAD_BYTES = 1 << 22
 
 
 class StoreError(ValueError):
@@ -210,17 +226,113 @@ def delete_case(root: zarr.Group, case_id: str) -> None:
     deletion itself is not atomic, and a kill in the middle must not leave a
     group that still says ``complete: true`` over missing chunks.
     """
+    sync(_delete_node(root.store, _key(root, case_id)))
+
+
+def _key(group: zarr.Group, *parts: str) -> str:
+    """Store key of ``parts`` below ``group``."""
+    return _join(group.store_path.path, *parts)
+
+
+def _join(*parts: str) -> str:
+    """Store key of path parts, empty parts (the store's root) left out."""
+    return "/".join(p for p in parts if p)
+
+
+def _json_bytes(attributes: Mapping[str, Any]) -> Buffer:
+    """A group's ``zarr.json`` with these attributes, as zarr writes it."""
+    return GroupMetadata(attributes=dict(attributes)).to_buffer_dict(_PROTOTYPE)["zarr.json"]
+
+
+async def _delete_node(store: Any, path: str) -> bool:
+    """Mark a case group incomplete if it says complete, then delete everything below ``path``.
+
+    Returns whether a node was there.
+    """
+    raw = await store.get(_join(path, "zarr.json"), prototype=_PROTOTYPE)
     try:
-        group = root[case_id]
-    except Exception:  # absent, or metadata unreadable: nothing can take it for complete
-        group = None
-    meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
-    if isinstance(meta, dict) and meta.get("complete") is not False:
-        group.attrs.update({ATTRS_KEY: {**meta, "complete": False}})
-    try:  # also clears the leftovers of an interrupted deletion (folders without metadata)
-        del root[case_id]
-    except KeyError:
-        pass
+        doc = json.loads(raw.to_bytes()) if raw is not None else None
+    except ValueError:  # unreadable metadata: nothing can take it for complete
+        doc = None
+    if isinstance(doc, dict) and doc.get("node_type") == "group":
+        meta = (doc.get("attributes") or {}).get(ATTRS_KEY)
+        if isinstance(meta, dict) and meta.get("complete") is not False:
+            attributes = {**doc["attributes"], ATTRS_KEY: {**meta, "complete": False}}
+            await store.set(_join(path, "zarr.json"), _json_bytes(attributes))
+    # also clears the leftovers of an interrupted deletion (folders without metadata)
+    await store.delete_dir(path)
+    return raw is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _array_metadata(shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], shards: tuple[int, ...]):
+    """The ``zarr.json`` of a case array, written by zarr itself (once per shape and dtype)."""
+    memory = zarr.storage.MemoryStore()
+    zarr.create_array(
+        memory,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=[ZstdCodec(level=_ZSTD_LEVEL), Crc32cCodec()],
+        fill_value=0,
+    )
+    return sync(memory.get("zarr.json", prototype=_PROTOTYPE))
+
+
+@dataclass(frozen=True)
+class WrittenCase:
+    """What :func:`write_case` wrote: ``{node path: zarr.json document}``, and seconds per phase."""
+
+    documents: dict[str, Any]
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EncodedArray:
+    """A case array encoded for the store (:func:`encode_array`): its files and checksum."""
+
+    name: str
+    files: dict[str, Buffer]  # key relative to the array -> bytes (``zarr.json`` and the shards)
+    checksum: str
+
+
+def encode_array(name: str, data: np.ndarray, *, channels: bool = False) -> EncodedArray:
+    """Encode one array of a case with the store's chunking and codecs (no I/O).
+
+    Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
+    the first axis is a channel axis (chunks of one channel). Zstandard with a
+    CRC-32C per chunk; all-zero chunks are not stored (zarr reads them as the
+    fill value 0). The SHA-256 of the data is computed in a second thread while
+    the chunks are encoded (both release the GIL): 0.11 s for 256x512x512.
+    """
+    data = np.ascontiguousarray(data)
+    lead = (1,) if channels else ()
+    chunks, shards = chunk_shape(data.shape[len(lead) :])
+    chunks, shards = lead + chunks, lead + shards
+    if data.nbytes >= _HASH_IN_THREAD_BYTES:
+        with ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(array_checksum, data)
+            shard_files = encode_shards(data, chunks, shards, level=_ZSTD_LEVEL)
+            checksum = digest.result()
+    else:
+        shard_files = encode_shards(data, chunks, shards, level=_ZSTD_LEVEL)
+        checksum = array_checksum(data)
+    files = {"zarr.json": _array_metadata(data.shape, data.dtype.str, chunks, shards)}
+    files.update((k, _PROTOTYPE.buffer.from_bytes(v)) for k, v in shard_files.items())
+    return EncodedArray(name, files, checksum)
+
+
+async def _put_arrays(store: Any, path: str, arrays: list[EncodedArray]) -> None:
+    """Write the files of encoded arrays below group ``path``, concurrently."""
+    await asyncio.gather(*(store.set(_join(path, a.name, k), v) for a in arrays for k, v in a.files.items()))
+
+
+async def _ensure_parents(store: Any, path: str) -> None:
+    """Implicit groups above a nested case id (``left/img_07``), as zarr creates them."""
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        await store.set_if_not_exists("/".join(parts[:i]) + "/zarr.json", _json_bytes({}))
 
 
 def write_case(
@@ -230,7 +342,7 @@ def write_case(
     tube: np.ndarray,
     thin: np.ndarray,
     attrs: Mapping[str, Any],
-) -> None:
+) -> WrittenCase:
     """Write one case so that it is never seen as complete before all its data are.
 
     Parameters
@@ -245,11 +357,27 @@ def write_case(
     attrs : mapping
         Provenance (source, fingerprint, params, spacing, ...); ``shape``,
         ``dtype``, ``label_counts``, ``checksums`` and ``complete`` are added here.
+
+    Returns
+    -------
+    WrittenCase
+        The metadata documents written (for :func:`finalize_store`) and the
+        seconds spent: ``encode`` (chunks, checksums, label counts) and
+        ``store`` (deleting the old case, writing the files).
+
+    Notes
+    -----
+    The arrays are encoded first, in this thread; then one round trip to
+    zarr's event loop deletes the old case (marking it incomplete first) and
+    writes the group with ``complete: false`` if there was one, the arrays'
+    files concurrently, and last the group with ``complete: true``. zarr's group and array API
+    cost ~18 ms per 512x512 case for the same files (5 of them); this ~1 ms.
     """
     if tube.shape != thin.shape:
         raise ValueError(f"tube shape {tube.shape} differs from thin shape {thin.shape}")
-    delete_case(root, case_id)
+    start = time.perf_counter()
     dtype = _label_dtype(tube, thin)
+    encoded = [encode_array(n, np.asarray(a, dtype=dtype)) for n, a in (("tube", tube), ("thin", thin))]
     meta = dict(attrs)
     meta.update(
         shape=list(tube.shape),
@@ -258,11 +386,27 @@ def write_case(
         checksums={},
         complete=False,
     )
-    group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
-    for name, data in (("tube", tube), ("thin", thin)):
-        meta["checksums"][name] = write_array(group, name, np.ascontiguousarray(data, dtype=dtype))
-    meta["complete"] = True
-    group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
+    path = _key(root, case_id)
+    first = {ATTRS_KEY: meta}
+    done = {ATTRS_KEY: {**meta, "checksums": {a.name: a.checksum for a in encoded}, "complete": True}}
+
+    async def replace(store: Any) -> None:
+        if await _delete_node(store, path):  # a replaced case reads as incomplete until done
+            await store.set(_join(path, "zarr.json"), _json_bytes(first))
+        # A new case has no group until done: a kill leaves a folder without metadata, which
+        # is no case (missing) and is cleared when it is built; one file write less per case.
+        await _ensure_parents(store, path)
+        await _put_arrays(store, path, encoded)
+        await store.set(
+            _join(path, "zarr.json"), _json_bytes(done)
+        )  # last write: the case now counts as built
+
+    encoded_at = time.perf_counter()
+    sync(replace(root.store))
+    documents = {case_id: json.loads(_json_bytes(done).to_bytes())}
+    documents.update((f"{case_id}/{a.name}", json.loads(a.files["zarr.json"].to_bytes())) for a in encoded)
+    seconds = {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at}
+    return WrittenCase(documents, seconds)
 
 
 def write_array(group: zarr.Group, name: str, data: np.ndarray, *, channels: bool = False) -> str:
@@ -270,34 +414,128 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, *, channels: boo
 
     Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
     the first axis is a channel axis (chunks of one channel). Zstandard with a
-    CRC-32C per chunk.
+    CRC-32C per chunk; see :func:`encode_array`. The array replaces any node of
+    that name.
     """
-    lead = (1,) if channels else ()
-    chunks, shards = chunk_shape(data.shape[len(lead) :])
-    chunks, shards = lead + chunks, lead + shards
-    array = group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=chunks,
-        shards=shards,
-        compressors=[ZstdCodec(level=3), Crc32cCodec()],
-        fill_value=0,
+    encoded = encode_array(name, data, channels=channels)
+    path = _key(group)
+
+    async def put(store: Any) -> None:
+        await store.delete_dir(_join(path, name))
+        await _put_arrays(store, path, [encoded])
+
+    sync(put(group.store))
+    return encoded.checksum
+
+
+def read_consolidated(root: zarr.Group) -> dict[str, Any] | None:
+    """The consolidated metadata entries of the store (``{node path: zarr.json document}``), or None.
+
+    A build reads them before it starts (which drops them: they would be stale
+    while it writes) and hands them to :func:`finalize_store` to update.
+    """
+    raw = sync(root.store.get(_key(root, "zarr.json"), prototype=_PROTOTYPE))
+    try:
+        consolidated = json.loads(raw.to_bytes()).get("consolidated_metadata") if raw is not None else None
+    except (ValueError, AttributeError):
+        return None
+    entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
+    return dict(entries) if isinstance(entries, dict) else None
+
+
+def _is_complete_case(doc: Any) -> bool:
+    meta = doc.get("attributes", {}).get(ATTRS_KEY) if isinstance(doc, dict) else None
+    return (
+        doc.get("node_type") == "group"
+        and isinstance(meta, dict)
+        and "source" in meta
+        and (meta.get("complete") is True)
     )
-    array[...] = data
-    return array_checksum(data)
 
 
-def finalize_store(root: zarr.Group, path: str | os.PathLike) -> None:
-    """Record the list of complete cases in the root attributes and consolidate metadata."""
-    store = SkeletonStore(root, path)
+async def _node_entries(store: Any, root_path: str, path: str) -> dict[str, Any]:
+    """The zarr.json documents of ``path`` and every node below it (read from the store)."""
+    out: dict[str, Any] = {}
+    raw = await store.get(_join(root_path, path, "zarr.json"), prototype=_PROTOTYPE)
+    if raw is None:
+        return out
+    try:
+        out[path] = json.loads(raw.to_bytes())
+    except ValueError:
+        return out
+    if out[path].get("node_type") == "group":
+        children = [c async for c in store.list_dir(_join(root_path, path))]
+        for child in children:
+            if child != "zarr.json":
+                out.update(await _node_entries(store, root_path, f"{path}/{child}"))
+    return out
+
+
+def finalize_store(
+    root: zarr.Group,
+    path: str | os.PathLike,
+    *,
+    since: Mapping[str, Any] | None = None,
+    written: Mapping[str, Any] | None = None,
+    touched: Iterable[str] = (),
+) -> None:
+    """Record the list of complete cases in the root attributes and consolidate metadata.
+
+    Without ``since``, every node is read (zarr's ``consolidate_metadata``: ~1 s
+    for 504 cases on 2 busy cores). With ``since`` — the entries when this build
+    began (:func:`read_consolidated`), exact because every build holds the lock
+    and drops them while it writes — only what this build changed is applied:
+    ``written``, the documents of the cases it wrote (:class:`WrittenCase`),
+    and ``touched``, cases it deleted or may have left half-written (pruned,
+    failed), which are read again.
+    """
+    if since is None:
+        store = SkeletonStore(root, path)
+        meta = dict(root.attrs.get(ATTRS_KEY, {}))
+        meta["cases"] = store.case_ids
+        meta["updated"] = utc_now()
+        root.attrs.update({ATTRS_KEY: meta})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
+            zarr.consolidate_metadata(root.store)
+        return
+    written = dict(written or {})
+    touched = set(touched)
+    replaced = touched | {k for k in written if "/" not in k or k.rsplit("/", 1)[0] not in written}
+    entries = {k: v for k, v in since.items() if not any(k == c or k.startswith(c + "/") for c in replaced)}
+    root_path = root.store_path.path
+
+    async def reread() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(_node_entries(root.store, root_path, c) for c in sorted(touched)))
+
+    for found in sync(reread()):
+        entries.update(found)
+    entries.update(written)
+    for key in list(entries):  # implicit groups above nested case ids
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            entries.setdefault("/".join(parts[:i]), json.loads(_json_bytes({}).to_bytes()))
+    for doc in entries.values():
+        if doc.get("node_type") == "group":
+            doc.setdefault(
+                "consolidated_metadata", {"kind": "inline", "must_understand": False, "metadata": {}}
+            )
     meta = dict(root.attrs.get(ATTRS_KEY, {}))
-    meta["cases"] = store.case_ids
+    meta["cases"] = sorted(k for k, v in entries.items() if _is_complete_case(v))
     meta["updated"] = utc_now()
-    root.attrs.update({ATTRS_KEY: meta})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-        zarr.consolidate_metadata(root.store)
+    doc = {
+        "attributes": {**root.attrs.asdict(), ATTRS_KEY: meta},
+        "zarr_format": 3,
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": entries},
+        "node_type": "group",
+    }
+    indent = zarr.config.get("json_indent")
+    sync(
+        root.store.set(
+            _key(root, "zarr.json"),
+            _PROTOTYPE.buffer.from_bytes(json.dumps(doc, indent=indent, allow_nan=True).encode()),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -347,12 +585,38 @@ class SkeletonStore(Mapping[str, CaseTargets]):
             )
         self.attrs: dict[str, Any] = meta
         self._case_ids: list[str] | None = None
+        self._prefetched: dict[str, dict[str, Any] | None] = {}
 
     def __repr__(self) -> str:
         return f"SkeletonStore({self.path!r}, cases={len(self)})"
 
+    def prefetch_attrs(self, case_ids: Iterable[str]) -> None:
+        """Read the attributes of many cases at once, for the next :meth:`case_attrs` of each.
+
+        One round trip to zarr's event loop with the reads concurrent, instead of
+        a group open per case (0.3-1 ms each; a build plans 504 cases in 20 ms).
+        """
+        ids = list(case_ids)
+        root_path = self.root.store_path.path
+
+        async def read_all() -> list[Any]:
+            return await asyncio.gather(
+                *(self.root.store.get(_join(root_path, c, "zarr.json"), prototype=_PROTOTYPE) for c in ids)
+            )
+
+        for case_id, raw in zip(ids, sync(read_all()), strict=True):
+            try:
+                doc = json.loads(raw.to_bytes()) if raw is not None else None
+            except ValueError:
+                doc = None
+            meta = doc.get("attributes", {}).get(ATTRS_KEY) if isinstance(doc, dict) else None
+            ok = isinstance(doc, dict) and doc.get("node_type") == "group" and isinstance(meta, dict)
+            self._prefetched[case_id] = dict(meta) if ok else None
+
     def case_attrs(self, case_id: str) -> dict[str, Any] | None:
         """The case's attributes, complete or not; None if the group is absent or unreadable."""
+        if case_id in self._prefetched:
+            return self._prefetched.pop(case_id)
         try:
             group = self.root[case_id]
             meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
