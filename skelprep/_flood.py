@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from skelprep._thinning import HAVE_NUMBA, _njit
+from skelprep import _thinning
+from skelprep._thinning import _njit
 
 __all__ = ["unreached"]
 
@@ -62,8 +63,9 @@ def unreached(mask: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...] | N
     >>> [c.tolist() for c in unreached(mask, seeds)]  # doctest: +SKIP
     [[3, 3], [4, 5]]
     """
-    if not HAVE_NUMBA:
+    if not _thinning.HAVE_NUMBA:
         return None
+    _thinning.load_jit()
     padded = tuple(n + 2 for n in mask.shape)  # a background border: neighbours never wrap or leave
     state = np.zeros(padded, dtype=np.uint8)
     state[(slice(1, -1),) * mask.ndim] = mask

@@ -80,13 +80,13 @@ def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
     Both thinnings treat the outside of the array as background and only look at
     3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact.
     """
-    thin = thin_3d if mask.ndim == 3 else thin_2d
-    if _thinning.HAVE_NUMBA:
+    if _thinning.use_jit(mask.size):  # numba, once it pays (see _thinning.use_jit)
+        thin = thin_3d if mask.ndim == 3 else thin_2d
         return thin(mask)  # the numba thinnings crop to the foreground themselves
     out = np.zeros(mask.shape, dtype=bool)
     box = _foreground_box(mask, margin=1)
     if box is not None:
-        out[box] = thin(mask[box])
+        out[box] = _thinning._skimage_skeleton(mask[box])
     return out
 
 
@@ -168,8 +168,9 @@ def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
     if box is None:
         return thin, 0
     thin_box = thin[box]  # a view: writes land in ``thin``
-    orphans = unreached(mask[box], thin_box)  # flood fill from the skeleton: O(foreground)
-    if orphans is None:  # no numba: label every component instead
+    # flood fill from the skeleton, O(foreground), where the numba kernels are loaded
+    orphans = unreached(mask[box], thin_box) if _thinning.jit_loaded() else None
+    if orphans is None:  # no numba (yet): label every component instead
         missing = _components_without(mask[box], thin_box)
     else:  # the unreached voxels are exactly the components without a skeleton (usually none)
         orphan_mask = np.zeros(thin_box.shape, dtype=bool)

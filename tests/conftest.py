@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 EXAMPLES = ROOT / "examples"
 
+# The tests run the numba kernels wherever numba is installed, as they always did; a build
+# process picks them by size (skelprep._thinning.use_jit), which tests/test_thinning.py checks.
+from skelprep import _thinning  # noqa: E402
+
+_thinning.load_jit() if _thinning.HAVE_NUMBA else None
+
 
 def needs(path: Path) -> Path:
     """Skip the test when optional shared data is absent (it is present in CI)."""

@@ -343,3 +343,37 @@ def test_2d_real_masks(path: Path) -> None:
     mask = read_png_mask(path)
     assert mask.any()
     assert assert_same_as_skimage(mask).any()
+
+
+def test_use_jit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scikit-image for small arrays until the process has thinned enough; then the kernels load."""
+    loads = []
+    monkeypatch.setattr(_thinning, "HAVE_NUMBA", True)
+    monkeypatch.setattr(_thinning, "_jit_ready", __import__("threading").Event())
+    monkeypatch.setattr(_thinning, "_jit_loading", False)
+    monkeypatch.setattr(_thinning, "_voxels_without_jit", 0)
+    monkeypatch.setattr(_thinning, "load_jit", lambda: loads.append(1) or _thinning._jit_ready.set())
+    small = _thinning.JIT_AFTER_VOXELS // 3 + 1
+    assert not _thinning.use_jit(small) and not _thinning.use_jit(small)
+    assert not _thinning.use_jit(small)  # the third crosses the budget: loading starts in the background
+    for _ in range(100):
+        if _thinning.jit_loaded():
+            break
+        __import__("time").sleep(0.01)
+    assert loads == [1] and _thinning.use_jit(small)
+    monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
+    assert not _thinning.use_jit(10 * _thinning.JIT_AFTER_VOXELS)
+
+
+def test_both_thinnings_give_skeleton_targets_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever thinning use_jit picks, the targets are identical."""
+    import skelprep
+
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:14, 5:55] = 1
+    labels[5:35, 30:33] = 2
+    jit = skelprep.skeleton_targets(labels)
+    monkeypatch.setattr(_thinning, "use_jit", lambda voxels: False)
+    plain = skelprep.skeleton_targets(labels)
+    np.testing.assert_array_equal(jit.tube, plain.tube)
+    np.testing.assert_array_equal(jit.thin, plain.thin)
