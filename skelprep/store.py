@@ -28,7 +28,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +68,7 @@ __all__ = [
     "label_counts",
     "chunk_shape",
     "verify_case_data",
+    "read_regions",
 ]
 
 FORMAT_VERSION = 1
@@ -700,6 +701,32 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
     >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
     """
     return SkeletonStore(open_root(path, mode="r"), path)
+
+
+def read_regions(arrays: Sequence[zarr.Array], selection: Any) -> list[np.ndarray]:
+    """The same region of several arrays of a case, read concurrently.
+
+    One round trip to zarr's event loop for all of them, so the fixed cost of a
+    read (shard index, chunk fetch, ~1 ms) overlaps: three 96^3 patch reads took
+    24 ms concurrently against 33 ms one after another (2 busy cores; see the
+    loading section of pipelines/bench.py).
+
+    Examples
+    --------
+    >>> import zarr
+    >>> g = zarr.group()
+    >>> a = g.create_array("a", shape=(4, 4), dtype="u1"); a[...] = 1
+    >>> b = g.create_array("b", shape=(4, 4), dtype="u1"); b[...] = 2
+    >>> [r.tolist() for r in read_regions([a, b], (slice(0, 1), slice(0, 2)))]
+    [[[1, 1]], [[2, 2]]]
+    """
+    if len(arrays) == 1:
+        return [np.asarray(arrays[0][selection])]
+
+    async def read_all() -> list[Any]:
+        return await asyncio.gather(*(a.async_array.getitem(selection) for a in arrays))
+
+    return [np.asarray(r) for r in sync(read_all())]
 
 
 def verify_case_data(case: CaseTargets) -> list[str]:

@@ -19,7 +19,15 @@ from torch.utils.data import Dataset
 
 from skelprep.io import file_sha256, read_image, read_mask
 from skelprep.layout import Case, discover
-from skelprep.store import CaseTargets, SkeletonStore, StoreError, case_state, default_store_path, open_store
+from skelprep.store import (
+    CaseTargets,
+    SkeletonStore,
+    StoreError,
+    case_state,
+    default_store_path,
+    open_store,
+    read_regions,
+)
 
 __all__ = ["SkeletonDataset", "normalize_image"]
 
@@ -318,7 +326,9 @@ class SkeletonDataset(Dataset):
                 slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, shape, strict=True)
             )
             # Slicing the zarr array decodes only the chunks the patch touches.
-            stored = {name: _pad_to(getattr(targets, name)[inside], start, size, shape) for name in names}
+            # All arrays of the patch in one concurrent read (skelprep.store.read_regions).
+            regions = read_regions([getattr(targets, name) for name in names], inside)
+            stored = {name: _pad_to(r, start, size, shape) for name, r in zip(names, regions, strict=True)}
             image = _crop_pad(image, start, size)
             label = _crop_pad(label, start, size)
         item: dict[str, Any] = {
