@@ -31,8 +31,8 @@ numba is imported and the kernels are bound on first use (:func:`load_jit`),
 not at import: its import and first call cost 0.6-1.2 s per process (numba
 imports scipy.linalg for its BLAS check), more than a whole build of a few 2D
 masks. :func:`use_jit` is the policy callers ask: scikit-image for the first
-few million voxels of a process, while the kernels load in a background
-thread; the kernels at once for an array large enough to pay for them alone.
+few hundred thousand foreground voxels of a process, while the kernels load in
+a background thread; the kernels at once for an array that pays for them alone.
 Both give the same result, so the choice never changes the output.
 """
 
@@ -46,18 +46,19 @@ import numpy as np
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d", "load_jit", "use_jit"]
+__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d", "load_jit", "use_jit", "thinning_work"]
 
 _KERNELS: list[tuple[str, str]] = []  # (module, function name) of every @_njit function
 _jit_lock = threading.Lock()
 _jit_ready = threading.Event()
 _jit_loading = False
-_voxels_without_jit = 0
-# Voxels a process thins with scikit-image before the kernels pay: numba's import and first
-# call (0.6-1.2 s on 2 busy cores) buy ~6 ms per 512x512 vessel crop (9 ms -> 3 ms) and
-# ~0.5 s per 160x320x320 sparse volume. 8 M voxels is ~30 crops or 8 CHASE_DB1 masks; an
-# array of that size alone loads them at once.
-JIT_AFTER_VOXELS = 8_000_000
+_work_without_jit = 0
+# Work (foreground voxels; 3D ones count 4x) a process gives scikit-image before the kernels
+# pay. Measured on 2 busy cores: numba's import and first call cost 0.6-1.2 s; the kernels save
+# 1-3 us per foreground pixel of Zhang (CHASE_DB1 mask, 51k px: 65-107 ms -> 15-22 ms; road-crack
+# map, 310k px: 990 ms -> 39 ms) and more per voxel of Lee. An array of a quarter of this alone
+# is worth waiting for them.
+JIT_AFTER_WORK = 500_000
 
 
 def _njit(func):
@@ -87,25 +88,30 @@ def jit_loaded() -> bool:
     return _jit_ready.is_set()
 
 
-def use_jit(voxels: int) -> bool:
-    """Whether to thin an array of ``voxels`` voxels with the numba kernels now.
+def thinning_work(mask: np.ndarray) -> int:
+    """The work :func:`use_jit` weighs: foreground voxels, 3D ones counted four times."""
+    return int(np.count_nonzero(mask)) * (4 if mask.ndim == 3 else 1)
+
+
+def use_jit(work: int) -> bool:
+    """Whether to thin an array of this :func:`thinning_work` with the numba kernels now.
 
     False without numba. Otherwise True once the kernels are loaded, or for an
-    array of at least :data:`JIT_AFTER_VOXELS` (loading them first). Smaller
-    arrays go to scikit-image until this process has given it that many
-    voxels; then the kernels start loading in a background thread.
+    array of at least a quarter of :data:`JIT_AFTER_WORK` (loading them first).
+    Smaller arrays go to scikit-image until this process has given it that
+    much work; then the kernels start loading in a background thread.
     """
-    global _jit_loading, _voxels_without_jit
+    global _jit_loading, _work_without_jit
     if not HAVE_NUMBA:
         return False
     if _jit_ready.is_set():
         return True
-    if voxels >= JIT_AFTER_VOXELS:
+    if work >= JIT_AFTER_WORK // 4:
         load_jit()
         return True
     with _jit_lock:
-        _voxels_without_jit += voxels
-        start = not _jit_loading and _voxels_without_jit >= JIT_AFTER_VOXELS
+        _work_without_jit += work
+        start = not _jit_loading and _work_without_jit >= JIT_AFTER_WORK
         _jit_loading = _jit_loading or start
     if start:
         threading.Thread(target=load_jit, name="skelprep-load-numba", daemon=True).start()

@@ -268,10 +268,9 @@ def _consolidated_before(out: str) -> dict[str, Any] | None:
 
 
 def _root_attrs(layout: DatasetLayout, params: BuildParams) -> dict[str, Any]:
-    """What a build records in the store's root attributes."""
+    """What a build records in the store's root attributes (and ``versions``, when it writes)."""
     return {
         "params": params.as_dict(),
-        "versions": _versions(),
         "dataset": os.path.abspath(layout.root),
         "layout": layout.kind,
         "label_names": {str(k): v for k, v in layout.label_names.items()},
@@ -312,7 +311,7 @@ def _write_phase(
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
-    root = _open_for_build(out, attrs)
+    root = _open_for_build(out, {**attrs, "versions": _versions()})
     if jobs:
         report.outcomes.extend(
             run_cases(

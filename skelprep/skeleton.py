@@ -80,7 +80,7 @@ def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
     Both thinnings treat the outside of the array as background and only look at
     3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact.
     """
-    if _thinning.use_jit(mask.size):  # numba, once it pays (see _thinning.use_jit)
+    if _thinning.use_jit(_thinning.thinning_work(mask)):  # numba, once it pays (see use_jit)
         thin = thin_3d if mask.ndim == 3 else thin_2d
         return thin(mask)  # the numba thinnings crop to the foreground themselves
     out = np.zeros(mask.shape, dtype=bool)

@@ -138,3 +138,43 @@ def test_verify_reports_states(octa_dataset):
     # the corrupt case still has matching fingerprints: verify finds it, --force repairs it
     build(octa_dataset, workers=1, force=True)
     assert all(c.state == "ok" for c in verify(octa_dataset))
+
+
+def test_incremental_consolidation_equals_a_full_one(cracks_dataset, tmp_path):
+    """The consolidated metadata a build updates equal those zarr computes from every node."""
+    import json
+    import warnings
+
+    import zarr
+    from PIL import Image
+
+    from skelprep.build import build
+
+    dataset = cracks_dataset
+    out = tmp_path / "s.zarr"
+    build(dataset, out, workers=2)
+    masks = sorted((dataset / "labelsTr").glob("*.png"))
+    masks[0].unlink()
+    labels = np.asarray(Image.open(masks[1])).copy()
+    labels[:8, :8] = 1
+    Image.fromarray(labels).save(masks[1])
+    report = build(dataset, out, workers=2, prune=True)
+    assert report.built and report.pruned
+    ours = json.loads((out / "zarr.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(out))
+    theirs = json.loads((out / "zarr.json").read_text())
+    assert ours["consolidated_metadata"] == theirs["consolidated_metadata"]
+    assert ours["attributes"]["skelprep"]["cases"] == open_store(out).case_ids
+
+
+def test_up_to_date_rerun_writes_nothing(cracks_dataset, tmp_path):
+    from skelprep.build import build
+
+    out = tmp_path / "s.zarr"
+    build(cracks_dataset, out, workers=1)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    report = build(cracks_dataset, out, workers=2)
+    assert not report.built and report.up_to_date
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before

@@ -21,3 +21,13 @@ def test_public_api():
     for name in skelprep.__all__:
         assert getattr(skelprep, name) is not None
     assert callable(skelprep.open_store)
+
+
+def test_cli_start_imports_no_heavy_module():
+    """``skelprep --help`` (and an up-to-date rerun's imports) load neither the core nor a framework."""
+    code = (
+        "import sys; from skelprep.cli import cli; import skelprep.build;"
+        "heavy = [m for m in ('numba', 'scipy', 'skimage', 'torch', 'dask.distributed') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,15 @@ import pytest
 import zarr
 
 from skelprep import open_store, skeleton_targets
-from skelprep.store import StoreError, chunk_shape, open_root, verify_case_data, write_case
+from skelprep.store import (
+    StoreError,
+    array_checksum,
+    chunk_shape,
+    open_root,
+    read_regions,
+    verify_case_data,
+    write_case,
+)
 
 from .conftest import tubes_3d
 
@@ -90,3 +98,63 @@ def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="format version 9"):
         open_store(tmp_path / "v9.zarr")
     assert open_root(tmp_path / "plain.zarr") is not None
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "channels"),
+    [
+        ((512, 512), np.uint8, False),
+        ((600, 999), np.uint16, False),
+        ((100, 300, 257), np.uint8, False),
+        ((3, 70, 90), np.float32, True),
+        ((2, 40, 130, 20), np.int16, True),
+    ],
+)
+def test_write_array_writes_the_bytes_zarr_writes(tmp_path, shape, dtype, channels):
+    """The lean shard writer's files equal zarr's own, byte for byte, and read back equal."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from skelprep.store import write_array
+
+    rng = np.random.default_rng(0)
+    data = ((rng.random(shape) < 0.002) * 7).astype(dtype)
+    data[..., : shape[-1] // 3] = 0  # whole chunks of zeros: left out by both
+    ours = zarr.open_group(str(tmp_path / "ours.zarr"), mode="w")
+    checksum = write_array(ours, "a", data, channels=channels)
+    lead = (1,) if channels else ()
+    chunks, shards = chunk_shape(shape[len(lead) :])
+    theirs = zarr.open_group(str(tmp_path / "theirs.zarr"), mode="w").create_array(
+        "a",
+        shape=shape,
+        dtype=dtype,
+        chunks=lead + chunks,
+        shards=lead + shards,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        fill_value=0,
+    )
+    theirs[...] = data
+    files = {
+        p.relative_to(tmp_path / "ours.zarr" / "a"): p.read_bytes()
+        for p in (tmp_path / "ours.zarr" / "a").rglob("*")
+        if p.is_file()
+    }
+    want = {
+        p.relative_to(tmp_path / "theirs.zarr" / "a"): p.read_bytes()
+        for p in (tmp_path / "theirs.zarr" / "a").rglob("*")
+        if p.is_file()
+    }
+    assert files == want
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "ours.zarr"), mode="r")["a"][...], data)
+    assert checksum == array_checksum(data)
+
+
+def test_read_regions_equals_one_read_per_array(tmp_path):
+    labels = tubes_3d(shape=(40, 50, 60), seed=1)
+    targets = skeleton_targets(labels)
+    root = _new_store(tmp_path / "s.zarr")
+    write_case(root, "c", tube=targets.tube, thin=targets.thin, attrs={"source": "c.nii.gz"})
+    case = open_store(tmp_path / "s.zarr")["c"]
+    box = (slice(5, 30), slice(0, 50), slice(33, 60))
+    tube, thin = read_regions([case.tube, case.thin], box)
+    np.testing.assert_array_equal(tube, targets.tube[box])
+    np.testing.assert_array_equal(thin, targets.thin[box])

@@ -351,18 +351,19 @@ def test_use_jit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_thinning, "HAVE_NUMBA", True)
     monkeypatch.setattr(_thinning, "_jit_ready", __import__("threading").Event())
     monkeypatch.setattr(_thinning, "_jit_loading", False)
-    monkeypatch.setattr(_thinning, "_voxels_without_jit", 0)
+    monkeypatch.setattr(_thinning, "_work_without_jit", 0)
     monkeypatch.setattr(_thinning, "load_jit", lambda: loads.append(1) or _thinning._jit_ready.set())
-    small = _thinning.JIT_AFTER_VOXELS // 3 + 1
-    assert not _thinning.use_jit(small) and not _thinning.use_jit(small)
-    assert not _thinning.use_jit(small)  # the third crosses the budget: loading starts in the background
+    small = _thinning.JIT_AFTER_WORK // 5 + 1
+    for _ in range(4):
+        assert not _thinning.use_jit(small)
+    assert not _thinning.use_jit(small)  # the fifth crosses the budget: loading starts in the background
     for _ in range(100):
         if _thinning.jit_loaded():
             break
         __import__("time").sleep(0.01)
     assert loads == [1] and _thinning.use_jit(small)
     monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
-    assert not _thinning.use_jit(10 * _thinning.JIT_AFTER_VOXELS)
+    assert not _thinning.use_jit(10 * _thinning.JIT_AFTER_WORK)
 
 
 def test_both_thinnings_give_skeleton_targets_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
