@@ -71,8 +71,8 @@ def _echo_json(data: Any) -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Local worker processes [default: CPU count]. With 1 (or one case to build) the cases run in this "
-    "process, without starting a cluster.",
+    help="Local workers [default: CPU count]: threads of this process, or with --memory-limit Dask worker "
+    "processes. With 1 (or one case to build) the cases run one after another.",
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
 @click.option("--mode", type=click.Choice(["joint", "per-class"]), default="joint", show_default=True)

@@ -158,3 +158,24 @@ def test_read_image_drops_alpha(tmp_path, mode, channels):
     image = read_image(tmp_path / "img.png").array
     assert image.shape == (channels, 5, 6)
     np.testing.assert_array_equal(image[0], grey)
+
+
+def test_nifti_reads_the_same_with_zlib_as_with_isal(tmp_path, monkeypatch):
+    """The fast inflate is optional: zlib (same API, same checks) gives the same volume."""
+    import zlib
+
+    import nibabel as nib
+
+    from skelprep import io as skio
+
+    volume = np.zeros((9, 7, 5), np.uint8)
+    volume[2:6, 1:4, 1:3] = 3
+    path = tmp_path / "m.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    fast = skio.read_mask(path)
+    monkeypatch.setattr(skio, "_inflate", zlib)
+    plain = skio.read_mask(path)
+    np.testing.assert_array_equal(fast.array, plain.array)
+    np.testing.assert_array_equal(fast.array, volume)
+    raw, digest = skio.read_bytes(path)
+    assert digest == skio.file_sha256(path) and raw == path.read_bytes()
