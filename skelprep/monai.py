@@ -113,7 +113,9 @@ def data_dicts(
 def _reference_geometry(ref: Any, key: Hashable) -> tuple[tuple[int, ...], np.ndarray]:
     """(spatial shape as loaded, affine) of the reference key; refuses a transformed one."""
     if not isinstance(ref, MetaTensor):
-        raise GeometryError(f"reference key '{key}' is a {type(ref).__name__}, not a MetaTensor from LoadImaged")
+        raise GeometryError(
+            f"reference key '{key}' is a {type(ref).__name__}, not a MetaTensor from LoadImaged"
+        )
     if ref.applied_operations:
         raise GeometryError(
             f"reference key '{key}' was already transformed ({ref.applied_operations[-1].get('class')}); "

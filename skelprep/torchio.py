@@ -255,8 +255,6 @@ def subjects_dataset(
             image = tio.ScalarImage(case.images[0] if len(case.images) == 1 else list(case.images))
             label = _file_label(case.mask, attrs)
             affine_from = case.mask
-        targets = {
-            name: skeleton_label_map(store, case_id, name, affine_from=affine_from) for name in names
-        }
+        targets = {name: skeleton_label_map(store, case_id, name, affine_from=affine_from) for name in names}
         subjects.append(tio.Subject(image=image, label=label, case_id=case_id, **targets))
     return tio.SubjectsDataset(subjects, transform=transform)

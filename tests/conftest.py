@@ -72,3 +72,21 @@ def tubes_3d(shape=(40, 48, 56), n=6, seed=0, n_classes=3) -> np.ndarray:
         dist = np.linalg.norm(grid - (a + t[:, None] * ab), axis=1)
         labels.reshape(-1)[dist <= radius] = 1 + i % n_classes
     return labels
+
+
+@pytest.fixture(scope="session")
+def nifti(tmp_path_factory):
+    """(dataset, store): one 3D NIfTI case with a rotated, anisotropic affine, built (adapter tests)."""
+    from .adapter_data import built, nifti_dataset
+
+    dataset = nifti_dataset(tmp_path_factory.mktemp("adapters") / "nii")
+    return dataset, built(dataset)
+
+
+@pytest.fixture(scope="session")
+def png(tmp_path_factory):
+    """(dataset, store): one real 640x1024 road-crack PNG case, built (adapter tests)."""
+    from .adapter_data import built, png_dataset
+
+    dataset = png_dataset(tmp_path_factory.mktemp("adapters") / "png")
+    return dataset, built(dataset)
