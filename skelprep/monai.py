@@ -77,7 +77,7 @@ from monai.transforms import MapTransform
 
 from skelprep._stored import as_store, stored_array
 from skelprep.geometry import GeometryError, VoxelGeometry, framework_geometry, same_affine, to_framework
-from skelprep.layout import DEFAULT_STORE_NAME, discover
+from skelprep.layout import discover
 from skelprep.store import SkeletonStore, StoreError
 
 __all__ = ["LoadSkeletonTargetsd", "data_dicts"]
@@ -188,10 +188,10 @@ class LoadSkeletonTargetsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection = ("tube",),
-        store: str | os.PathLike = DEFAULT_STORE_NAME,
+        *,
+        store: str | os.PathLike,
         case_key: str = "case_id",
         ref_key: str | None = "label",
-        *,
         reverse_indexing: bool = True,
         dtype: np.dtype | type | None = np.float32,
         remap_keys: Sequence[str] = (),

@@ -180,3 +180,20 @@ def test_recall_loss_on_a_monai_network_with_dice_ce(png):
     )
     loss.backward()
     assert torch.isfinite(loss) and next(net.parameters()).grad is not None
+
+
+def test_2d_nifti_saved_with_a_singleton_axis_gets_it_back(tmp_path):
+    import nibabel as nib
+
+    labels = np.zeros((40, 30, 1), np.uint8)
+    labels[5:35, 12:17] = 2
+    for folder in ("labels", "images"):
+        (tmp_path / "d" / folder).mkdir(parents=True)
+        nib.save(
+            nib.Nifti1Image(labels, np.diag([0.5, 0.8, 1.0, 1.0])), tmp_path / "d" / folder / "flat.nii.gz"
+        )
+    store = built(tmp_path / "d")
+    assert open_store(store)["flat"].shape == (40, 30)  # stored without the singleton axis
+    d = T.Compose(loading(store))(data_dicts(tmp_path / "d")[0])
+    assert d["label"].shape == d["tube"].shape == (1, 40, 30, 1)
+    assert off_label(d["tube"], d["label"]) == 0 and d["tube"].any()
