@@ -17,7 +17,7 @@ import numpy as np
 
 from skelprep.store import SkeletonStore, StoreError, open_store
 
-__all__ = ["as_store", "has_arrays", "stored_array"]
+__all__ = ["as_store", "has_arrays", "read_array", "stored_array"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -53,10 +53,15 @@ def stored_array(store: SkeletonStore, case_id: str, name: str) -> tuple[np.ndar
     StoreError
         The case is incomplete, or has no array ``name``.
     """
-    case = store[case_id]  # KeyError / StoreError (incomplete)
+    attrs = store[case_id].attrs  # KeyError / StoreError (incomplete)
+    return read_array(store, case_id, name), attrs
+
+
+def read_array(store: SkeletonStore, case_id: str, name: str) -> np.ndarray:
+    """One stored array of a case already known to be complete; StoreError if it has no such array."""
     try:
         array = store.root[case_id][name]
     except KeyError:
         hint = " (build with --with-images)" if name in ("image", "label") else ""
         raise StoreError(f"{store.path}: case '{case_id}' has no array '{name}'{hint}") from None
-    return array[...], case.attrs
+    return array[...]

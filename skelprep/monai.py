@@ -75,8 +75,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from skelprep._stored import as_store, stored_array
+from skelprep._stored import as_store, read_array
 from skelprep.geometry import GeometryError, VoxelGeometry, framework_geometry, same_affine, to_framework
+from skelprep.io import _squeezed
 from skelprep.layout import discover
 from skelprep.store import SkeletonStore, StoreError
 
@@ -124,12 +125,6 @@ def _reference_geometry(ref: Any, key: Hashable) -> tuple[tuple[int, ...], np.nd
     shape = ref.meta.get("spatial_shape")
     shape = tuple(int(n) for n in (ref.shape[1:] if shape is None else np.asarray(shape).ravel()))
     return shape, np.asarray(ref.affine, np.float64)
-
-
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    while len(shape) > 2 and shape[-1] == 1:
-        shape = shape[:-1]
-    return shape
 
 
 def _match_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -227,7 +222,7 @@ class LoadSkeletonTargetsd(MapTransform):
             ref = _reference_geometry(d[self.ref_key], self.ref_key)
         for key in self.keys:
             try:
-                array, _ = stored_array(self.store, case_id, str(key))
+                array = read_array(self.store, case_id, str(key))
             except StoreError:
                 if self.allow_missing_keys:
                     continue
