@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from skelprep.io import MASK_SUFFIXES, InputError, file_sha256, read_mask, split_suffix
-from skelprep.layout import DEFAULT_STORE_NAME
 from skelprep.metrics import evaluate_case, mean_metrics
+from skelprep.store import case_state, default_store_path
 
 __all__ = ["find_masks", "evaluate_folders", "store_thin"]
 
@@ -60,7 +60,7 @@ def _open_store(store: str | os.PathLike | None, gt_dir: Path):
 
     if store is not None:
         return open_store(store)
-    default = gt_dir.resolve().parent / DEFAULT_STORE_NAME
+    default = Path(default_store_path(gt_dir.resolve().parent))
     if not default.exists():
         return None
     try:
@@ -78,18 +78,19 @@ def store_thin(store: Any, case_id: str, gt_path: Path, gt: np.ndarray) -> np.nd
     per class, or the ground truth has at most one class (then the joint
     skeleton ``skeletonize(gt > 0) * gt`` is that class's).
     """
-    if store is None or case_id not in store:
+    if store is None:
         return None
-    targets = store[case_id]
-    attrs = targets.attrs
+    attrs = store.case_attrs(case_id)
+    if not case_state(attrs).ok or not case_state(attrs, fingerprint=file_sha256(gt_path)).ok:
+        return None
     params = attrs.get("params") or {}
-    if attrs.get("fingerprint") != file_sha256(gt_path) or tuple(attrs.get("shape", ())) != gt.shape:
+    if tuple(attrs.get("shape", ())) != gt.shape:
         return None
     if params.get("slice_axis") is not None or params.get("ignore_label") is not None:
         return None
     if params.get("mode") != "per-class" and np.count_nonzero(np.unique(gt)) > 1:
         return None
-    return targets.thin[...]
+    return store[case_id].thin[...]
 
 
 def evaluate_folders(
