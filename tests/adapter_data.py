@@ -11,6 +11,7 @@ import zarr
 
 from skelprep.build import build
 from skelprep.io import read_image, read_mask
+from skelprep.store import write_array
 
 from .conftest import EXAMPLES, copy_cases, tubes_3d, write_png
 
@@ -104,10 +105,8 @@ def store_copy_with_images(store: Path, dst: Path, dataset: Path) -> Path:
         image_path = next((dataset / "images").glob(mask.name)) if (dataset / "images").is_dir() else None
         if image_path is None:
             image_path = next((dataset / "imagesTr").glob(f"{Path(case_id).name}_0000.*"))
-        for name, data in (("image", read_image(image_path).array), ("label", read_mask(mask).array)):
-            root[case_id].create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = (
-                data
-            )
+        write_array(root[case_id], "image", read_image(image_path).array, channels=True)
+        write_array(root[case_id], "label", read_mask(mask).array)
     return dst
 
 
