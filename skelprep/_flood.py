@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from skelprep._thinning import HAVE_NUMBA, _njit
+from skelprep._numba import HAVE_NUMBA, njit
 
 __all__ = ["unreached"]
 
 
-@_njit
+@njit
 def _flood(state: np.ndarray, seeds: np.ndarray, offsets: np.ndarray, n_foreground: int) -> int:
     """Mark (1 -> 2) every foreground voxel connected to a seed; return how many were marked."""
     # state: 0 background, 1 foreground not yet reached, 2 reached. The border of
