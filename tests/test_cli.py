@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 from skelprep.cli import cli
 
-from .conftest import write_png
+from .helpers import CLI, write_png
 
 
 @pytest.fixture
@@ -92,7 +91,7 @@ def test_usage_and_dataset_errors(runner, tmp_path):
 
 
 def test_console_script_and_debug_traceback(tmp_path):
-    exe = [sys.executable, "-m", "skelprep.cli"]
+    exe = CLI
     plain = subprocess.run(exe + ["info", str(tmp_path / "x.zarr")], capture_output=True, text=True)
     assert plain.returncode == 1 and len(plain.stderr.strip().splitlines()) == 1
     debug = subprocess.run(

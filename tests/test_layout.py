@@ -9,7 +9,7 @@ import pytest
 
 from skelprep.layout import LayoutError, discover
 
-from .conftest import EXAMPLES, SHARED, needs, write_png
+from .helpers import EXAMPLES, SHARED, needs, write_png
 
 MASK = np.zeros((8, 8), np.uint8)
 

@@ -13,7 +13,7 @@ import skelprep.skeleton
 from skelprep import skeleton_targets, skeletonize_mask, thin_skeleton, tube_from_thin, tubed_skeleton
 from skelprep.io import read_mask
 
-from .conftest import SHARED, needs, tubes_3d
+from .helpers import SHARED, needs, tubes_3d
 
 
 def reference_tube(labels: np.ndarray) -> np.ndarray:
