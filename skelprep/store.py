@@ -431,9 +431,13 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
 
     Examples
     --------
-    >>> store = open_store("examples/vessels2d/skeletons.zarr")  # doctest: +SKIP
-    >>> case = store["Image_11L_1stHO"]                          # doctest: +SKIP
-    >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
+    >>> store = open_store("examples/road_cracks/skeletons.zarr")
+    >>> store.case_ids
+    ['crack_000', 'crack_001', 'crack_002']
+    >>> case = store["crack_000"]
+    >>> patch = case.tube[0:256, 0:256]
+    >>> patch.shape, patch.dtype
+    ((256, 256), dtype('uint8'))
     """
     return SkeletonStore(open_root(path, mode="r"), path)
 
