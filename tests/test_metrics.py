@@ -265,6 +265,18 @@ def test_eval_reuses_the_store(tmp_path):
     expected = evaluate_case(gt, gt, gt_thin=store["octa_000"].thin[...])
     case = next(c for c in report.cases if c.case_id == "octa_000")
     assert case.scores["mean"] == expected["mean"]
+    # Plain scikit-image skeletons: a stored thin equals them only where the build needed no fallback
+    # (octa_000 has one component Lee deletes whole, octa_001 none).
+    plain = {
+        c.case_id: c
+        for c in evaluate_folders(pred_dir, dataset / "labelsTr", skeleton_method="skimage").cases
+    }
+    assert plain["octa_000"].gt_skeleton == "computed" and plain["octa_001"].gt_skeleton == "store"
+    assert (
+        store["octa_000"].attrs["fallback_components"] > 0 == store["octa_001"].attrs["fallback_components"]
+    )
+    gt = read_mask(dataset / "labelsTr" / "octa_001.nii.gz").array
+    assert plain["octa_001"].scores == evaluate_case(gt, gt, skeleton_method="skimage")
     # Touch a ground truth: its stored skeleton is stale and not used.
     shutil.copy(DATA / "octa3d" / "labelsTr" / "octa_002.nii.gz", dataset / "labelsTr" / "octa_001.nii.gz")
     shutil.copy(dataset / "labelsTr" / "octa_001.nii.gz", pred_dir / "octa_001.nii.gz")
