@@ -47,10 +47,9 @@ class _Cli(click.Group):
 
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
                 _fail(str(exc))
-            first = str(exc).strip().splitlines()
-            _fail(
-                f"{type(exc).__name__}: {first[0] if first else ''} (run 'skelprep --debug ...' for details)"
-            )
+            from skelprep._util import first_line
+
+            _fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,8 +223,9 @@ def verify(
     --repair'); orphan (mask gone: 'skelprep build --prune'); failed-input (fix
     the file).
     """
-    from skelprep.build import default_store_path, store_is_busy
-    from skelprep.build import verify as run_verify
+    from skelprep._lock import store_is_busy
+    from skelprep.store import default_store_path
+    from skelprep.verify import verify as run_verify
 
     if store_is_busy(out or default_store_path(dataset)):
         click.echo(

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from skelprep.io import MASK_SUFFIXES, InputError, file_sha256, read_mask, split_suffix
-from skelprep.layout import DEFAULT_STORE_NAME, masks_by_case_id
+from skelprep.layout import masks_by_case_id
 from skelprep.metrics import EMPTY_CONVENTION, SKELETON_METHODS, CaseScores, evaluate_case, mean_metrics
+from skelprep.store import case_state, default_store_path
 
 __all__ = [
     "CaseEvaluation",
@@ -88,7 +89,7 @@ def _open_store(store: str | os.PathLike | None, gt_dir: Path):
 
     if store is not None:
         return open_store(store)
-    default = gt_dir.resolve().parent / DEFAULT_STORE_NAME
+    default = Path(default_store_path(gt_dir.resolve().parent))
     if not default.exists():
         return None
     try:
@@ -126,10 +127,12 @@ class GroundTruthSkeletons:
 
 def _current_attrs(store: Any, case_id: str, gt_path: Path) -> dict[str, Any] | None:
     """The stored case's attributes if it is complete and built from ``gt_path`` as it is now; else None."""
-    if store is None or case_id not in store:
+    if store is None:
         return None
-    attrs = store.case_attrs(case_id) or {}
-    return attrs if attrs.get("fingerprint") == file_sha256(gt_path) else None
+    attrs = store.case_attrs(case_id)
+    if not case_state(attrs).ok:  # missing or incomplete: no need to hash the mask
+        return None
+    return attrs if case_state(attrs, fingerprint=file_sha256(gt_path)).ok else None
 
 
 def stored_skeletons(

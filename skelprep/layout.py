@@ -15,19 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, _printable, split_suffix
+from skelprep._util import printable
+from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
-__all__ = [
-    "Case",
-    "CaseProblem",
-    "DatasetLayout",
-    "LayoutError",
-    "discover",
-    "masks_by_case_id",
-    "DEFAULT_STORE_NAME",
-]
-
-DEFAULT_STORE_NAME = "skeletons.zarr"
+__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "masks_by_case_id"]
 _CHANNEL = re.compile(r"_(\d{4})$")
 
 
@@ -63,7 +54,7 @@ class CaseProblem:
     reason: str
 
     def __str__(self) -> str:
-        return _printable(f"{self.path}: {self.reason}")  # one line, whatever the file is called
+        return printable(f"{self.path}: {self.reason}")  # one line, whatever the file is called
 
 
 @dataclass(frozen=True)
