@@ -19,7 +19,7 @@ from skelprep.build import BuildParams, build
 from skelprep.cli import cli
 from skelprep.evaluate import evaluate_folders
 from skelprep.io import read_mask
-from skelprep.metrics import METRIC_NAMES, evaluate_case, mean_metrics
+from skelprep.metrics import METRIC_NAMES, betti_numbers, evaluate_case, mean_metrics
 
 from .conftest import EXAMPLES, copy_dataset, write_png
 
@@ -240,3 +240,22 @@ def test_store_skeletons_used_only_where_they_equal_the_computed_ones(tmp_path):
         for case in report.cases:
             gt = read_mask(labels / f"{case.case_id}.png").array
             assert case.scores == evaluate_case(gt, gt)  # skeletonized here, without the store
+
+
+def test_one_slice_volume_has_its_slice_betti_numbers():
+    # Keeping the singleton axis changes the thinning, not the topology: a one-voxel-thick slab's
+    # 26-connected components are the slice's 8-connected ones, it encloses no cavity (b2 = 0: every
+    # background voxel touches the padding above or below), and a 4-connected hole of the slice is a
+    # tunnel through the slab (b1). Ring: (1, 1); diamond of diagonal steps: one 4-connected hole, (1, 1);
+    # two blobs touching at a corner: one component, (1, 0).
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[3, 3] = False
+    diamond = np.zeros((7, 7), bool)
+    for y, x in [(1, 3), (2, 2), (3, 1), (4, 2), (5, 3), (4, 4), (3, 5), (2, 4)]:
+        diamond[y, x] = True
+    corner = np.zeros((6, 6), bool)
+    corner[1:3, 1:3] = corner[3:5, 3:5] = True
+    for mask, expected in ((ring, (1, 1)), (diamond, (1, 1)), (corner, (1, 0))):
+        assert betti_numbers(mask) == expected
+        assert betti_numbers(mask[:, :, np.newaxis]) == (*expected, 0)
