@@ -7,6 +7,7 @@ line is its own skeleton and every clDice ratio below is a count of line pixels.
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import skelprep.metrics
 from skelprep.build import BuildParams, build
 from skelprep.cli import cli
 from skelprep.evaluate import evaluate_folders
@@ -259,3 +261,15 @@ def test_one_slice_volume_has_its_slice_betti_numbers():
     for mask, expected in ((ring, (1, 1)), (diamond, (1, 1)), (corner, (1, 0))):
         assert betti_numbers(mask) == expected
         assert betti_numbers(mask[:, :, np.newaxis]) == (*expected, 0)
+
+
+def test_metrics_doctests():
+    result = doctest.testmod(skelprep.metrics)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("value", ["0", "1,x", ""])
+def test_eval_refuses_bad_classes(folders, value):
+    pred_dir, gt_dir = folders
+    result = CliRunner().invoke(cli, ["eval", str(pred_dir), str(gt_dir), "--classes", value])
+    assert result.exit_code == 2 and "--classes" in result.output
