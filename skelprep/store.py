@@ -49,6 +49,7 @@ __all__ = [
     "open_store",
     "open_root",
     "write_case",
+    "write_array",
     "delete_case",
     "finalize_store",
     "array_checksum",
@@ -258,22 +259,33 @@ def write_case(
         complete=False,
     )
     group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
-    chunks, shards = chunk_shape(tube.shape)
     for name, data in (("tube", tube), ("thin", thin)):
-        data = np.ascontiguousarray(data, dtype=dtype)
-        array = group.create_array(
-            name,
-            shape=data.shape,
-            dtype=dtype,
-            chunks=chunks,
-            shards=shards,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
-            fill_value=0,
-        )
-        array[...] = data
-        meta["checksums"][name] = array_checksum(data)
+        meta["checksums"][name] = write_array(group, name, np.ascontiguousarray(data, dtype=dtype))
     meta["complete"] = True
     group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray, *, channels: bool = False) -> str:
+    """Write one array of a case with the store's chunking and codecs; return its checksum.
+
+    Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
+    the first axis is a channel axis (chunks of one channel). Zstandard with a
+    CRC-32C per chunk.
+    """
+    lead = (1,) if channels else ()
+    chunks, shards = chunk_shape(data.shape[len(lead) :])
+    chunks, shards = lead + chunks, lead + shards
+    array = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        fill_value=0,
+    )
+    array[...] = data
+    return array_checksum(data)
 
 
 def finalize_store(root: zarr.Group, path: str | os.PathLike) -> None:
