@@ -52,7 +52,8 @@ SKELETON_NOTES = {
     "skelprep": "skelprep.skeletonize_mask: scikit-image's thinning (Zhang 2D, Lee 3D) with a fallback "
     "skeleton for a component that Lee deletes whole",
     "skimage": "plain skimage.morphology.skeletonize (Zhang 2D, Lee 3D), as challenge scorers call it: a "
-    "component it deletes whole has no skeleton (clDice 0 even for a perfect prediction)",
+    "component it deletes whole has no skeleton, so topology sensitivity ignores it, and a mask of such "
+    "components only gets clDice 0 even when predicted perfectly",
 }
 SINGLETON_NOTES = {
     False: "trailing singleton axes dropped on reading: a one-slice NIfTI (X, Y, 1) is scored as 2D, "

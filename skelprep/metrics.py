@@ -16,7 +16,9 @@ Conventions (the README's evaluation table says the same):
   in 3D) where that keeps every component, with a fallback skeleton where Lee
   deletes one whole; it equals a store's ``thin``. ``"skimage"`` is plain
   ``skimage.morphology.skeletonize``, as challenge scorers use it: a component
-  it deletes has no skeleton, so a perfect prediction of it gets clDice 0.
+  it deletes has no skeleton, so topology sensitivity ignores it (missing it
+  costs nothing), and a mask made only of such components gets clDice 0 even
+  when predicted perfectly.
 - **Dimensionality** follows the array: a 2D array is thinned with Zhang, a 3D
   one with Lee, so a 2D mask stored as one slice ``(X, Y, 1)`` is thinned with
   Zhang once squeezed and with Lee if kept 3D (see :mod:`skelprep.evaluate`).

@@ -191,6 +191,18 @@ def test_skeleton_choice_on_a_rod_lee_deletes():
         for scores in (res["classes"][1], res["binary"]):
             assert scores["cldice"] == scores["topology_sensitivity"] == expected
             assert scores["dice"] == 1.0 and scores["betti0_error"] == 0.0
+    # Beside a component that keeps its skeleton, a deleted one goes uncounted: add a one-voxel line
+    # (Lee keeps it: each voxel is an end point or holds the line together) and predict only the line.
+    gt = np.pad(gt, ((0, 4), (0, 0), (0, 0)))
+    gt[8, 3, 2:18] = 2
+    line_only = np.where(gt == 2, gt, 0)
+    # skimage: skel(gt) = the 16-voxel line, all predicted -> Tsens 16/16 = 1; skel(pred) = the line,
+    # inside gt -> Tprec 1; merged clDice 1 although the rod is missed. skelprep: skel(gt) also holds
+    # the rod's fallback skeleton, outside pred -> Tsens 16/(16 + rod's) < 1.
+    plain = evaluate_case(line_only, gt, skeleton_method="skimage")["binary"]
+    ours = evaluate_case(line_only, gt)["binary"]
+    assert plain["cldice"] == plain["topology_sensitivity"] == 1.0
+    assert ours["topology_sensitivity"] < 1.0 and ours["topology_precision"] == 1.0
 
 
 def _nifti(path, array):
