@@ -147,9 +147,9 @@ def skeleton_label_map(
 
     Examples
     --------
-    >>> tube = skeleton_label_map("examples/octa3d/skeletons.zarr", "octa_000")  # doctest: +SKIP
-    >>> tube.shape                                                               # doctest: +SKIP
-    (1, 64, 128, 128)
+    >>> tube = skeleton_label_map("examples/octa3d/skeletons.zarr", "octa_000")   # nothing read yet
+    >>> tube.shape, tube.data.dtype
+    ((1, 64, 64, 64), torch.uint8)
     """
     return _stored_image(tio.LabelMap, store, case_id, name, affine, affine_from)
 

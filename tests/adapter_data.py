@@ -13,7 +13,7 @@ from skelprep.build import build
 from skelprep.io import read_image, read_mask
 from skelprep.store import write_array
 
-from .conftest import EXAMPLES, copy_cases, tubes_3d, write_png
+from .helpers import EXAMPLES, copy_cases, tubes_3d, write_png
 
 NIFTI_CASE = "vessels"
 NIFTI_SHAPE = (30, 36, 42)

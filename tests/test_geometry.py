@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-import skelprep.geometry
 from skelprep.geometry import framework_geometry, same_affine, to_framework
-
-
-def test_doctests():
-    assert doctest.testmod(skelprep.geometry).failed == 0
 
 
 def test_nifti_keeps_order_and_stored_affine_in_both_frameworks():

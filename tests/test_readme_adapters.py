@@ -7,7 +7,7 @@ import re
 import pytest
 
 from .adapter_data import built
-from .conftest import EXAMPLES, ROOT, copy_dataset
+from .helpers import EXAMPLES, ROOT, copy_dataset
 
 
 def section_snippets(title: str) -> list[str]:
