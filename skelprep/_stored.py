@@ -14,10 +14,11 @@ import os
 from typing import Any
 
 import numpy as np
+import zarr
 
-from skelprep.store import SkeletonStore, StoreError, open_store
+from skelprep.store import ATTRS_KEY, SkeletonStore, StoreError, open_store
 
-__all__ = ["as_store", "has_arrays", "read_array", "stored_array"]
+__all__ = ["as_store", "case_group", "has_arrays", "read_array", "stored_array"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -32,11 +33,37 @@ def as_store(store: str | os.PathLike | SkeletonStore, *, cached: bool = False) 
     return _cached_store(os.fspath(store)) if cached else open_store(store)
 
 
+def case_group(store: SkeletonStore, case_id: str) -> tuple[zarr.Group, dict[str, Any]]:
+    """(group, attributes) of a complete case, with one metadata read.
+
+    (``store[case_id]`` also opens the ``tube`` and ``thin`` arrays: ~4 ms of a
+    ~9 ms item on a small case, measured with cProfile.)
+
+    Raises
+    ------
+    KeyError
+        No such case.
+    StoreError
+        The case is incomplete.
+    """
+    try:
+        group = store.root[case_id]
+    except Exception:  # absent or unreadable: "not built", as SkeletonStore says
+        raise KeyError(case_id) from None
+    meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
+    if not isinstance(meta, dict):
+        raise KeyError(case_id)
+    if meta.get("complete") is not True:
+        raise StoreError(f"{store.path}: case '{case_id}' is incomplete (its build did not finish)")
+    return group, dict(meta)
+
+
 def has_arrays(store: SkeletonStore, case_id: str, names: tuple[str, ...]) -> bool:
     """Whether the complete case ``case_id`` holds every array in ``names``."""
-    if case_id not in store:
+    try:
+        group, _ = case_group(store, case_id)
+    except (KeyError, StoreError):
         return False
-    group = store.root[case_id]
     return all(name in group for name in names)
 
 
@@ -53,15 +80,15 @@ def stored_array(store: SkeletonStore, case_id: str, name: str) -> tuple[np.ndar
     StoreError
         The case is incomplete, or has no array ``name``.
     """
-    attrs = store[case_id].attrs  # KeyError / StoreError (incomplete)
-    return read_array(store, case_id, name), attrs
+    group, attrs = case_group(store, case_id)
+    return read_array(group, name, store.path), attrs
 
 
-def read_array(store: SkeletonStore, case_id: str, name: str) -> np.ndarray:
-    """One stored array of a case already known to be complete; StoreError if it has no such array."""
+def read_array(group: zarr.Group, name: str, store_path: str = "") -> np.ndarray:
+    """One array of a case group (from :func:`case_group`); StoreError if it has no such array."""
     try:
-        array = store.root[case_id][name]
+        array = group[name]
     except KeyError:
         hint = " (build with --with-images)" if name in ("image", "label") else ""
-        raise StoreError(f"{store.path}: case '{case_id}' has no array '{name}'{hint}") from None
+        raise StoreError(f"{store_path}: case '{group.basename}' has no array '{name}'{hint}") from None
     return array[...]

@@ -75,7 +75,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from skelprep._stored import as_store, read_array
+from skelprep._stored import as_store, case_group, read_array
 from skelprep.geometry import GeometryError, VoxelGeometry, framework_geometry, same_affine, to_framework
 from skelprep.io import _squeezed
 from skelprep.layout import discover
@@ -215,14 +215,14 @@ class LoadSkeletonTargetsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         case_id = str(d[self.case_key])
-        attrs = self.store[case_id].attrs
+        group, attrs = case_group(self.store, case_id)
         geometry = framework_geometry(attrs, "monai", reverse_indexing=self.reverse_indexing)
         ref = None
         if self.ref_key is not None and self.ref_key not in self.keys and self.ref_key in d:
             ref = _reference_geometry(d[self.ref_key], self.ref_key)
         for key in self.keys:
             try:
-                array = read_array(self.store, case_id, str(key))
+                array = read_array(group, str(key), self.store.path)
             except StoreError:
                 if self.allow_missing_keys:
                     continue
