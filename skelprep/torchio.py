@@ -32,27 +32,30 @@ TorchIO checks the geometry itself: its samplers call
 (origin, direction, spacing) or shape differs from the image's — a wrong or
 stale affine in the store is an error there, never a silent shift.
 
-Images come from the dataset files (read by TorchIO, so image and label keep
-TorchIO's own geometry) or, for cases whose store holds ``image`` and
-``label`` arrays (``skelprep build --with-images``, store format v2), from the
-store; then no dataset folder is needed.
+Images come from the dataset files, read by TorchIO; labels from the mask
+files as skelprep reads them (palette indices, 0/255 as 0/1: TorchIO's
+SimpleITK reader would give a palette PNG three colour channels), placed in
+TorchIO's voxel order with the affine TorchIO reads from the mask's header.
+For cases whose store holds ``image`` and ``label`` arrays (``skelprep build
+--with-images``, store format v2) both come from the store; then no dataset
+folder is needed.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torchio as tio
-from torchio.data.io import read_affine, read_image
+from torchio.data.io import read_affine
 
 from skelprep._stored import as_store, has_arrays, stored_array
 from skelprep.geometry import GeometryError, framework_geometry, same_affine, to_framework
+from skelprep.io import read_mask
 from skelprep.layout import discover
 from skelprep.store import SkeletonStore, StoreError
 
@@ -86,9 +89,13 @@ def _read_stored(
                     "(stale or wrong store?)"
                 )
             affine = file_affine
-    if out.dtype == np.uint16:  # torch has no uint16 arithmetic; TorchIO would make it int32 too
-        out = out.astype(np.int32)
-    return torch.as_tensor(np.ascontiguousarray(out)), np.asarray(affine, np.float64)
+    return _label_tensor(out), np.asarray(affine, np.float64)
+
+
+def _label_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.dtype == np.uint16:  # torch has no uint16 arithmetic; TorchIO would make it int32 too
+        array = array.astype(np.int32)
+    return torch.as_tensor(np.ascontiguousarray(array))
 
 
 def _stored_image(
@@ -161,20 +168,23 @@ def stored_scalar_image(
     return _stored_image(tio.ScalarImage, store, case_id, name, None, None)
 
 
-def _read_remapped(remap: Mapping[str, int], path: str) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO's reading of a mask, with the values skelprep renamed on reading (0/255 -> 0/1)."""
-    tensor, affine = read_image(path)
-    out = tensor.clone()
-    for src, dst in remap.items():
-        out[tensor == int(src)] = dst
-    return out, affine
+def _read_mask_file(path: str) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader for a mask: skelprep's reading (the labels the targets were built from), TorchIO's frame.
 
-
-def _file_label(mask: Path, attrs: Mapping[str, Any]) -> tio.LabelMap:
-    remap = attrs.get("label_remap") or {}
-    if not remap:
-        return tio.LabelMap(mask)
-    return tio.LabelMap(mask, reader=functools.partial(_read_remapped, dict(remap)))
+    TorchIO's own reader (SimpleITK) turns a palette PNG mask into three colour
+    channels and keeps 0/255 binary masks as 0/255; skelprep reads palette
+    indices and 0/1 (``label_remap``). The voxels are put in TorchIO's order by
+    the same mapping as the targets, and the affine is TorchIO's reading of the
+    file's header, which the image of the case gets too.
+    """
+    vol = read_mask(path)
+    attrs = {
+        "axes": vol.axes,
+        "affine": None if vol.affine is None else vol.affine.tolist(),
+        "spacing": list(vol.spacing),
+        "source": os.fspath(path),
+    }
+    return _label_tensor(to_framework(vol.array, framework_geometry(attrs, "torchio"))), read_affine(path)
 
 
 def subjects_dataset(
@@ -211,8 +221,8 @@ def subjects_dataset(
     Returns
     -------
     tio.SubjectsDataset
-        Subjects with ``image`` (ScalarImage), ``label`` (LabelMap, with the
-        case's ``label_remap`` applied, so its classes are the tube's), one
+        Subjects with ``image`` (ScalarImage), ``label`` (LabelMap, read as skelprep
+        reads masks, so its classes are the tube's), one
         LabelMap per name, and ``case_id``. Nothing is read until a subject
         is used.
 
@@ -237,7 +247,6 @@ def subjects_dataset(
         )
     subjects = []
     for case_id in ids:
-        attrs = store[case_id].attrs
         case = files.get(case_id)
         if has_arrays(store, case_id, ("image", "label")):
             image = stored_scalar_image(store, case_id)
@@ -253,7 +262,7 @@ def subjects_dataset(
             raise StoreError(f"{case.mask}: case '{case_id}' has no image file")
         else:
             image = tio.ScalarImage(case.images[0] if len(case.images) == 1 else list(case.images))
-            label = _file_label(case.mask, attrs)
+            label = tio.LabelMap(case.mask, reader=_read_mask_file)
             affine_from = case.mask
         targets = {name: skeleton_label_map(store, case_id, name, affine_from=affine_from) for name in names}
         subjects.append(tio.Subject(image=image, label=label, case_id=case_id, **targets))

@@ -28,6 +28,7 @@ from .adapter_data import (  # noqa: E402
     store_copy_with_images,
     tiff_dataset,
 )
+from .helpers import write_png  # noqa: E402
 
 
 def patches(subjects, patch_size, n=4):
@@ -149,3 +150,30 @@ def test_tiff_stack_in_torchio_voxel_order_and_spacing(tmp_path):
     assert off_label(subject["tube"].data, subject["label"].data) == 0
     subjects = subjects_dataset(store, dataset, names=("tube", "thin"), transform=transform)
     assert_aligned(patches(subjects, (16, 16, 8)))
+
+
+def test_labels_match_torchio_reading_where_it_reads_them_right(nifti, png):
+    for dataset, store in (nifti, png):
+        subject = subjects_dataset(store, dataset)[0]
+        native = tio.LabelMap(next(dataset.glob("labels*/*.*")))  # TorchIO's own reading of the mask
+        np.testing.assert_array_equal(subject["label"].data, native.data)
+        np.testing.assert_array_equal(subject["label"].affine, native.affine)
+
+
+def test_palette_mask_keeps_its_class_indices(tmp_path):
+    from PIL import Image
+
+    indices = np.zeros((48, 80), np.uint8)
+    indices[20:26, 5:75], indices[5:45, 50:55] = 1, 2
+    (tmp_path / "pal" / "labels").mkdir(parents=True)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    image.save(tmp_path / "pal" / "labels" / "p.png")
+    write_png(tmp_path / "pal" / "images" / "p.png", indices * 100)
+    store = built(tmp_path / "pal")
+    assert tio.LabelMap(tmp_path / "pal" / "labels" / "p.png").shape[0] == 3  # SimpleITK: colours
+    subject = subjects_dataset(store, tmp_path / "pal")[0]
+    assert subject["label"].shape == subject["tube"].shape == (1, 80, 48, 1)
+    assert set(np.unique(subject["label"].data.numpy())) == {0, 1, 2}
+    assert off_label(subject["tube"].data, subject["label"].data) == 0 and subject["tube"].data.any()
+    subject.check_consistent_space()
