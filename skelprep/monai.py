@@ -165,8 +165,9 @@ class LoadSkeletonTargetsd(MapTransform):
         Of the loaded arrays; float32 as ``LoadImaged`` (spatial transforms
         resample in float). A stored ``image`` keeps ``dtype`` too.
     remap_keys : sequence of str
-        Loaded label keys to which the case's ``label_remap`` is applied (e.g. a
-        0/255 mask read by ``LoadImaged`` becomes 0/1, the classes of the tube).
+        Label keys in the dict to which the case's ``label_remap`` is applied:
+        a 0/255 mask read by ``LoadImaged`` becomes 0/1, the classes of the
+        tube (a no-op for masks skelprep did not remap). ``()`` to leave them.
     allow_missing_keys : bool
         Skip stored arrays the case does not have instead of raising.
 
@@ -189,7 +190,7 @@ class LoadSkeletonTargetsd(MapTransform):
         ref_key: str | None = "label",
         reverse_indexing: bool = True,
         dtype: np.dtype | type | None = np.float32,
-        remap_keys: Sequence[str] = (),
+        remap_keys: Sequence[str] = ("label",),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -140,8 +140,11 @@ def test_png_aligned_after_spacing_crop_and_affine(png):
 def test_binary_mask_remapped_to_the_tube_classes(tmp_path):
     dataset = binary_png_dataset(tmp_path / "bin")
     store = built(dataset)
-    d = T.Compose(loading(store, remap_keys=("label",)))(data_dicts(dataset)[0])
-    assert set(np.unique(d["label"].numpy())) == {0.0, 1.0}  # LoadImaged read 0/255
+    data = data_dicts(dataset)[0]
+    as_read = T.Compose(loading(store, remap_keys=()))(data)["label"]
+    assert set(np.unique(as_read.numpy())) == {0.0, 255.0}  # LoadImaged reads the file's 0/255
+    d = T.Compose(loading(store))(data)
+    assert set(np.unique(d["label"].numpy())) == {0.0, 1.0}
     assert off_label(d["tube"], d["label"]) == 0 and d["tube"].any()
 
 
