@@ -27,95 +27,26 @@ spares re-testing the stable voxels six times per round.
 
 If numba is not installed, both functions fall back to scikit-image.
 
-numba is imported and the kernels are bound on first use (:func:`load_jit`),
-not at import: its import and first call cost 0.6-1.2 s per process (numba
-imports scipy.linalg for its BLAS check), more than a whole build of a few 2D
-masks. :func:`use_jit` is the policy callers ask: scikit-image for the first
-few hundred thousand foreground voxels of a process, while the kernels load in
-a background thread; the kernels at once for an array that pays for them alone.
-Both give the same result, so the choice never changes the output.
+numba is loaded on first use (:mod:`skelprep._numba`); :func:`thinning_work`
+is what its ``use_jit`` policy weighs.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import threading
-
 import numpy as np
 
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+from skelprep._numba import HAVE_NUMBA, load_jit, njit
 
-__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d", "load_jit", "use_jit", "thinning_work"]
-
-_KERNELS: list[tuple[str, str]] = []  # (module, function name) of every @_njit function
-_jit_lock = threading.Lock()
-_jit_ready = threading.Event()
-_jit_loading = False
-_work_without_jit = 0
-# Work (foreground voxels; 3D ones count 4x) a process gives scikit-image before the kernels
-# pay. Measured on 2 busy cores: numba's import and first call cost 0.6-1.2 s; the kernels save
-# 1-3 us per foreground pixel of Zhang (CHASE_DB1 mask, 51k px: 65-107 ms -> 15-22 ms; road-crack
-# map, 310k px: 990 ms -> 39 ms) and more per voxel of Lee. An array of a quarter of this alone
-# is worth waiting for them.
-JIT_AFTER_WORK = 500_000
-
-
-def _njit(func):
-    """Register ``func`` as a numba kernel; :func:`load_jit` replaces it by its compiled version."""
-    _KERNELS.append((func.__module__, func.__name__))
-    return func
-
-
-def load_jit() -> None:
-    """Import numba and bind every kernel to its compiled (cached, ``nogil``) dispatcher; idempotent."""
-    if _jit_ready.is_set():
-        return
-    with _jit_lock:
-        if _jit_ready.is_set():
-            return
-        import numba
-
-        njit = numba.njit(cache=True, nogil=True)
-        for module, name in list(_KERNELS):  # all bound before any compiles: kernels call kernels
-            namespace = sys.modules[module]
-            setattr(namespace, name, njit(getattr(namespace, name)))
-        _jit_ready.set()
-
-
-def jit_loaded() -> bool:
-    """Whether the numba kernels are bound (see :func:`load_jit`)."""
-    return _jit_ready.is_set()
+__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d", "thinning_work"]
 
 
 def thinning_work(mask: np.ndarray) -> int:
-    """The work :func:`use_jit` weighs: foreground voxels, 3D ones counted four times."""
-    return int(np.count_nonzero(mask)) * (4 if mask.ndim == 3 else 1)
+    """The work :func:`skelprep._numba.use_jit` weighs: foreground voxels, 3D ones counted four times.
 
-
-def use_jit(work: int) -> bool:
-    """Whether to thin an array of this :func:`thinning_work` with the numba kernels now.
-
-    False without numba. Otherwise True once the kernels are loaded, or for an
-    array of at least a quarter of :data:`JIT_AFTER_WORK` (loading them first).
-    Smaller arrays go to scikit-image until this process has given it that
-    much work; then the kernels start loading in a background thread.
+    >>> thinning_work(np.ones((2, 3, 4), bool)), thinning_work(np.ones((5, 5), bool))
+    (96, 25)
     """
-    global _jit_loading, _work_without_jit
-    if not HAVE_NUMBA:
-        return False
-    if _jit_ready.is_set():
-        return True
-    if work >= JIT_AFTER_WORK // 4:
-        load_jit()
-        return True
-    with _jit_lock:
-        _work_without_jit += work
-        start = not _jit_loading and _work_without_jit >= JIT_AFTER_WORK
-        _jit_loading = _jit_loading or start
-    if start:
-        threading.Thread(target=load_jit, name="skelprep-load-numba", daemon=True).start()
-    return False
+    return int(np.count_nonzero(mask)) * (4 if mask.ndim == 3 else 1)
 
 
 # --- Neighbourhood numbering --------------------------------------------------
@@ -181,7 +112,7 @@ _DELETABLE = 4  # simple, Euler invariant and not an endpoint
 _BORDER_STEPS = ((0, -1, 0), (0, 1, 0), (0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0))
 
 
-@_njit
+@njit
 def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     """27-bit foreground code of the 3x3x3 neighbourhood of flat index ``i``."""
     code = 0
@@ -190,7 +121,7 @@ def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     return code
 
 
-@_njit
+@njit
 def _popcount(x: int) -> int:
     """Number of set bits of a non-negative integer below 2**32."""
     x = x - ((x >> 1) & 0x55555555)
@@ -199,7 +130,7 @@ def _popcount(x: int) -> int:
     return (x * 0x01010101 & 0xFFFFFFFF) >> 24
 
 
-@_njit
+@njit
 def _is_euler_invariant(code: int) -> bool:
     """Lee94 condition 1: removing the centre keeps the Euler characteristic."""
     euler = 0
@@ -212,7 +143,7 @@ def _is_euler_invariant(code: int) -> bool:
     return euler == 0
 
 
-@_njit
+@njit
 def _is_simple(code: int) -> bool:
     """Lee94 conditions 2-3: the 26 neighbours (centre removed) form <= 1 26-component.
 
@@ -236,7 +167,7 @@ def _is_simple(code: int) -> bool:
         comp = grown
 
 
-@_njit
+@njit
 def _classify(code: int) -> int:
     """State of a foreground voxel from its neighbourhood code."""
     if not _is_simple(code):
@@ -246,7 +177,7 @@ def _classify(code: int) -> int:
     return _DELETABLE
 
 
-@_njit
+@njit
 def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offsets: np.ndarray) -> int:
     """Thin the flat, zero-padded volume ``img`` in place.
 
@@ -455,7 +386,7 @@ _ZS_LUT = np.array(
 )  # fmt: skip
 
 
-@_njit
+@njit
 def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> None:
     """Zhang-Suen-thin the flat, zero-padded image ``img`` in place.
 

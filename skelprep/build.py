@@ -281,7 +281,7 @@ def _open_for_build(out: str, attrs: dict[str, Any]):
     try:
         return open_for_writing(out, attrs)
     except StoreError as exc:
-        raise BuildError(str(exc)) from None
+        raise BuildError(str(exc)) from exc
 
 
 def _existing_store(out: str) -> SkeletonStore | None:

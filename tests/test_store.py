@@ -17,7 +17,7 @@ from skelprep.store import (
     write_case,
 )
 
-from .conftest import tubes_3d
+from .helpers import tubes_3d
 
 
 def _new_store(path):
