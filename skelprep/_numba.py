@@ -42,8 +42,16 @@ _work_without_jit = 0
 
 
 def njit(func):
-    """Register ``func`` as a numba kernel; :func:`load_jit` replaces it by its compiled version."""
-    _KERNELS.append((func.__module__, func.__name__))
+    """Register ``func`` as a numba kernel; :func:`load_jit` replaces it by its compiled version.
+
+    A kernel defined after the kernels were loaded (its module imported later) is compiled at once.
+    """
+    with _lock:
+        if _ready.is_set():
+            import numba
+
+            return numba.njit(cache=True, nogil=True)(func)
+        _KERNELS.append((func.__module__, func.__name__))
     return func
 
 

@@ -297,6 +297,37 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
     return all(store.attrs.get(k) == v for k, v in attrs.items())
 
 
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
+
+
+def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
+    """Start loading the numba kernels now, beside the first reads, when volumes are to be built here.
+
+    Lee thinning in 3D almost always pays for numba's 0.6-1.2 s start (see
+    :func:`skelprep._numba.use_jit`); loading it in a background thread while the
+    first masks are read and inflated hides part of that. 2D builds are left to
+    the policy (small ones never load numba); Dask workers load their own.
+    """
+    from skelprep import _numba
+    from skelprep.runner import execution
+
+    how = execution(
+        run_options.get("workers"), run_options.get("scheduler"), run_options.get("memory_limit"), len(jobs)
+    )
+    volumes = any(job.case.mask.name.lower().endswith(_VOLUME_SUFFIXES) for job in jobs)
+    if _numba.HAVE_NUMBA and volumes and how in ("serial", "threads") and not _numba.jit_loaded():
+        import threading
+
+        threading.Thread(target=_load_kernels, name="skelprep-load-numba", daemon=True).start()
+
+
+def _load_kernels() -> None:
+    import skelprep.skeleton  # noqa: F401  (defines every kernel: _thinning, _flood)
+    from skelprep import _numba
+
+    _numba.load_jit()
+
+
 def _write_phase(
     report: BuildReport,
     out: str,
@@ -311,6 +342,7 @@ def _write_phase(
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
+    _prewarm_kernels(jobs, run_options)
     root = _open_for_build(out, {**attrs, "versions": _versions()})
     if jobs:
         report.outcomes.extend(

@@ -363,3 +363,21 @@ def test_both_thinnings_give_skeleton_targets_the_same_output(monkeypatch: pytes
     plain = skelprep.skeleton_targets(labels)
     np.testing.assert_array_equal(jit.tube, plain.tube)
     np.testing.assert_array_equal(jit.thin, plain.thin)
+
+
+def test_a_kernel_defined_after_loading_is_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the kernels before a kernel module is imported must not leave that one in Python."""
+    import threading
+
+    from skelprep import _numba
+
+    if not _numba.HAVE_NUMBA:
+        pytest.skip("needs numba")
+    _numba.load_jit()
+
+    def late(x):
+        return x + 1
+
+    compiled = _numba.njit(late)
+    assert compiled is not late and compiled(1) == 2 and hasattr(compiled, "py_func")
+    assert isinstance(_numba._lock, type(threading.Lock()))
