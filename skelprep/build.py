@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from skelprep import __version__
+from skelprep._fs import RemotePath, set_storage_options, storage_options
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
-from skelprep.io import InputError, Volume, file_sha256, image_shape, read_mask
+from skelprep.io import InputError, Volume, file_sha256, image_shape, local_file, read_mask
 from skelprep.layout import Case, DatasetLayout, discover
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
 from skelprep.skeleton import MODES, skeleton_targets
@@ -179,14 +180,19 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
     return case_id in store and not verify_case_data(store[case_id])
 
 
-def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
+def build_case(
+    job: CaseJob, *, out: str, params: BuildParams, options: dict[str, Any] | None = None
+) -> CaseOutcome:
     """Compute and write one case; never raises (a failure is an outcome).
 
     Runs in a Dask worker: it opens the store itself, so only the job and this
     outcome are sent over the wire. With ``job.repair``, a stored case whose
     data pass their checksums is left alone (outcome ``up-to-date``) and only a
-    damaged one is rebuilt.
+    damaged one is rebuilt. ``options`` are the client's storage options
+    (:mod:`skelprep._fs`), set in the worker before any URL is opened.
     """
+    if options is not None:
+        set_storage_options(options)
     case = job.case
     start = time.perf_counter()
 
@@ -196,8 +202,9 @@ def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
     try:
         if job.repair and _stored_case_intact(out, case.case_id):
             return CaseOutcome(case.case_id, "up-to-date", seconds=time.perf_counter() - start)
-        fingerprint = file_sha256(case.mask)
-        vol = read_mask(case.mask)
+        with local_file(case.mask) as mask:  # a URL's mask is downloaded once, hashed and read
+            fingerprint = file_sha256(mask)
+            vol = read_mask(mask)
         _check_images(case, vol.array.shape)
         targets = skeleton_targets(
             vol.array,
@@ -241,7 +248,9 @@ def _open_for_build(out: str, layout: DatasetLayout, params: BuildParams):
             {
                 "params": params.as_dict(),
                 "versions": _versions(),
-                "dataset": os.path.abspath(layout.root),
+                "dataset": str(layout.root)
+                if isinstance(layout.root, RemotePath)
+                else os.path.abspath(layout.root),
                 "layout": layout.kind,
                 "label_names": {str(k): v for k, v in layout.label_names.items()},
             },
@@ -269,8 +278,9 @@ def build(
 
     Parameters
     ----------
-    dataset : path
-        Dataset folder (nnU-Net raw, generic ``labels/``+``images/``, or any folder with ``masks``).
+    dataset : path or URL
+        Dataset folder (nnU-Net raw, generic ``labels/``+``images/``, or any folder with ``masks``),
+        local or a URL (``s3://bucket/raw/Dataset101_X``; see :mod:`skelprep._fs` for credentials).
     out : path or URL, optional
         The store; ``<dataset>/skeletons.zarr`` by default.
     params : BuildParams, optional
@@ -315,7 +325,7 @@ def build(
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     report = BuildReport(store=out)
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
-    with store_lock(out):
+    with store_lock(out) as lease:
         remove_partial_files(out)
         root = _open_for_build(out, layout, params)
         store = SkeletonStore(root, out)
@@ -332,7 +342,7 @@ def build(
         if jobs:
             report.outcomes.extend(
                 run_cases(
-                    functools.partial(build_case, out=out, params=params),
+                    functools.partial(build_case, out=out, params=params, options=storage_options()),
                     jobs,
                     case_id=lambda job: job.case.case_id,
                     source=lambda job: job.case.mask,
@@ -341,6 +351,10 @@ def build(
                     memory_limit=memory_limit,
                     progress=progress,
                 )
+            )
+        if lease is not None and lease.lost:  # another build may be writing now: leave the rest to it
+            raise BuildError(
+                f"{out}: {lease.lost} while this build ran; rerun 'skelprep build' when it is done"
             )
         if prune:
             wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}

@@ -2,22 +2,30 @@
 
 Every problem with an input file raises :class:`InputError`, whose message names
 the file and the reason in one line.
+
+Files may be local paths or URLs (``s3://bucket/raw/case_1.nii.gz``; see
+:mod:`skelprep._fs`): a URL's file is hashed as a stream and read from a
+temporary local copy, and its errors name the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import math
 import os
 import stat
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from skelprep._fs import RemotePath, as_path, fetch, filesystem
 from skelprep._util import first_line, printable
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "read_image",
     "file_sha256",
     "check_input_file",
+    "local_file",
     "image_shape",
     "MAX_LABEL",
     "MAX_VOXELS",
@@ -110,14 +119,39 @@ def _kind_problem(mode: int) -> str | None:
     return f"is {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file"
 
 
-def check_input_file(path: str | os.PathLike) -> os.stat_result:
+def _remote_problem(exc: OSError) -> str:
+    """The reason, in words, that a URL's file cannot be read."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return f"permission denied ({first_line(exc)})"
+    return f"cannot read ({first_line(exc, with_type=True)})"
+
+
+def _check_remote_file(path: RemotePath) -> dict:
+    """``check_input_file`` for a URL: one request for the object's metadata."""
+    try:
+        fs, remote = filesystem(path)
+        info = fs.info(remote)
+    except OSError as exc:
+        raise InputError(path, _remote_problem(exc)) from None
+    except ValueError as exc:  # fsspec: unknown protocol or malformed URL
+        raise InputError(path, f"cannot open ({first_line(exc)})") from None
+    if info.get("type") == "directory":
+        raise InputError(path, "is a folder, not a file")
+    if info.get("size") == 0:
+        raise InputError(path, "file is empty")
+    return info
+
+
+def check_input_file(path: str | os.PathLike | RemotePath) -> os.stat_result | dict:
     """Check that ``path`` is a readable, non-empty regular file, without reading it.
 
     Never blocks: a FIFO named like a mask is rejected before anything opens it.
 
     Returns
     -------
-    os.stat_result
+    os.stat_result, or the fsspec info dict for a URL
 
     Raises
     ------
@@ -125,6 +159,8 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
         Missing file, dangling symlink, symlink loop, folder, FIFO/socket/device,
         empty file, or no permission to read.
     """
+    if isinstance(as_path(path), RemotePath):
+        return _check_remote_file(as_path(path))
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -152,7 +188,45 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
     return st
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def _remote_sha256(path: RemotePath) -> str:
+    """SHA-256 of a URL's bytes, streamed (never held whole in memory)."""
+    digest = hashlib.sha256()
+    _check_remote_file(path)
+    try:
+        fs, remote = filesystem(path)
+        with fs.open(remote, "rb", block_size=1 << 22) as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(path, _remote_problem(exc)) from None
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def local_file(path: str | os.PathLike | RemotePath) -> Iterator[Path]:
+    """The file itself for a local path; a temporary copy for a URL, whose errors name the URL.
+
+    Use it to read a URL's file several times (hash and decode) with one download.
+    """
+    path = as_path(path)
+    if not isinstance(path, RemotePath):
+        yield path
+        return
+    _check_remote_file(path)
+    with tempfile.TemporaryDirectory(prefix="skelprep-") as folder:
+        try:
+            local = fetch(path, folder)
+        except OSError as exc:
+            raise InputError(path, _remote_problem(exc)) from None
+        try:
+            yield local
+        except InputError as exc:
+            if exc.path != str(local):
+                raise
+            raise InputError(path, exc.reason) from None
+
+
+def file_sha256(path: str | os.PathLike | RemotePath) -> str:
     """SHA-256 of a file's bytes, as hex.
 
     Raises
@@ -160,6 +234,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     InputError
         The file cannot be read, or is not a regular file (a FIFO would block).
     """
+    if isinstance(as_path(path), RemotePath):
+        return _remote_sha256(as_path(path))
     digest = hashlib.sha256()
     try:
         # O_NONBLOCK: opening a FIFO must not hang the build; it is rejected below.
@@ -314,19 +390,29 @@ def _read_tiff(path: Path, *, as_mask: bool) -> Volume:
     return Volume(array, spacing=(1.0,) * array.ndim, axes=spatial)
 
 
-def _file_suffix(path: Path, *, as_mask: bool) -> str:
-    """The file's known suffix (lower case) after checking it is a readable regular file."""
+def _file_suffix_only(path: Path | RemotePath, *, as_mask: bool) -> str:
+    """The file's known suffix (lower case); InputError if it names no supported type."""
     _, suffix = split_suffix(path.name)
     suffix = suffix.lower()
     if not suffix or (as_mask and suffix not in MASK_SUFFIXES):
         allowed = ", ".join(MASK_SUFFIXES if as_mask else IMAGE_SUFFIXES)
         raise InputError(path, f"unsupported file type (expected one of {allowed})")
+    return suffix
+
+
+def _file_suffix(path: Path, *, as_mask: bool) -> str:
+    """The file's known suffix (lower case) after checking it is a readable regular file."""
+    suffix = _file_suffix_only(path, as_mask=as_mask)
     check_input_file(path)
     return suffix
 
 
-def _read_any(path: str | os.PathLike, *, as_mask: bool) -> Volume:
-    path = Path(path)
+def _read_any(path: str | os.PathLike | RemotePath, *, as_mask: bool) -> Volume:
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        _file_suffix_only(path, as_mask=as_mask)  # no download for an unsupported type
+        with local_file(path) as local:
+            return _read_any(local, as_mask=as_mask)
     suffix = _file_suffix(path, as_mask=as_mask)
     if suffix in (".png", ".jpg", ".jpeg"):
         return _read_png(path, as_mask=as_mask)
@@ -341,7 +427,7 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+def image_shape(path: str | os.PathLike | RemotePath) -> tuple[int, ...]:
     """Spatial shape of an image, from its header only (no pixel data are decoded).
 
     The shape is the one :func:`read_image` gives after its channel axis, and the
@@ -354,7 +440,11 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
     InputError
         The file is missing, unreadable, or its header is broken.
     """
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):  # the whole file is fetched: formats put headers in odd places
+        _file_suffix_only(path, as_mask=False)
+        with local_file(path) as local:
+            return image_shape(local)
     suffix = _file_suffix(path, as_mask=False)
     if suffix in (".nii", ".nii.gz"):
         import nibabel as nib
@@ -404,7 +494,7 @@ def _c_order(array: np.ndarray, dtype: np.dtype, block: int = 32) -> np.ndarray:
     return out
 
 
-def read_mask(path: str | os.PathLike) -> Volume:
+def read_mask(path: str | os.PathLike | RemotePath) -> Volume:
     """Read a label map and check that it is one.
 
     Accepts PNG (8/16-bit grayscale, palette, RGB(A) with equal channels), NIfTI
@@ -418,7 +508,7 @@ def read_mask(path: str | os.PathLike) -> Volume:
         Unreadable file, unsupported type, wrong dimensionality, NaN,
         fractional or negative values, labels above 65535.
     """
-    path = Path(path)
+    path = as_path(path)
     vol = _squeeze_nifti(_read_any(path, as_mask=True))
     array = vol.array
     if array.ndim not in (2, 3):
@@ -448,12 +538,12 @@ def read_mask(path: str | os.PathLike) -> Volume:
     return Volume(array, vol.spacing, vol.affine, vol.axes, remap)
 
 
-def read_image(path: str | os.PathLike) -> Volume:
+def read_image(path: str | os.PathLike | RemotePath) -> Volume:
     """Read an image channel-first: ``(C, *spatial)``.
 
     Grayscale PNG/TIFF/NIfTI give one channel, RGB(A) PNG/JPEG three.
     """
-    path = Path(path)
+    path = as_path(path)
     vol = _read_any(path, as_mask=False)
     if vol.axes != "yx" or vol.array.ndim == 2:  # PNG/JPEG arrive channel-first already
         vol = _squeeze_nifti(vol)

@@ -33,7 +33,8 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from skelprep._util import utc_now
+from skelprep._fs import options_for
+from skelprep._util import first_line, utc_now
 
 __all__ = [
     "FORMAT_VERSION",
@@ -166,13 +167,21 @@ def _label_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
-    """Open the store's root group without trusting consolidated metadata (it may be stale)."""
+    """Open the store's root group without trusting consolidated metadata (it may be stale).
+
+    ``path`` may be a URL (``s3://bucket/x.zarr``); it is opened with the storage
+    options of :mod:`skelprep._fs`.
+    """
+    path = os.fspath(path)
     try:
-        return zarr.open_group(os.fspath(path), mode=mode, use_consolidated=False)
-    except FileNotFoundError:
-        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from None
-    except Exception as exc:  # zarr raises several types for "not a group"
-        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from None
+        return zarr.open_group(path, mode=mode, use_consolidated=False, storage_options=options_for(path))
+    except FileNotFoundError as exc:
+        if mode == "r":
+            raise StoreError(f"{path}: no skelprep store here (run 'skelprep build' first)") from None
+        # writing: the bucket (or a parent folder of the store) does not exist
+        raise StoreError(f"{path}: cannot create the store ({first_line(exc, with_type=True)})") from None
+    except Exception as exc:  # zarr raises several types for "not a group"; fsspec for bad URLs
+        raise StoreError(f"{path}: cannot open store ({first_line(exc, with_type=True)})") from None
 
 
 def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:

@@ -1,0 +1,300 @@
+"""Datasets and stores in an object store, against a real S3 server (moto) on 127.0.0.1.
+
+One server for the module (``tests/_servers.py``); credentials reach skelprep only
+through the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...)
+or ``--storage-option``, as they would on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ._servers import base_env, s3_server
+from .conftest import EXAMPLES
+
+CLI = [sys.executable, "-m", "skelprep.cli"]
+BUCKET = "skel-data"
+# Keys whose values name when or where a build ran: everything else must be equal byte for byte.
+VOLATILE = {"built", "created", "updated", "dataset"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    s3fs = pytest.importorskip("s3fs")
+    with s3_server(tmp_path_factory.mktemp("moto")) as server, pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        fs.mkdir(BUCKET)
+        fs.put(str(EXAMPLES / "octa3d"), f"{BUCKET}/raw/octa3d", recursive=True)
+        fs.put(str(EXAMPLES / "road_cracks"), f"{BUCKET}/raw/road_cracks", recursive=True)
+        server.fs = fs
+        yield server
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env={**base_env(), **(env or {})}, timeout=timeout
+    )
+
+
+def _strip(meta):
+    if isinstance(meta, dict):
+        return {k: _strip(v) for k, v in meta.items() if k not in VOLATILE}
+    if isinstance(meta, list):
+        return [_strip(v) for v in meta]
+    return meta
+
+
+def store_objects(fs, root: str) -> dict[str, bytes]:
+    """Every object of a store by its key below the store: chunk bytes as they are, metadata without
+    the keys that say when and where it was built."""
+    root = fs._strip_protocol(root).rstrip("/")
+    out = {}
+    for path in fs.find(root):
+        key = path[len(root) + 1 :]
+        data = fs.cat_file(path)
+        if key.endswith("zarr.json"):
+            data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
+        out[key] = data
+    return out
+
+
+def local_build(dataset: Path, tmp: Path) -> Path:
+    from skelprep.build import build
+
+    out = tmp / "local.zarr"
+    assert build(dataset, out, workers=1).ok
+    return out
+
+
+def test_build_from_and_into_s3_equals_a_local_build(s3, tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    url = f"s3://{BUCKET}/stores/octa.zarr"
+    result = run_cli("build", f"s3://{BUCKET}/raw/octa3d", "--out", url, "--workers", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "4 built, 0 up to date, 0 failed" in result.stdout
+    local = local_build(EXAMPLES / "octa3d", tmp_path)
+    remote_objects = store_objects(s3.fs, url)
+    local_objects = store_objects(LocalFileSystem(), str(local))
+    assert sorted(remote_objects) == sorted(local_objects)
+    for key, data in local_objects.items():
+        assert remote_objects[key] == data, key
+    assert not s3.fs.exists(url + ".lease")  # released at the end
+
+    # The store records where the masks came from: the dataset URL, '//' and all.
+    from skelprep.store import open_store
+
+    store = open_store(url)
+    assert store.attrs["dataset"] == f"s3://{BUCKET}/raw/octa3d"
+    assert store["octa_000"].attrs["source"] == "labelsTr/octa_000.nii.gz"
+
+    # An up-to-date rerun rewrites no case object: only the root's metadata is refreshed.
+    s3.fs.invalidate_cache()
+    before = {p: i["ETag"] for p, i in s3.fs.find(url, detail=True).items()}
+    time.sleep(1.1)  # LastModified has a resolution of 1 s
+    rerun = run_cli("build", f"s3://{BUCKET}/raw/octa3d", "--out", url, "--no-progress", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["built"] == []
+    s3.fs.invalidate_cache()
+    after = {p: i["ETag"] for p, i in s3.fs.find(url, detail=True).items()}
+    assert after.keys() == before.keys()
+    changed = {p for p in before if before[p] != after[p]}
+    assert changed <= {f"{BUCKET}/stores/octa.zarr/zarr.json"}, changed
+
+    verify = run_cli("verify", f"s3://{BUCKET}/raw/octa3d", "--out", url)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "4 ok, 0 with problems" in verify.stdout
+
+
+def test_verify_finds_a_corrupted_chunk_and_repair_mends_it(s3, tmp_path):
+    url = f"s3://{BUCKET}/stores/cracks.zarr"
+    dataset = f"s3://{BUCKET}/raw/road_cracks"
+    assert run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress").returncode == 0
+    shard = sorted(p for p in s3.fs.find(f"{url}/crack_001/tube") if "/c/" in p)[0]
+    data = bytearray(s3.fs.cat_file(shard))
+    data[len(data) // 2] ^= 0xFF
+    s3.fs.pipe_file(shard, bytes(data))
+
+    verify = run_cli("verify", dataset, "--out", url)
+    assert verify.returncode == 1
+    assert "corrupt" in verify.stdout and "crack_001" in verify.stdout
+    assert "Traceback" not in verify.stderr
+
+    repair = run_cli("build", dataset, "--out", url, "--repair", "--no-progress", "--json")
+    assert repair.returncode == 0, repair.stderr
+    assert json.loads(repair.stdout)["built"] == ["crack_001"]
+    assert run_cli("verify", dataset, "--out", url).returncode == 0
+
+
+def test_info_preview_eval_and_the_dataset_read_the_remote_store(s3, tmp_path):
+    url = f"s3://{BUCKET}/stores/cracks-read.zarr"
+    dataset = f"s3://{BUCKET}/raw/road_cracks"
+    assert run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress").returncode == 0
+
+    info = run_cli("info", url, "--json")
+    assert info.returncode == 0, info.stderr
+    assert sorted(json.loads(info.stdout)["cases"]) == ["crack_000", "crack_001", "crack_002"]
+
+    png = tmp_path / "preview.png"
+    preview = run_cli("preview", url, "crack_000", "-o", str(png))
+    assert preview.returncode == 0, preview.stderr
+    assert "not readable" not in preview.stderr  # the mask was read from the dataset URL
+    assert png.stat().st_size > 0
+
+    # eval: the ground truth as predictions scores perfectly, with the skeletons from the store.
+    labels = EXAMPLES / "road_cracks" / "labelsTr"
+    report = tmp_path / "eval.json"
+    result = run_cli("eval", str(labels), str(labels), "--store", url, "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(report.read_text())
+    assert sorted(scores["cases"]) == ["crack_000", "crack_001", "crack_002"]
+    assert scores["mean"]["dice"] == pytest.approx(1.0)
+
+    pytest.importorskip("torch")
+    from skelprep.store import open_store
+    from skelprep.torch import SkeletonDataset
+
+    ds = SkeletonDataset(dataset, store=url, patch_size=(64, 64))
+    item = ds[0]
+    assert item["image"].shape[-2:] == (64, 64)
+    assert item["tube"].shape[-2:] == (64, 64)
+    whole = SkeletonDataset(dataset, store=url)[1]
+    stored = open_store(url)["crack_001"].tube[...]
+    np.testing.assert_array_equal(whole["tube"].numpy()[0], stored)
+
+
+def test_a_second_builder_on_a_remote_store_is_refused(s3):
+    from skelprep._lease import remote_lease
+
+    url = f"s3://{BUCKET}/stores/busy.zarr"
+    with remote_lease(url) as lease:
+        result = run_cli("build", f"s3://{BUCKET}/raw/road_cracks", "--out", url, "--no-progress")
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another skelprep build is using this store" in lines[0], result.stderr
+        assert not s3.fs.exists(url)  # nothing was written
+        verify = run_cli("verify", f"s3://{BUCKET}/raw/road_cracks", "--out", url)
+        assert "no skelprep store here" in verify.stderr
+        assert lease.renew() and not lease.lost
+
+
+def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
+    from skelprep._lease import Lease, LeaseError
+
+    url = f"s3://{BUCKET}/stores/leases.zarr"
+    first = Lease(url, ttl=2)
+    first.acquire()
+    first._stop.set()  # as if its process were frozen: no more renewals
+    with pytest.raises(LeaseError, match="another skelprep build is using this store"):
+        Lease(url, ttl=2).acquire()
+    deadline = time.monotonic() + 30
+    second = None
+    while second is None and time.monotonic() < deadline:  # expiry is judged by the server's clock
+        try:
+            second = Lease(url, ttl=2)
+            second.acquire()
+        except LeaseError:
+            second = None
+            time.sleep(0.5)
+    assert second is not None, "the expired lease was never taken over"
+    try:
+        assert not first.renew()
+        assert "taken over" in first.lost
+        first.release()  # must not delete the new holder's lease
+        assert s3.fs.exists(url + ".lease")
+    finally:
+        second.release()
+    assert not s3.fs.exists(url + ".lease")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["build", "s3://no-such-bucket/raw/x"], "dataset folder not found"),
+        (
+            ["build", f"s3://{BUCKET}/raw/octa3d", "--out", "s3://no-such-bucket/x.zarr"],
+            "bucket does not exist",
+        ),
+        (["build", f"s3:/{BUCKET}/raw/octa3d"], "dataset folder not found"),
+        (["build", "nosuchproto://bucket/raw"], "Protocol not known"),
+        (["info", f"s3://{BUCKET}/stores/none.zarr"], "no skelprep store here"),
+        (["build", f"s3://{BUCKET}/raw/octa3d", "--storage-option", "nonsense"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_urls_give_one_line(s3, args, expected):
+    result = run_cli(*args, "--no-progress" if args[0] == "build" else "--json")
+    assert result.returncode in (1, 2)
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line.lower()]) == 1
+
+
+def test_wrong_credentials_give_one_line(s3):
+    bad = {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    for args in (
+        ["build", f"s3://{BUCKET}/raw/octa3d", "--no-progress"],
+        ["info", f"s3://{BUCKET}/stores/octa.zarr"],
+        ["build", str(EXAMPLES / "octa3d"), "--out", f"s3://{BUCKET}/stores/creds.zarr", "--no-progress"],
+    ):
+        result = run_cli(*args, env=bad)
+        assert result.returncode == 1, result.stdout
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("skelprep: error: s3://"), result.stderr
+
+
+def test_storage_options_reach_dataset_store_and_workers(s3, tmp_path):
+    """Endpoint and keys given only as --storage-option (not in the environment) reach the workers too."""
+    env = base_env()
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key, None)
+    options = [
+        "--storage-option",
+        f"endpoint_url={s3.endpoint}",
+        "--storage-option",
+        f"key={s3.key}",
+        "--storage-option",
+        f"secret={s3.secret}",
+    ]
+    url = f"s3://{BUCKET}/stores/options.zarr"
+    result = subprocess.run(
+        [
+            *CLI,
+            "build",
+            f"s3://{BUCKET}/raw/road_cracks",
+            "--out",
+            url,
+            "--workers",
+            "2",
+            "--no-progress",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 built" in result.stdout
+    verify = subprocess.run(
+        [*CLI, "verify", f"s3://{BUCKET}/raw/road_cracks", "--out", url, *options],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
