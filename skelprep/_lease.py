@@ -145,7 +145,7 @@ class Lease:
         try:
             self._put(IfNoneMatch="*")
             return self._start()
-        except OSError as exc:
+        except Exception as exc:  # s3fs translates to OSError; botocore's own (no credentials) are not
             if not _precondition_failed(exc):
                 raise LeaseError(
                     f"{self.store}: cannot write the store's lease ({first_line(exc)})"

@@ -135,8 +135,8 @@ def _check_remote_file(path: RemotePath) -> dict:
         info = fs.info(remote)
     except OSError as exc:
         raise InputError(path, _remote_problem(exc)) from None
-    except ValueError as exc:  # fsspec: unknown protocol or malformed URL
-        raise InputError(path, f"cannot open ({first_line(exc)})") from None
+    except Exception as exc:  # fsspec: unknown protocol; botocore: no credentials, no endpoint, ...
+        raise InputError(path, f"cannot open ({first_line(exc, with_type=True)})") from None
     if info.get("type") == "directory":
         raise InputError(path, "is a folder, not a file")
     if info.get("size") == 0:

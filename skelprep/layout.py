@@ -286,7 +286,9 @@ def _check_remote_root(root: RemotePath, masks: str | None, images: str | None) 
             raise LayoutError(f"{root}: glob '{pattern}' must be relative to the dataset URL")
     try:
         exists, is_dir = root.exists(), root.is_dir()
-    except (OSError, ValueError) as exc:  # no bucket, no credentials, unknown protocol, ...
+    except (
+        Exception
+    ) as exc:  # no bucket, no credentials, unknown protocol: fsspec and botocore raise many types
         raise LayoutError(f"{root}: cannot list the dataset ({first_line(exc, with_type=True)})") from None
     if not exists:
         raise LayoutError(f"{root}: dataset folder not found")

@@ -185,3 +185,29 @@ def dask_cluster(
             stop(proc)
         for log in logs:
             log.close()
+
+
+# Keys whose values name when or where a build ran: everything else must be equal byte for byte.
+VOLATILE = {"built", "created", "updated", "dataset"}
+
+
+def _strip(meta):
+    if isinstance(meta, dict):
+        return {k: _strip(v) for k, v in meta.items() if k not in VOLATILE}
+    if isinstance(meta, list):
+        return [_strip(v) for v in meta]
+    return meta
+
+
+def store_objects(fs, root: str) -> dict[str, bytes]:
+    """Every object of a store by its key below the store: chunk bytes as they are, metadata without
+    the keys that say when and where it was built."""
+    root = fs._strip_protocol(root).rstrip("/")
+    out = {}
+    for path in fs.find(root):
+        key = path[len(root) + 1 :]
+        data = fs.cat_file(path)
+        if key.endswith("zarr.json"):
+            data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
+        out[key] = data
+    return out

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._servers import base_env, s3_server
+from ._servers import base_env, s3_server, store_objects
 from .conftest import EXAMPLES
 
 CLI = [sys.executable, "-m", "skelprep.cli"]
 BUCKET = "skel-data"
-# Keys whose values name when or where a build ran: everything else must be equal byte for byte.
-VOLATILE = {"built", "created", "updated", "dataset"}
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +46,6 @@ def run_cli(
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, env={**base_env(), **(env or {})}, timeout=timeout
     )
-
-
-def _strip(meta):
-    if isinstance(meta, dict):
-        return {k: _strip(v) for k, v in meta.items() if k not in VOLATILE}
-    if isinstance(meta, list):
-        return [_strip(v) for v in meta]
-    return meta
-
-
-def store_objects(fs, root: str) -> dict[str, bytes]:
-    """Every object of a store by its key below the store: chunk bytes as they are, metadata without
-    the keys that say when and where it was built."""
-    root = fs._strip_protocol(root).rstrip("/")
-    out = {}
-    for path in fs.find(root):
-        key = path[len(root) + 1 :]
-        data = fs.cat_file(path)
-        if key.endswith("zarr.json"):
-            data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
-        out[key] = data
-    return out
 
 
 def local_build(dataset: Path, tmp: Path) -> Path:
