@@ -179,23 +179,31 @@ def join(base: str | os.PathLike | RemotePath, relative: str) -> str:
     return os.path.join(os.fspath(base), relative)
 
 
-def _scheme(url: str) -> str:
-    return url.split("://", 1)[0] + "://"
+def _below(root: RemotePath, root_path: str, path: str) -> RemotePath:
+    """``path`` (as the filesystem spells it) as a URL below ``root``, spelled as the user spelled it."""
+    base = root_path.rstrip("/")
+    path = path.rstrip("/")
+    if path == base:
+        return root
+    if not path.startswith(base + "/"):
+        raise ValueError(f"{path} is not below {root}")
+    return root / path[len(base) + 1 :]
 
 
 def walk(folder: RemotePath) -> Iterator[tuple[RemotePath, list[str], list[str]]]:
-    """``os.walk`` over a URL folder: (folder, sub-folder names, file names), top-down."""
-    fs, path = filesystem(folder.url)
-    scheme = _scheme(folder.url)
-    for dirpath, dirnames, filenames in fs.walk(path):
-        yield RemotePath(scheme + dirpath.rstrip("/")), dirnames, filenames
+    """``os.walk`` over a URL folder: (folder, sub-folder names, file names), top-down.
+
+    Pruning ``dirnames`` in place skips those folders, as with ``os.walk``.
+    """
+    fs, root_path = filesystem(folder.url)
+    for dirpath, dirnames, filenames in fs.walk(root_path):
+        yield _below(folder, root_path, dirpath), dirnames, filenames
 
 
-def glob(pattern: RemotePath) -> list[RemotePath]:
-    """Entries matching a glob URL (``**`` matches across folders)."""
-    fs, path = filesystem(pattern.url)
-    scheme = _scheme(pattern.url)
-    return [RemotePath(scheme + p) for p in fs.glob(path)]
+def glob(root: RemotePath, pattern: str) -> list[RemotePath]:
+    """Entries below ``root`` matching the relative glob ``pattern`` (``**`` matches across folders)."""
+    fs, root_path = filesystem(root.url)
+    return [_below(root, root_path, p) for p in fs.glob(f"{root_path.rstrip('/')}/{pattern}")]
 
 
 def fetch(path: RemotePath, folder: str | os.PathLike) -> Path:

@@ -260,7 +260,7 @@ def _glob_base(root: AnyPath, pattern: str) -> AnyPath:
 
 def _glob_files(root: AnyPath, pattern: str, suffixes: tuple[str, ...]) -> list[AnyPath]:
     if isinstance(root, RemotePath):  # the pattern is relative (checked by discover)
-        return sorted(p for p in _fs.glob(root / pattern) if split_suffix(p.name, suffixes)[1])
+        return sorted(p for p in _fs.glob(root, pattern) if split_suffix(p.name, suffixes)[1])
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
     # Not only regular files: a matching folder, FIFO or broken symlink is reported by the build.
     return sorted(Path(p) for p in glob.glob(full, recursive=True) if split_suffix(p, suffixes)[1])

@@ -274,3 +274,59 @@ def test_storage_options_reach_dataset_store_and_workers(s3, tmp_path):
         timeout=300,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _ids(layout):
+    return [(c.case_id, c.mask.name, [i.name for i in c.images]) for c in layout.cases]
+
+
+def test_every_layout_is_discovered_through_a_url_as_from_the_path(s3, tmp_path):
+    from skelprep.layout import discover
+
+    cracks = EXAMPLES / "road_cracks"
+    local = discover(cracks)
+    remote = discover(f"s3://{BUCKET}/raw/road_cracks")
+    assert remote.kind == "nnunet" and _ids(remote) == _ids(local)
+    assert str(remote.cases[0].mask) == f"s3://{BUCKET}/raw/road_cracks/labelsTr/crack_000.png"
+    globbed = discover(f"s3://{BUCKET}/raw/road_cracks", masks="labelsTr/*.png", images="imagesTr/*.png")
+    assert globbed.kind == "glob" and _ids(globbed) == _ids(
+        discover(cracks, "labelsTr/*.png", "imagesTr/*.png")
+    )
+    file_url = discover(cracks.as_uri())
+    assert _ids(file_url) == _ids(local)
+
+
+def test_a_generic_dataset_in_memory_builds_like_the_same_files_on_disk(tmp_path):
+    """fsspec's in-process memory:// filesystem: the generic layout, hidden files and .zarr folders skipped."""
+    import fsspec
+
+    from skelprep.build import build
+    from skelprep.layout import LayoutError
+    from skelprep.store import open_store
+
+    from .conftest import write_png
+
+    rng = np.random.default_rng(3)
+    disk = tmp_path / "generic"
+    mem = fsspec.filesystem("memory")
+    for i in range(3):
+        mask = np.zeros((48, 40), np.uint8)
+        mask[rng.integers(5, 40), :] = 1
+        mask[:, rng.integers(5, 35)] = 1
+        write_png(disk / "labels" / "sub" / f"c{i}.png", mask * 255)
+        write_png(disk / "images" / "sub" / f"c{i}.png", (rng.random((48, 40)) * 255).astype(np.uint8))
+    write_png(disk / "labels" / ".hidden" / "x.png", np.ones((4, 4), np.uint8))
+    mem.put(str(disk), "/generic", recursive=True)
+    mem.pipe("/generic/labels/old.zarr/zarr.json", b"{}")
+    try:
+        report = build("memory://generic", tmp_path / "from-memory.zarr", workers=1)
+        assert report.ok and sorted(o.case_id for o in report.built) == ["sub/c0", "sub/c1", "sub/c2"]
+        assert build(disk, tmp_path / "from-disk.zarr", workers=1).ok
+        a, b = open_store(tmp_path / "from-memory.zarr"), open_store(tmp_path / "from-disk.zarr")
+        for case_id in b:
+            assert a[case_id].attrs["fingerprint"] == b[case_id].attrs["fingerprint"]
+            np.testing.assert_array_equal(a[case_id].tube[...], b[case_id].tube[...])
+        with pytest.raises(LayoutError, match="^memory://generic: no mask files match"):
+            build("memory://generic", tmp_path / "from-memory.zarr", masks="labels/nothing/*.png")
+    finally:
+        mem.rm("/generic", recursive=True)
