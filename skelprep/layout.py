@@ -24,7 +24,7 @@ from skelprep._fs import AnyPath, RemotePath, as_path
 from skelprep._util import first_line, printable
 from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
-__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover"]
+__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "masks_by_case_id"]
 _CHANNEL = re.compile(r"_(\d{4})$")
 
 
@@ -141,6 +141,18 @@ def _collect_masks(masks: list[AnyPath], base: AnyPath) -> tuple[dict[str, AnyPa
             )
         )
     return unique, problems
+
+
+def masks_by_case_id(folder: str | os.PathLike) -> tuple[dict[str, Path], tuple[CaseProblem, ...]]:
+    """Mask files below ``folder`` by case id, found and checked as :func:`discover` finds a label folder's.
+
+    The same walk (hidden entries and ``.zarr`` stores skipped) and the same
+    case-id rules (duplicates, reserved names, an id that is also a folder of
+    other cases): a case that breaks one is a :class:`CaseProblem`, not an entry.
+    """
+    folder = Path(folder)
+    masks, problems = _collect_masks(_walk_files(folder, MASK_SUFFIXES), folder)
+    return masks, tuple(problems)
 
 
 def _index_images(images: list[AnyPath], base: AnyPath) -> dict[str, list[tuple[int, AnyPath]]]:
