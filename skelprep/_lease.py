@@ -93,7 +93,10 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.etag: str | None = None
         self.lost: str | None = None  # why the lease was lost, once it is
-        self._fs, path = filesystem(self.url)
+        try:
+            self._fs, path = filesystem(self.url)
+        except Exception as exc:  # s3fs missing (ImportError), malformed URL (ValueError), ...
+            raise LeaseError(f"{store}: cannot open the store ({first_line(exc, with_type=True)})") from None
         self._bucket, _, self._key = path.partition("/")
         if not self._key:
             raise LeaseError(f"{store}: a store URL needs a folder inside the bucket (s3://bucket/x.zarr)")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from skelprep._lease import Lease, LeaseError, lease_holder, remote_lease, supports_lease
+from skelprep._lease import Lease, LeaseError, lease_holder, supports_lease
 from skelprep.runner import BuildError
 
 __all__ = ["is_local", "store_lock", "store_is_busy", "remove_partial_files"]
@@ -51,14 +51,14 @@ def store_lock(path: str) -> Iterator[Lease | None]:
             yield None  # gs://, ...: no lease; one builder per store is the user's job
             return
         try:
-            lease_cm = remote_lease(path)
-            lease = lease_cm.__enter__()
+            lease = Lease(path)
+            lease.acquire()
         except LeaseError as exc:
             raise BuildError(str(exc)) from None
         try:
             yield lease
         finally:
-            lease_cm.__exit__(None, None, None)
+            lease.release()
         return
     folder, lock = Path(path.removeprefix("file://")), _lock_path(path)
     try:
