@@ -330,3 +330,44 @@ def test_a_generic_dataset_in_memory_builds_like_the_same_files_on_disk(tmp_path
             build("memory://generic", tmp_path / "from-memory.zarr", masks="labels/nothing/*.png")
     finally:
         mem.rm("/generic", recursive=True)
+
+
+def test_image_headers_are_read_through_a_url_as_from_the_file(tmp_path):
+    import fsspec
+    import nibabel as nib
+    import tifffile
+
+    from skelprep.io import InputError, image_shape, read_image, read_mask
+
+    from .conftest import write_png
+
+    files = [
+        write_png(tmp_path / "a.png", np.zeros((30, 20, 3), np.uint8)),
+        tmp_path / "b.nii.gz",
+        tmp_path / "c.nii",
+        tmp_path / "d.tif",
+        tmp_path / "e.nii.gz",
+    ]
+    nib.save(nib.Nifti1Image(np.zeros((9, 8, 7, 1), np.uint8), np.eye(4)), files[1])
+    nib.save(nib.Nifti2Image(np.zeros((5, 6, 7), np.int16), np.eye(4)), files[2])
+    tifffile.imwrite(files[3], np.zeros((4, 10, 12), np.uint8), photometric="minisblack")
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.eye(4)), files[4])
+    mem = fsspec.filesystem("memory")
+    try:
+        for f in files:
+            mem.put_file(str(f), f"/headers/{f.name}")
+            url = f"memory://headers/{f.name}"
+            assert image_shape(url) == image_shape(f), f.name
+            np.testing.assert_array_equal(read_image(url).array, read_image(f).array)
+        np.testing.assert_array_equal(read_mask("memory://headers/e.nii.gz").array, np.ones((6, 5, 4)))
+        mem.pipe("/headers/broken.nii.gz", b"not gzip at all")
+        for reader in (image_shape, read_mask):
+            with pytest.raises(InputError, match=r"^memory://headers/broken\.nii\.gz: cannot read NIfTI"):
+                reader("memory://headers/broken.nii.gz")
+        with pytest.raises(InputError, match=r"^memory://headers/none\.png: file not found$"):
+            image_shape("memory://headers/none.png")
+        mem.pipe("/headers/empty.png", b"")
+        with pytest.raises(InputError, match=r"^memory://headers/empty\.png: file is empty$"):
+            read_mask("memory://headers/empty.png")
+    finally:
+        mem.rm("/headers", recursive=True)
