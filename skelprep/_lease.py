@@ -19,7 +19,8 @@ the server, so two builders on different machines cannot both win:
 
 What it guarantees: while a build keeps renewing, no other skelprep build can
 start on the store; a killed build blocks the store for at most ``ttl`` seconds
-(60 by default) after its last renewal, then the next build takes over.
+(60 by default, ``SKELPREP_LEASE_TTL`` to change) after its last renewal, then the
+next build takes over.
 
 What it does not guarantee: it is advisory: writers other than skelprep are not
 stopped. A build that stalls for longer than ``ttl`` (a suspended laptop, a
@@ -50,6 +51,14 @@ from skelprep._util import first_line, utc_now
 __all__ = ["LeaseError", "Lease", "lease_url", "remote_lease", "lease_holder", "supports_lease"]
 
 DEFAULT_TTL = 60.0  # seconds; renewed every TTL/4, so three renewals may fail in a row
+
+
+def _default_ttl() -> float:
+    """``SKELPREP_LEASE_TTL`` (seconds) if set: longer for flaky networks, shorter in tests."""
+    try:
+        return max(1.0, float(os.environ.get("SKELPREP_LEASE_TTL", DEFAULT_TTL)))
+    except ValueError:
+        return DEFAULT_TTL
 
 
 class LeaseError(RuntimeError):
@@ -86,10 +95,10 @@ def _precondition_failed(exc: BaseException) -> bool:
 class Lease:
     """A held lease; renewed by a background thread until :meth:`release`."""
 
-    def __init__(self, store: str, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, store: str, ttl: float | None = None) -> None:
         self.store = store.rstrip("/")
         self.url = lease_url(store)
-        self.ttl = float(ttl)
+        self.ttl = float(ttl) if ttl is not None else _default_ttl()
         self.owner = uuid.uuid4().hex
         self.etag: str | None = None
         self.lost: str | None = None  # why the lease was lost, once it is
@@ -207,7 +216,7 @@ class Lease:
 
 
 @contextlib.contextmanager
-def remote_lease(store: str, ttl: float = DEFAULT_TTL) -> Iterator[Lease]:
+def remote_lease(store: str, ttl: float | None = None) -> Iterator[Lease]:
     """Hold the store's lease for the duration of the block (see the module docstring)."""
     lease = Lease(store, ttl)
     lease.acquire()

@@ -177,8 +177,9 @@ def dask_cluster(
             workers.append(worker)
         from dask.distributed import Client
 
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+        if n_workers:
+            with Client(address, timeout="60s") as client:
+                client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
         yield DaskCluster(address, scheduler, workers)
     finally:
         for proc in reversed(procs):

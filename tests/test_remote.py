@@ -168,6 +168,58 @@ def test_a_second_builder_on_a_remote_store_is_refused(s3):
         assert lease.renew() and not lease.lost
 
 
+def test_two_real_builders_one_runs_and_the_other_takes_over_only_after_a_kill(s3, tmp_path):
+    """Builder A holds the store (its tasks wait on a scheduler without workers); B is refused while A
+    renews, and builds the store once A is SIGKILLed and its lease has expired."""
+    import os
+    import signal
+
+    from ._servers import dask_cluster
+
+    url = f"s3://{BUCKET}/stores/two-builders.zarr"
+    dataset = f"s3://{BUCKET}/raw/road_cracks"
+    env = {"SKELPREP_LEASE_TTL": "4"}
+    with dask_cluster(tmp_path, n_workers=0) as idle:
+        a = subprocess.Popen(
+            [*CLI, "build", dataset, "--out", url, "--scheduler", idle.address, "--no-progress"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**base_env(), **env},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not s3.fs.exists(url + "/zarr.json") and time.monotonic() < deadline:
+                assert a.poll() is None, a.communicate()
+                time.sleep(0.2)
+                s3.fs.invalidate_cache()
+            assert s3.fs.exists(url + ".lease"), "builder A never took the lease"
+
+            b = run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress", env=env)
+            assert b.returncode == 1
+            assert (
+                "another skelprep build is using this store" in b.stderr and len(b.stderr.splitlines()) == 1
+            )
+            verify = run_cli("verify", dataset, "--out", url)
+            assert "a build is running on this store" in verify.stderr
+            assert a.poll() is None  # A was not disturbed
+        finally:
+            os.kill(a.pid, signal.SIGKILL)
+            a.communicate(timeout=60)
+    assert s3.fs.exists(url + ".lease")  # a killed build cannot release its lease
+    deadline = time.monotonic() + 120
+    while True:
+        b = run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress", env=env)
+        if b.returncode == 0 or time.monotonic() > deadline:
+            break
+        assert "another skelprep build is using this store" in b.stderr, b.stderr
+        time.sleep(1)
+    assert b.returncode == 0, b.stderr
+    assert "3 built" in b.stdout
+    assert run_cli("verify", dataset, "--out", url).returncode == 0
+    s3.fs.invalidate_cache()
+    assert not s3.fs.exists(url + ".lease")
+
+
 def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
     from skelprep._lease import Lease, LeaseError
 
