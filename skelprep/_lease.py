@@ -105,7 +105,7 @@ class Lease:
         try:
             self._fs, path = filesystem(self.url)
         except Exception as exc:  # s3fs missing (ImportError), malformed URL (ValueError), ...
-            raise LeaseError(f"{store}: cannot open the store ({first_line(exc, with_type=True)})") from None
+            raise LeaseError(f"{store}: cannot open the store ({first_line(exc, with_type=True)})") from exc
         self._bucket, _, self._key = path.partition("/")
         if not self._key:
             raise LeaseError(f"{store}: a store URL needs a folder inside the bucket (s3://bucket/x.zarr)")
@@ -159,9 +159,7 @@ class Lease:
             return self._start()
         except Exception as exc:  # s3fs translates to OSError; botocore's own (no credentials) are not
             if not _precondition_failed(exc):
-                raise LeaseError(
-                    f"{self.store}: cannot write the store's lease ({first_line(exc)})"
-                ) from None
+                raise LeaseError(f"{self.store}: cannot write the store's lease ({first_line(exc)})") from exc
         held = self.holder()
         if held is None:  # released between our two requests: try once more
             return self.acquire()
@@ -178,8 +176,8 @@ class Lease:
             if _precondition_failed(exc):
                 raise LeaseError(
                     f"{self.store}: another skelprep build took over the expired lease {self.url} first"
-                ) from None
-            raise LeaseError(f"{self.store}: cannot write the store's lease ({first_line(exc)})") from None
+                ) from exc
+            raise LeaseError(f"{self.store}: cannot write the store's lease ({first_line(exc)})") from exc
         self._start()
 
     def _start(self) -> None:

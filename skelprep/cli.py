@@ -26,6 +26,12 @@ def _fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
+def _with_option(exc: Exception) -> str:
+    """The error's one line; where the library names the parameter that would fix it, our option for it."""
+    param = getattr(exc, "param", None)
+    return str(exc) if param is None else f"{exc} (option --{param.replace('_', '-')})"
+
+
 class _Cli(click.Group):
     """Turns exceptions into one-line messages unless --debug is given."""
 
@@ -45,7 +51,7 @@ class _Cli(click.Group):
             from skelprep.store import StoreError
 
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
-                _fail(str(exc))
+                _fail(_with_option(exc))
             from skelprep._util import first_line
 
             _fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
@@ -78,7 +84,7 @@ def _set_storage_options(ctx: click.Context, param: click.Parameter, values: tup
     try:
         set_storage_options(dict(parse_storage_option(v) for v in values))
     except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+        raise click.BadParameter(str(exc), ctx, param) from exc
 
 
 _storage_option = click.option(

@@ -134,9 +134,9 @@ def _check_remote_file(path: RemotePath) -> dict:
         fs, remote = filesystem(path)
         info = fs.info(remote)
     except OSError as exc:
-        raise InputError(path, _remote_problem(exc)) from None
+        raise InputError(path, _remote_problem(exc)) from exc
     except Exception as exc:  # fsspec: unknown protocol; botocore: no credentials, no endpoint, ...
-        raise InputError(path, f"cannot open ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot open ({first_line(exc, with_type=True)})") from exc
     if info.get("type") == "directory":
         raise InputError(path, "is a folder, not a file")
     if info.get("size") == 0:
@@ -174,7 +174,7 @@ def check_input_file(path: str | os.PathLike | RemotePath) -> os.stat_result | d
             reason = "permission denied"
         else:
             reason = f"cannot access ({exc.strerror or exc})"
-        raise InputError(path, reason) from None
+        raise InputError(path, reason) from exc
     problem = _kind_problem(st.st_mode)
     if problem:
         raise InputError(path, problem)
@@ -184,7 +184,7 @@ def check_input_file(path: str | os.PathLike | RemotePath) -> os.stat_result | d
         os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     except OSError as exc:
         reason = "permission denied" if exc.errno == errno.EACCES else f"cannot open ({exc.strerror or exc})"
-        raise InputError(path, reason) from None
+        raise InputError(path, reason) from exc
     return st
 
 
@@ -198,7 +198,7 @@ def _remote_sha256(path: RemotePath) -> str:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     except OSError as exc:
-        raise InputError(path, _remote_problem(exc)) from None
+        raise InputError(path, _remote_problem(exc)) from exc
     return digest.hexdigest()
 
 
@@ -217,13 +217,13 @@ def local_file(path: str | os.PathLike | RemotePath) -> Iterator[Path]:
         try:
             local = fetch(path, folder)
         except OSError as exc:
-            raise InputError(path, _remote_problem(exc)) from None
+            raise InputError(path, _remote_problem(exc)) from exc
         try:
             yield local
         except InputError as exc:
             if exc.path != str(local):
                 raise
-            raise InputError(path, exc.reason) from None
+            raise InputError(path, exc.reason) from exc
 
 
 def file_sha256(path: str | os.PathLike | RemotePath) -> str:
@@ -242,7 +242,7 @@ def file_sha256(path: str | os.PathLike | RemotePath) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         check_input_file(path)  # raises with the precise reason (loop, dangling link, ...)
-        raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
+        raise InputError(path, f"cannot open ({exc.strerror or exc})") from exc
     problem = _kind_problem(os.fstat(fd).st_mode)
     if problem:
         os.close(fd)
@@ -252,7 +252,7 @@ def file_sha256(path: str | os.PathLike | RemotePath) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         except OSError as exc:
-            raise InputError(path, f"read error ({exc.strerror or exc})") from None
+            raise InputError(path, f"read error ({exc.strerror or exc})") from exc
     return digest.hexdigest()
 
 
@@ -277,7 +277,7 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
     except MemoryError:
         raise
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, ...
-        raise InputError(path, f"cannot read image ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read image ({first_line(exc, with_type=True)})") from exc
     if array.ndim == 3:
         if as_mask:
             array = _colour_to_labels(path, array, alpha=mode in ("RGBA", "LA"), what=mode)
@@ -342,7 +342,7 @@ def _read_nifti(path: Path) -> Volume:
     except (InputError, MemoryError):
         raise
     except Exception as exc:  # nibabel raises many types for broken files
-        raise InputError(path, f"cannot read NIfTI ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read NIfTI ({first_line(exc, with_type=True)})") from exc
     return Volume(array, spacing=zooms, affine=affine, axes="ijkt"[: array.ndim])
 
 
@@ -369,7 +369,7 @@ def _tiff_series(
     except (InputError, MemoryError):
         raise
     except Exception as exc:
-        raise InputError(path, f"cannot read TIFF ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read TIFF ({first_line(exc, with_type=True)})") from exc
     if "S" in axes:  # colour samples: last, as PIL gives them
         k = axes.index("S")
         shape = shape[:k] + shape[k + 1 :] + (shape[k],)
@@ -457,7 +457,7 @@ def image_shape(path: str | os.PathLike | RemotePath) -> tuple[int, ...]:
         with fs.open(remote, "rb", block_size=1 << 16, cache_type="readahead") as stream:
             return _header_shape(stream, suffix, path)
     except OSError as exc:
-        raise InputError(path, _remote_problem(exc)) from None
+        raise InputError(path, _remote_problem(exc)) from exc
 
 
 def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ...]:
@@ -480,7 +480,7 @@ def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ..
                     header = nib.Nifti2Image.from_stream(stream).header
             shape = tuple(int(n) for n in header.get_data_shape())
         except Exception as exc:  # nibabel raises many types for broken headers
-            raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from None
+            raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from exc
         return _squeezed(shape)
     if suffix in (".tif", ".tiff"):
         _, shape, axes = _tiff_series(path, data=False, source=source)
@@ -493,7 +493,7 @@ def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ..
             with Image.open(source) as img:
                 width, height = img.size
     except Exception as exc:  # PIL raises many types for broken headers
-        raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from exc
     return (height, width)
 
 

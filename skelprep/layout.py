@@ -29,7 +29,15 @@ _CHANNEL = re.compile(r"_(\d{4})$")
 
 
 class LayoutError(ValueError):
-    """The dataset folder as a whole cannot be used."""
+    """The dataset folder as a whole cannot be used.
+
+    ``param`` names the argument of :func:`discover` that would fix it (``"masks"``), or is None;
+    a front end can then point at its own option for that argument.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,7 @@ def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from None
+        raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from exc
     if not isinstance(meta, dict):
         raise LayoutError(f"{meta_path}: invalid dataset.json (not a JSON object)")
     if not isinstance(meta.get("labels", {}), dict):
@@ -247,7 +255,8 @@ def _discover_generic(root: AnyPath) -> DatasetLayout:
             break
     else:
         raise LayoutError(
-            f"{root}: no dataset.json, labels/ or masks/ folder found; pass --masks GLOB to name the masks"
+            f"{root}: no dataset.json, labels/ or masks/ folder found; name the mask files with a masks glob",
+            param="masks",
         )
     mask_files = _walk_files(labels_dir, MASK_SUFFIXES)
     if not mask_files:
@@ -301,7 +310,7 @@ def _check_remote_root(root: RemotePath, masks: str | None, images: str | None) 
     except (
         Exception
     ) as exc:  # no bucket, no credentials, unknown protocol: fsspec and botocore raise many types
-        raise LayoutError(f"{root}: cannot list the dataset ({first_line(exc, with_type=True)})") from None
+        raise LayoutError(f"{root}: cannot list the dataset ({first_line(exc, with_type=True)})") from exc
     if not exists:
         raise LayoutError(f"{root}: dataset folder not found")
     if not is_dir:
@@ -343,7 +352,7 @@ def discover(
     if masks is not None:
         return _discover_globs(root, masks, images)
     if images is not None:
-        raise LayoutError("--images needs --masks")
+        raise LayoutError(f"{root}: an images glob needs a masks glob", param="masks")
     if (root / "dataset.json").exists():
         return _discover_nnunet(root)
     return _discover_generic(root)

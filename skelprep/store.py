@@ -177,11 +177,11 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
         return zarr.open_group(path, mode=mode, use_consolidated=False, storage_options=options_for(path))
     except FileNotFoundError as exc:
         if mode == "r":
-            raise StoreError(f"{path}: no skelprep store here (run 'skelprep build' first)") from None
+            raise StoreError(f"{path}: no skelprep store here (run 'skelprep build' first)") from exc
         # writing: the bucket (or a parent folder of the store) does not exist
-        raise StoreError(f"{path}: cannot create the store ({first_line(exc, with_type=True)})") from None
+        raise StoreError(f"{path}: cannot create the store ({first_line(exc, with_type=True)})") from exc
     except Exception as exc:  # zarr raises several types for "not a group"; fsspec for bad URLs
-        raise StoreError(f"{path}: cannot open store ({first_line(exc, with_type=True)})") from None
+        raise StoreError(f"{path}: cannot open store ({first_line(exc, with_type=True)})") from exc
 
 
 def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
@@ -383,7 +383,7 @@ class SkeletonStore(Mapping[str, CaseTargets]):
                 if attempt == 2:
                     raise StoreError(
                         f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})"
-                    ) from None
+                    ) from exc
                 time.sleep(0.1)  # a build deleted a node while we listed it: list again
         for name, node in members:
             if not isinstance(node, zarr.Group):
@@ -440,9 +440,13 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
 
     Examples
     --------
-    >>> store = open_store("examples/vessels2d/skeletons.zarr")  # doctest: +SKIP
-    >>> case = store["Image_11L_1stHO"]                          # doctest: +SKIP
-    >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
+    >>> store = open_store("examples/road_cracks/skeletons.zarr")
+    >>> store.case_ids
+    ['crack_000', 'crack_001', 'crack_002']
+    >>> case = store["crack_000"]
+    >>> patch = case.tube[0:256, 0:256]
+    >>> patch.shape, patch.dtype
+    ((256, 256), dtype('uint8'))
     """
     return SkeletonStore(open_root(path, mode="r"), path)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import ROOT
+
 # Generous: the CI machine has 2 cores shared with other jobs; a cold moto or dask start takes seconds.
 START_TIMEOUT = 60.0
 

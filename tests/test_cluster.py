@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ import numpy as np
 import pytest
 
 from ._servers import base_env, dask_cluster, store_objects
-from .conftest import tubes_3d
+from .helpers import CLI, tubes_3d
 
-CLI = [sys.executable, "-m", "skelprep.cli"]
 N_CASES = 16
 
 

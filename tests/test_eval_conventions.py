@@ -7,7 +7,6 @@ line is its own skeleton and every clDice ratio below is a count of line pixels.
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 
@@ -16,14 +15,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import skelprep.metrics
 from skelprep.build import BuildParams, build
 from skelprep.cli import cli
 from skelprep.evaluate import evaluate_folders
 from skelprep.io import read_mask
 from skelprep.metrics import METRIC_NAMES, betti_numbers, evaluate_case, mean_metrics
 
-from .conftest import EXAMPLES, copy_dataset, write_png
+from .helpers import EXAMPLES, copy_dataset, write_png
 
 
 def scores(dice, cldice, tprec, tsens, b0_error, b1_error) -> dict[str, float]:
@@ -273,11 +271,6 @@ def test_one_slice_volume_has_its_slice_betti_numbers():
     for mask, expected in ((ring, (1, 1)), (diamond, (1, 1)), (corner, (1, 0))):
         assert betti_numbers(mask) == expected
         assert betti_numbers(mask[:, :, np.newaxis]) == (*expected, 0)
-
-
-def test_metrics_doctests():
-    result = doctest.testmod(skelprep.metrics)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("value", ["0", "1,x", ""])

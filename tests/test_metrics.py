@@ -19,7 +19,7 @@ from skelprep.evaluate import evaluate_folders, find_masks
 from skelprep.metrics import betti_errors, betti_numbers, cldice, dice, evaluate_case, skeleton
 from skelprep.store import open_store
 
-from .conftest import EXAMPLES
+from .helpers import EXAMPLES
 
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import numpy as np
 import pytest
 
 from ._servers import base_env, s3_server, store_objects
-from .conftest import EXAMPLES
+from .helpers import CLI, EXAMPLES
 
-CLI = [sys.executable, "-m", "skelprep.cli"]
 BUCKET = "skel-data"
 
 
@@ -356,7 +354,7 @@ def test_a_generic_dataset_in_memory_builds_like_the_same_files_on_disk(tmp_path
     from skelprep.layout import LayoutError
     from skelprep.store import open_store
 
-    from .conftest import write_png
+    from .helpers import write_png
 
     rng = np.random.default_rng(3)
     disk = tmp_path / "generic"
@@ -391,7 +389,7 @@ def test_image_headers_are_read_through_a_url_as_from_the_file(tmp_path):
 
     from skelprep.io import InputError, image_shape, read_image, read_mask
 
-    from .conftest import write_png
+    from .helpers import write_png
 
     files = [
         write_png(tmp_path / "a.png", np.zeros((30, 20, 3), np.uint8)),

@@ -123,11 +123,11 @@ class SkeletonDataset(Dataset):
     Examples
     --------
     >>> from torch.utils.data import DataLoader, RandomSampler
-    >>> ds = SkeletonDataset("examples/road_cracks", patch_size=256)        # doctest: +SKIP
+    >>> ds = SkeletonDataset("examples/road_cracks", patch_size=256)
     >>> loader = DataLoader(ds, batch_size=2, num_workers=2,
-    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))  # doctest: +SKIP
-    >>> batch = next(iter(loader))                                          # doctest: +SKIP
-    >>> batch["image"].shape, batch["tube"].shape                           # doctest: +SKIP
+    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))
+    >>> batch = next(iter(loader))
+    >>> batch["image"].shape, batch["tube"].shape
     (torch.Size([2, 3, 256, 256]), torch.Size([2, 1, 256, 256]))
     """
 
