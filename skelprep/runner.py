@@ -186,6 +186,9 @@ def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_lim
             except Exception as exc:  # the worker died (memory limit, crash): only this case fails
                 name = type(exc).__name__
                 why = died if name == "KilledWorker" else f"{name}: {exc}"
+                where = getattr(getattr(exc, "last_worker", None), "address", None)
+                if name == "KilledWorker" and scheduler is not None and where:
+                    why += f" (worker {where})"  # on a shared cluster: which machine to look at
                 outcome = CaseOutcome(case_id(item), "failed", failure_line(source(item), why))
             outcomes.append(outcome)
             bar.update()

@@ -58,11 +58,7 @@ def test_a_worker_killed_mid_build_loses_at_most_its_cases(tmp_path, allowed_fai
 
     dataset = make_dataset(tmp_path / "ds")
     out = tmp_path / "cluster.zarr"
-    # One task at a time per one-thread worker (as skelprep's own local cluster does): a dead worker
-    # then holds exactly one case.
-    config = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
-    if allowed_failures is not None:
-        config["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(allowed_failures)
+    config = {} if allowed_failures is None else {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     with dask_cluster(tmp_path, n_workers=2, env=config) as cluster:
         args = [*CLI, "build", str(dataset), "--out", str(out), "--scheduler", cluster.address]
         proc = subprocess.Popen(
@@ -70,15 +66,18 @@ def test_a_worker_killed_mid_build_loses_at_most_its_cases(tmp_path, allowed_fai
         )
         try:
             with Client(cluster.address, timeout="60s") as client:
+                workers = client.scheduler_info()["workers"]
+                by_address = {
+                    a: cluster.workers[int(str(w["name"]).removeprefix("w"))] for a, w in workers.items()
+                }
                 victim = None
                 deadline = time.monotonic() + 240
                 while victim is None and proc.poll() is None and time.monotonic() < deadline:
                     victim = _busy_worker(client)
-                    time.sleep(0.05)
+                    if victim is None:
+                        time.sleep(0.02)
                 assert victim is not None, "the build ended before a worker could be killed mid-case"
-                name = client.scheduler_info()["workers"][victim]["name"]
-            killed = cluster.workers[int(str(name).removeprefix("w"))]
-            os.kill(killed.pid, signal.SIGKILL)
+                os.kill(by_address[victim].pid, signal.SIGKILL)
             stdout, stderr = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
@@ -87,18 +86,23 @@ def test_a_worker_killed_mid_build_loses_at_most_its_cases(tmp_path, allowed_fai
         assert "Traceback" not in stderr
         report = json.loads(stdout)
         assert proc.returncode in (0, 1), stderr
-        # Only the dead worker's cases may fail, each with a clear line naming its mask.
-        if allowed_failures == 0:
-            assert len(report["failed"]) == 1 and proc.returncode == 1, report["failed"]
-        else:
-            assert report["failed"] == {} and proc.returncode == 0, report["failed"]
+        # Only the dead worker's cases may fail (those it held when it died; none if the scheduler
+        # retried them elsewhere), each with a line naming its mask and the dead worker.
+        if allowed_failures is None:
+            assert report["failed"] == {}, report["failed"]
+        assert proc.returncode == (1 if report["failed"] else 0), stderr
         for case_id, reason in report["failed"].items():
-            assert f"{case_id}.nii.gz: the worker process died" in reason
+            assert reason.endswith(
+                f"{case_id}.nii.gz: the worker process died while building this case (worker {victim})"
+            ), reason
         assert len(report["built"]) + len(report["failed"]) == N_CASES
 
         rerun = subprocess.run([*args, "--json"], capture_output=True, text=True, env=base_env(), timeout=300)
         assert rerun.returncode == 0, rerun.stderr
-        assert sorted(json.loads(rerun.stdout)["built"]) == sorted(report["failed"])
+        # A failed case is rebuilt, unless the dead worker had written it completely before it died.
+        again = json.loads(rerun.stdout)
+        assert set(again["built"]) <= set(report["failed"])
+        assert len(again["built"]) + len(again["up_to_date"]) == N_CASES
 
     verify = subprocess.run(
         [*CLI, "verify", str(dataset), "--out", str(out)], capture_output=True, text=True, env=base_env()
