@@ -342,6 +342,12 @@ def eval_(
 # --- end of skelprep eval -----------------------------------------------------------------------
 
 
+# --- skelprep nnunet (issue #9): the group imports click only; nnunetv2 is imported when a command runs.
+from skelprep.nnunet.cli import nnunet as _nnunet  # noqa: E402
+
+cli.add_command(_nnunet)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="skelprep")
