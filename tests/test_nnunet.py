@@ -290,8 +290,8 @@ def test_regions_and_cascade_are_refused(built):
 
     folder = Path(os.environ["nnUNet_preprocessed"]) / OCTA
     regions = json.loads((folder / "dataset.json").read_text())
-    regions["labels"] = {"background": 0, "vessel": [1]}
-    regions["regions_class_order"] = [1]
+    regions["labels"] = {"background": 0, "vessel": [1, 2], "core": 2}
+    regions["regions_class_order"] = [1, 2]
     with pytest.raises(SkeletonRecallTrainerError, match="region-based training is not supported"):
         _trainer(OCTA, "3d_fullres", [32] * 3, dataset_json=regions)
     with pytest.raises(SkeletonRecallTrainerError, match="the cascade .* is not supported"):

@@ -158,3 +158,99 @@ def require_current(config: PreprocessedConfiguration) -> None:
             f"{config.sidecar}: {len(problems)} case(s) missing or stale (e.g. {case_id}: {reason}); "
             f"build them with: {command}"
         )
+
+
+def _root_meta(root, config: PreprocessedConfiguration, params: dict[str, Any]) -> None:
+    """Create or refresh the store's root attributes (refuse a folder that is some other zarr)."""
+    from skelprep.build import BuildError, _versions
+    from skelprep.store import ATTRS_KEY, FORMAT_VERSION
+
+    meta = root.attrs.get(ATTRS_KEY)
+    if meta is None:
+        if any(True for _ in root.members()):
+            raise BuildError(f"{config.sidecar}: exists and is not a skelprep store")
+        meta = {"format_version": FORMAT_VERSION, "created": _now(), "cases": []}
+    elif meta.get("format_version") != FORMAT_VERSION:
+        raise BuildError(f"{config.sidecar}: store format version {meta.get('format_version')}")
+    root.attrs.update(
+        {
+            ATTRS_KEY: {
+                **meta,
+                "params": params,
+                "versions": _versions(),
+                "dataset": str(config.dataset_folder),
+                "layout": LAYOUT,
+                "nnunet": {
+                    "configuration": config.configuration,
+                    "plans_identifier": config.plans_identifier,
+                    "data_identifier": config.data_identifier,
+                },
+            }
+        }
+    )
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_sidecar(
+    dataset: str | int,
+    configuration: str,
+    *,
+    plans_identifier: str = "nnUNetPlans",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    memory_limit: str | None = None,
+    force: bool = False,
+    progress: bool = False,
+):
+    """Build (or bring up to date) the sidecar of one preprocessed configuration; see the module docstring.
+
+    Returns
+    -------
+    skelprep.build.BuildReport
+
+    Raises
+    ------
+    NnUNetError
+        The dataset or configuration cannot be found as nnU-Net would find it.
+    BuildError
+        The store is locked by another build or unusable.
+    """
+    from skelprep.build import BuildReport, _store_lock
+    from skelprep.nnunet.preprocessed import locate
+
+    start = time.perf_counter()
+    config = locate(dataset, configuration, plans_identifier)
+    out = str(config.sidecar)
+    params = sidecar_params(config)
+    report = BuildReport(store=out)
+    with _store_lock(out):
+        root = open_root(out, mode="a")
+        _root_meta(root, config, params)
+        stale = stale_cases(config)
+        todo = []
+        for case_id in config.case_ids():
+            if case_id in stale or force:
+                seg_file = config.seg_file(case_id)
+                todo.append(
+                    SidecarCase(
+                        case_id,
+                        str(seg_file),
+                        seg_file.relative_to(config.dataset_folder).as_posix(),
+                        out,
+                        params,
+                        config.two_d,
+                        config.spacing,
+                    )
+                )
+            else:
+                report.outcomes.append(CaseOutcome(case_id, "up-to-date"))
+        report.outcomes.extend(build_sidecar_case(case) for case in todo)  # TODO runner
+        from skelprep.store import finalize_store
+
+        finalize_store(root, out)
+    report.outcomes.sort(key=lambda o: o.case_id)
+    report.seconds = time.perf_counter() - start
+    return report
