@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from skelprep.build import BuildParams, build, verify
+from skelprep.build import BuildParams, build
 from skelprep.evaluate import store_thin
-from skelprep.layout import DEFAULT_STORE_NAME, discover
+from skelprep.layout import discover
 from skelprep.metrics import evaluate_case, mean_metrics
-from skelprep.store import StoreError, open_store
+from skelprep.store import StoreError, default_store_path, open_store
 from skelprep.torch import CompoundLoss, DeepSupervisionLoss, SkeletonDataset
+from skelprep.verify import verify
 
 # --------------------------------------------------------------------------------------------
 # Model
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.device == "cuda" and not torch.cuda.is_available():
             sys.exit("train: error: --device cuda but no CUDA device is available")
         device = torch.device(args.device)
-    store = args.store or os.fspath(args.dataset / DEFAULT_STORE_NAME)
+    store = args.store or default_store_path(args.dataset)
     ensure_store(args.dataset, store, allow_build=not args.no_build)
 
     n_classes, ignore = class_count(args.dataset, store)

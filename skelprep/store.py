@@ -20,7 +20,6 @@ Reading needs nothing but zarr: ``zarr.open_group(out)["case_001/tube"][...]``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import math
 import os
@@ -34,8 +33,15 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from skelprep._util import utc_now
+
 __all__ = [
     "FORMAT_VERSION",
+    "DEFAULT_STORE_NAME",
+    "default_store_path",
+    "CaseState",
+    "case_state",
+    "open_for_writing",
     "ARRAY_NAMES",
     "StoreError",
     "CaseTargets",
@@ -43,6 +49,7 @@ __all__ = [
     "open_store",
     "open_root",
     "write_case",
+    "write_array",
     "delete_case",
     "finalize_store",
     "array_checksum",
@@ -53,6 +60,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "skelprep"
+DEFAULT_STORE_NAME = "skeletons.zarr"
 ARRAY_NAMES: tuple[str, ...] = ("tube", "thin")
 # 3D chunks of 128^3: tubes are sparse and compress ~100x, so decoding a chunk is cheap and
 # the per-chunk overhead of zarr dominates a patch read. Measured on a 256x512x512 vessel
@@ -65,6 +73,70 @@ _SHARD_CHUNKS = {2: (8, 8), 3: (2, 2, 2)}
 
 class StoreError(ValueError):
     """A store that is missing, unreadable, of another format, or lacks a case."""
+
+
+def default_store_path(dataset: str | os.PathLike) -> str:
+    """Where a dataset's store lives unless told otherwise: ``<dataset>/skeletons.zarr``.
+
+    >>> default_store_path("data/Dataset001_Roads")
+    'data/Dataset001_Roads/skeletons.zarr'
+    """
+    return os.fspath(os.path.join(os.fspath(dataset), DEFAULT_STORE_NAME))
+
+
+@dataclass(frozen=True)
+class CaseState:
+    """Whether a stored case is usable as it is (see :func:`case_state`).
+
+    ``state`` is one of ``ok``, ``missing``, ``incomplete``, ``stale`` (the source
+    changed) or ``params-changed``; ``reason`` says it in words.
+    """
+
+    state: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def case_state(
+    meta: Mapping[str, Any] | None,
+    *,
+    fingerprint: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> CaseState:
+    """The one rule for "is this stored case complete and current?".
+
+    Parameters
+    ----------
+    meta : mapping or None
+        The case's attributes (:meth:`SkeletonStore.case_attrs`); None when the
+        case is not in the store.
+    fingerprint : str, optional
+        The source's fingerprint now; not compared when None.
+    params : mapping, optional
+        The parameters the case should have been built with; not compared when None.
+
+    Examples
+    --------
+    >>> case_state(None).state
+    'missing'
+    >>> meta = {"complete": True, "fingerprint": "ab", "params": {"radius": 2}}
+    >>> case_state(meta, fingerprint="ab", params={"radius": 2}).ok
+    True
+    >>> case_state(meta, fingerprint="cd").state
+    'stale'
+    """
+    if meta is None:
+        return CaseState("missing", "not built")
+    if meta.get("complete") is not True:
+        return CaseState("incomplete", "its build did not finish")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        return CaseState("stale", "mask changed since it was built")
+    if params is not None and meta.get("params") != params:
+        return CaseState("params-changed", "built with other parameters")
+    return CaseState("ok")
 
 
 def label_counts(array: np.ndarray) -> dict[str, int]:
@@ -97,10 +169,38 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     """Open the store's root group without trusting consolidated metadata (it may be stale)."""
     try:
         return zarr.open_group(os.fspath(path), mode=mode, use_consolidated=False)
-    except FileNotFoundError:
-        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from None
+    except FileNotFoundError as exc:
+        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from exc
     except Exception as exc:  # zarr raises several types for "not a group"
-        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from None
+        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from exc
+
+
+def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
+    """Open (or create) a store for a build and record this build's root ``attrs``.
+
+    A new store gets ``format_version``, ``created`` and an empty case list; an
+    existing one must be a skelprep store of this format version.
+
+    Raises
+    ------
+    StoreError
+        The path holds something else, or a store of another format version.
+    """
+    root = open_root(path, mode="a")
+    meta = root.attrs.get(ATTRS_KEY)
+    if meta is None:
+        if any(True for _ in root.members()):
+            raise StoreError(
+                f"{os.fspath(path)}: exists and is not a skelprep store; choose another store path"
+            )
+        meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
+    elif meta.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{os.fspath(path)}: store format version {meta.get('format_version')}, "
+            f"this skelprep writes {FORMAT_VERSION}"
+        )
+    root.attrs.update({ATTRS_KEY: {**meta, **attrs}})
+    return root
 
 
 def delete_case(root: zarr.Group, case_id: str) -> None:
@@ -159,22 +259,33 @@ def write_case(
         complete=False,
     )
     group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
-    chunks, shards = chunk_shape(tube.shape)
     for name, data in (("tube", tube), ("thin", thin)):
-        data = np.ascontiguousarray(data, dtype=dtype)
-        array = group.create_array(
-            name,
-            shape=data.shape,
-            dtype=dtype,
-            chunks=chunks,
-            shards=shards,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
-            fill_value=0,
-        )
-        array[...] = data
-        meta["checksums"][name] = array_checksum(data)
+        meta["checksums"][name] = write_array(group, name, np.ascontiguousarray(data, dtype=dtype))
     meta["complete"] = True
     group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray, *, channels: bool = False) -> str:
+    """Write one array of a case with the store's chunking and codecs; return its checksum.
+
+    Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
+    the first axis is a channel axis (chunks of one channel). Zstandard with a
+    CRC-32C per chunk.
+    """
+    lead = (1,) if channels else ()
+    chunks, shards = chunk_shape(data.shape[len(lead) :])
+    chunks, shards = lead + chunks, lead + shards
+    array = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        fill_value=0,
+    )
+    array[...] = data
+    return array_checksum(data)
 
 
 def finalize_store(root: zarr.Group, path: str | os.PathLike) -> None:
@@ -182,15 +293,11 @@ def finalize_store(root: zarr.Group, path: str | os.PathLike) -> None:
     store = SkeletonStore(root, path)
     meta = dict(root.attrs.get(ATTRS_KEY, {}))
     meta["cases"] = store.case_ids
-    meta["updated"] = _now()
+    meta["updated"] = utc_now()
     root.attrs.update({ATTRS_KEY: meta})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
         zarr.consolidate_metadata(root.store)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -267,7 +374,7 @@ class SkeletonStore(Mapping[str, CaseTargets]):
                 if attempt == 2:
                     raise StoreError(
                         f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})"
-                    ) from None
+                    ) from exc
                 time.sleep(0.1)  # a build deleted a node while we listed it: list again
         for name, node in members:
             if not isinstance(node, zarr.Group):
@@ -324,9 +431,13 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
 
     Examples
     --------
-    >>> store = open_store("examples/vessels2d/skeletons.zarr")  # doctest: +SKIP
-    >>> case = store["Image_11L_1stHO"]                          # doctest: +SKIP
-    >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
+    >>> store = open_store("examples/road_cracks/skeletons.zarr")
+    >>> store.case_ids
+    ['crack_000', 'crack_001', 'crack_002']
+    >>> case = store["crack_000"]
+    >>> patch = case.tube[0:256, 0:256]
+    >>> patch.shape, patch.dtype
+    ((256, 256), dtype('uint8'))
     """
     return SkeletonStore(open_root(path, mode="r"), path)
 

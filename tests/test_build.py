@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from skelprep import open_store, skeleton_targets
-from skelprep.build import BuildError, BuildParams, _store_lock, build, verify
+from skelprep._lock import store_lock
+from skelprep.build import BuildError, BuildParams, build
 from skelprep.io import read_mask
 from skelprep.layout import discover
+from skelprep.verify import verify
 
-from .conftest import write_png
+from .helpers import write_png
 
 
 def _arrays(store_path):
@@ -116,7 +118,7 @@ def test_modes_and_ignore_label_from_dataset_json(tmp_path):
 
 def test_second_build_on_locked_store_refuses(octa_dataset):
     out = os.fspath(octa_dataset / "skeletons.zarr")
-    with _store_lock(out):
+    with store_lock(out):
         with pytest.raises(BuildError, match="another skelprep build"):
             build(octa_dataset, workers=1)
 

@@ -11,22 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-import zarr
 
-from skelprep import open_store, skeleton_targets
-from skelprep.store import StoreError, verify_case_data
-
-from .conftest import tubes_3d
-
-CLI = [sys.executable, "-m", "skelprep.cli"]
-N_CASES = 40
+from .helpers import CLI, N_CASES, check_store, make_dataset, start_build, wait_for_a_write
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="needs /proc to follow process groups"
@@ -56,28 +47,6 @@ def wait_gone(pgid: int, timeout: float = 10.0) -> list[int]:
     return alive
 
 
-def start_build(dataset: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        CLI + ["build", str(dataset), "--out", str(out), "--workers", "1", "--no-progress", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: the client and every Dask process
-    )
-
-
-def wait_for_a_write(proc: subprocess.Popen, out: Path, since_ns: int, timeout: float = 30.0) -> None:
-    """Wait until the build has written a case group (metadata newer than ``since_ns``)."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        for meta in out.glob("*/zarr.json"):
-            try:
-                if meta.stat().st_mtime_ns > since_ns:
-                    return
-            except FileNotFoundError:  # replaced or deleted while we looked
-                continue
-        time.sleep(0.01)
-
-
 def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -87,40 +56,9 @@ def kill_group(proc: subprocess.Popen) -> None:
     assert not wait_gone(proc.pid), "processes of the killed build survived"
 
 
-def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """40 small 3D cases and the core's targets for each."""
-    (root / "labels").mkdir(parents=True)
-    expected = {}
-    for i in range(N_CASES):
-        labels = tubes_3d(shape=(48, 48, 48), n=5, seed=i)
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "labels" / f"case_{i:03d}.nii.gz")
-        targets = skeleton_targets(labels)
-        expected[f"case_{i:03d}"] = (targets.tube, targets.thin)
-    return root, expected
-
-
 @pytest.fixture(scope="module")
 def crash_dataset(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
     return make_dataset(tmp_path_factory.mktemp("crash") / "ds")
-
-
-def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
-    """Assert the store's invariants after a kill; return (complete, incomplete) case counts."""
-    try:
-        store = open_store(out)
-    except StoreError:
-        # killed before the root group existed: then no case may exist either
-        assert not list(out.glob("*/zarr.json"))
-        return 0, 0
-    plain = zarr.open_group(str(out), mode="r")  # as a user would, consolidated metadata and all
-    for case_id in store.case_ids:
-        case = store[case_id]
-        assert verify_case_data(case) == [], case_id
-        tube, thin = expected[case_id]
-        np.testing.assert_array_equal(case.tube[...], tube)
-        np.testing.assert_array_equal(case.thin[...], thin)
-        np.testing.assert_array_equal(plain[f"{case_id}/tube"][...], tube)
-    return len(store.case_ids), len(store.incomplete_case_ids)
 
 
 def writing_time(dataset: Path, out: Path) -> float:

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from skelprep.io import file_sha256, read_image, read_mask
-from skelprep.layout import DEFAULT_STORE_NAME, Case, discover
-from skelprep.store import CaseTargets, SkeletonStore, StoreError, open_store
+from skelprep.layout import Case, discover
+from skelprep.store import CaseTargets, SkeletonStore, StoreError, case_state, default_store_path, open_store
 
 __all__ = ["SkeletonDataset", "normalize_image"]
 
@@ -123,11 +123,11 @@ class SkeletonDataset(Dataset):
     Examples
     --------
     >>> from torch.utils.data import DataLoader, RandomSampler
-    >>> ds = SkeletonDataset("examples/road_cracks", patch_size=256)        # doctest: +SKIP
+    >>> ds = SkeletonDataset("examples/road_cracks", patch_size=256)
     >>> loader = DataLoader(ds, batch_size=2, num_workers=2,
-    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))  # doctest: +SKIP
-    >>> batch = next(iter(loader))                                          # doctest: +SKIP
-    >>> batch["image"].shape, batch["tube"].shape                           # doctest: +SKIP
+    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))
+    >>> batch = next(iter(loader))
+    >>> batch["image"].shape, batch["tube"].shape
     (torch.Size([2, 3, 256, 256]), torch.Size([2, 1, 256, 256]))
     """
 
@@ -148,9 +148,7 @@ class SkeletonDataset(Dataset):
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"foreground_prob must lie in [0, 1], got {foreground_prob}")
         self.dataset = Path(dataset)
-        self.store_path = (
-            os.fspath(store) if store is not None else os.fspath(self.dataset / DEFAULT_STORE_NAME)
-        )
+        self.store_path = os.fspath(store) if store is not None else default_store_path(self.dataset)
         layout = discover(dataset, masks=masks, images=images)
         cases = {c.case_id: c for c in layout.cases}
         if case_ids is not None:
@@ -222,13 +220,11 @@ class SkeletonDataset(Dataset):
         attrs = {}
         for case in self.cases:
             meta = store.case_attrs(case.case_id)
-            if meta is None:
+            state = case_state(meta)
+            if not state.ok:
                 raise StoreError(
-                    f"{self.store_path}: case '{case.case_id}' is not built (run 'skelprep build')"
-                )
-            if meta.get("complete") is not True:
-                raise StoreError(
-                    f"{self.store_path}: case '{case.case_id}' is incomplete (its build did not finish; rerun 'skelprep build')"
+                    f"{self.store_path}: case '{case.case_id}' is {state.state} ({state.reason}; "
+                    "run 'skelprep build')"
                 )
             attrs[case.case_id] = meta
         return attrs
@@ -237,7 +233,7 @@ class SkeletonDataset(Dataset):
         store, _ = self._process()
         targets = store[case.case_id]
         if self.check_fingerprints and case.case_id not in self._verified:
-            if file_sha256(case.mask) != targets.attrs.get("fingerprint"):
+            if not case_state(targets.attrs, fingerprint=file_sha256(case.mask)).ok:
                 raise StoreError(
                     f"{self.store_path}: case '{case.case_id}' is stale ({case.mask} changed since its targets "
                     "were built; rerun 'skelprep build')"

@@ -1,0 +1,103 @@
+"""Check a store against its dataset: which cases are missing, stale, corrupt or orphaned.
+
+:func:`check_case` applies the store's one "is this case current" rule
+(:func:`skelprep.store.case_state`) to a dataset case; ``build`` plans with it,
+and :func:`verify` adds a read of the data against its checksums.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from skelprep.io import InputError, file_sha256
+from skelprep.layout import Case, discover
+from skelprep.store import (
+    SkeletonStore,
+    StoreError,
+    case_state,
+    default_store_path,
+    open_root,
+    verify_case_data,
+)
+
+__all__ = ["CaseCheck", "check_case", "verify"]
+
+
+@dataclass(frozen=True)
+class CaseCheck:
+    """State of one case of a dataset against its store (see :func:`verify`)."""
+
+    case_id: str
+    state: str  # ok, missing, incomplete, stale, params-changed, corrupt, orphan, failed-input
+    reason: str = ""
+
+
+def check_case(store: SkeletonStore, case: Case, params: dict[str, Any] | None) -> CaseCheck:
+    """Is the stored case up to date with its mask and these parameters?
+
+    The mask is hashed only when the stored case is complete (``failed-input``
+    when it cannot be read).
+    """
+    meta = store.case_attrs(case.case_id)
+    state = case_state(meta)
+    if state.ok:
+        try:
+            state = case_state(meta, fingerprint=file_sha256(case.mask), params=params)
+        except InputError as exc:
+            return CaseCheck(case.case_id, "failed-input", str(exc))
+    return CaseCheck(case.case_id, state.state, state.reason)
+
+
+def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None) -> CaseCheck:
+    """Read a current case's arrays against their checksums; ``corrupt`` if they fail.
+
+    A build running beside us may replace the case while we read it: then the
+    data fail because the case changed, and we report what is there now.
+    """
+    before = store.case_attrs(case.case_id)
+    try:
+        problems = verify_case_data(store[case.case_id])
+    except StoreError as exc:  # marked incomplete since it was checked
+        problems = [str(exc)]
+    except KeyError as exc:  # the group, or one of its arrays, is gone
+        problems = [f"{exc.args[0] if exc.args else 'an array'}: missing"]
+    if not problems:
+        return CaseCheck(case.case_id, "ok")
+    if store.case_attrs(case.case_id) != before:
+        return check_case(store, case, params)
+    return CaseCheck(case.case_id, "corrupt", "; ".join(problems))
+
+
+def verify(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    masks: str | None = None,
+    images: str | None = None,
+    check_data: bool = True,
+) -> list[CaseCheck]:
+    """Check a store against its dataset.
+
+    Reports, per case: ``missing``, ``incomplete``, ``stale`` (mask changed),
+    ``params-changed``, ``corrupt`` (chunk bytes altered or removed; needs
+    ``check_data``), ``failed-input`` (a discovery problem), ``orphan`` (stored,
+    but its mask is gone) or ``ok``. Parameters are compared with those of the
+    store's last build.
+    """
+    layout = discover(dataset, masks=masks, images=images)
+    out = os.fspath(out) if out is not None else default_store_path(dataset)
+    store = SkeletonStore(open_root(out, mode="r"), out)
+    params = store.attrs.get("params")
+    checks = [CaseCheck(p.case_id, "failed-input", str(p)) for p in layout.problems]
+    for case in layout.cases:
+        check = check_case(store, case, params)
+        if check.state == "ok" and check_data:
+            check = _check_data(store, case, params)
+        checks.append(check)
+    known = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
+    for case_id in sorted(set(store.case_ids) | set(store.incomplete_case_ids)):
+        if case_id not in known:
+            checks.append(CaseCheck(case_id, "orphan", "stored, but its mask is no longer in the dataset"))
+    return sorted(checks, key=lambda c: c.case_id)
