@@ -2,32 +2,52 @@
 
 Store: ``$nnUNet_preprocessed/DatasetXXX/skelprep/<data_identifier>/``, a skelprep store (format 1) whose
 cases are nnU-Net's case identifiers, each with ``tube`` and ``thin`` of the preprocessed seg's spatial
-shape and voxel order. A case is current when it is complete, its ``fingerprint`` is the SHA-256 of the
-preprocessed seg file (``<id>_seg.b2nd``, or ``<id>.npz`` for the numpy format) and its parameters match;
-re-running nnU-Net's preprocessing changes the file, so the case becomes stale and is rebuilt.
+shape and voxel order (2D configurations: chunked one slice at a time). A case is current when the store's
+rule (:func:`skelprep.store.case_state`) says so against the SHA-256 of the preprocessed seg file
+(``<id>_seg.b2nd``, or ``<id>.npz`` for nnU-Net's numpy format) and the parameters; re-running nnU-Net's
+preprocessing rewrites the file, so the case becomes stale and the next build redoes it.
+
+The build is ``skelprep build``'s machinery: the store's lock and clean-up of killed writes
+(:mod:`skelprep._lock`), one task per case in process or on Dask (:mod:`skelprep.runner`), the crash-safe
+case write with CRC-32C chunks and checksums (:func:`skelprep.store.write_case`), and per-case one-line
+failures.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import functools
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
 
-from skelprep.build import BuildParams, CaseOutcome
+from skelprep._lock import remove_partial_files, store_lock
+from skelprep._util import utc_now
+from skelprep.build import BuildParams, BuildReport, _versions
 from skelprep.io import InputError, file_sha256
-from skelprep.nnunet.preprocessed import PreprocessedConfiguration, read_seg
+from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
-from skelprep.store import SkeletonStore, StoreError, label_counts, open_root, write_case
+from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
+from skelprep.store import (
+    CaseState,
+    SkeletonStore,
+    StoreError,
+    case_state,
+    delete_case,
+    finalize_store,
+    label_counts,
+    open_for_writing,
+    open_root,
+    write_case,
+)
 
 __all__ = [
     "SidecarCase",
+    "SidecarError",
     "sidecar_params",
+    "build_sidecar",
     "build_sidecar_case",
     "stale_cases",
     "require_current",
-    "SidecarError",
 ]
 
 LAYOUT = "nnunet-preprocessed"
@@ -37,73 +57,68 @@ class SidecarError(RuntimeError):
     """The sidecar is missing or not current; the message names the command that builds it."""
 
 
-def sidecar_params(config: PreprocessedConfiguration) -> dict[str, Any]:
+def sidecar_params(config: PreprocessedConfiguration) -> BuildParams:
     """The target parameters of a configuration's sidecar (recorded per case; a change makes cases stale)."""
-    params = BuildParams(
+    return BuildParams(
         radius=2, mode="joint", ignore_label=config.ignore_label, slice_axis=0 if config.two_d else None
     )
-    return params.as_dict()
 
 
 @dataclass(frozen=True)
 class SidecarCase:
-    """One case to build (picklable: sent to a Dask worker)."""
+    """One case to build, as sent to a worker."""
 
     case_id: str
     seg_file: str
-    source: str  # seg file relative to the dataset folder, recorded in the case
-    store: str
-    params: dict[str, Any]
+    source: str  # the seg file relative to the dataset folder, as recorded in the case
     two_d: bool
-    spacing: tuple[float, ...]
+    spacing: (
+        tuple[float, ...] | None
+    )  # None for 2D configurations (their plans know the in-plane spacing only)
 
 
-def _attrs(
-    case: SidecarCase, fingerprint: str, labels_counts: dict[str, int], fallback: int
-) -> dict[str, Any]:
-    return {
-        "source": case.source,
-        "fingerprint": fingerprint,
-        "params": case.params,
-        "axes": "nnU-Net preprocessed (seg channel dropped)",
-        # a 2D configuration's plans know the in-plane spacing only
-        "spacing": None if case.two_d else [float(s) for s in case.spacing],
-        "affine": None,
-        "label_remap": {},
-        "mask_label_counts": labels_counts,
-        "fallback_components": fallback,
-        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def build_sidecar_case(case: SidecarCase) -> CaseOutcome:
+def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> CaseOutcome:
     """Read, compute and write one case; never raises (a failure is an outcome with a one-line reason)."""
     start = time.perf_counter()
+
+    def failed(reason: str, detail: str = "") -> CaseOutcome:
+        return CaseOutcome(case.case_id, "failed", reason, time.perf_counter() - start, detail=detail)
+
     try:
         fingerprint = file_sha256(case.seg_file)
         seg = read_seg(case.seg_file)
         targets = preprocessed_targets(
-            seg, two_d=case.two_d, ignore_label=case.params["ignore_label"], radius=case.params["radius"]
+            seg, two_d=case.two_d, ignore_label=params.ignore_label, radius=params.radius
         )
-        attrs = _attrs(case, fingerprint, label_counts(seg[0].clip(min=0)), targets.fallback_components)
+        attrs = {
+            "source": case.source,
+            "fingerprint": fingerprint,
+            "params": params.as_dict(),
+            "axes": "nnU-Net preprocessed order (the seg's channel axis dropped)",
+            "spacing": None if case.spacing is None else list(case.spacing),
+            "affine": None,
+            "label_remap": {},
+            "mask_label_counts": label_counts(seg[0].clip(min=0)),
+            "fallback_components": targets.fallback_components,
+            "built": utc_now(),
+        }
         write_case(
-            open_root(case.store, mode="a"), case.case_id, tube=targets.tube, thin=targets.thin, attrs=attrs
+            open_root(out, mode="a"),
+            case.case_id,
+            tube=targets.tube,
+            thin=targets.thin,
+            attrs=attrs,
+            slice_chunks=case.two_d,
         )
     except InputError as exc:
-        return CaseOutcome(case.case_id, "failed", str(exc), time.perf_counter() - start)
-    except (ValueError, OSError, MemoryError) as exc:
-        why = "out of memory" if isinstance(exc, MemoryError) else str(exc).strip().splitlines()[0]
-        return CaseOutcome(
-            case.case_id, "failed", str(InputError(case.seg_file, why)), time.perf_counter() - start
-        )
+        return failed(str(exc))
+    except (ValueError, OSError) as exc:
+        return failed(failure_line(case.seg_file, exc))
+    except MemoryError:
+        return failed(failure_line(case.seg_file, "out of memory"))
     except Exception as exc:
-        why = f"unexpected {type(exc).__name__}: {exc}".strip().splitlines()[0]
-        return CaseOutcome(
-            case.case_id,
-            "failed",
-            str(InputError(case.seg_file, why)),
-            time.perf_counter() - start,
-            detail=traceback.format_exc(),
+        return failed(
+            failure_line(case.seg_file, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc()
         )
     return CaseOutcome(
         case.case_id,
@@ -113,34 +128,33 @@ def build_sidecar_case(case: SidecarCase) -> CaseOutcome:
     )
 
 
-def stale_cases(config: PreprocessedConfiguration) -> dict[str, str]:
-    """Cases of the configuration whose sidecar entry is not current: ``{case_id: reason}`` (empty if all are).
+def _state(store: SkeletonStore, config: PreprocessedConfiguration, case_id: str, params: dict) -> CaseState:
+    """The store's currency rule for one case, against its preprocessed seg file now."""
+    meta = store.case_attrs(case_id)
+    state = case_state(meta)
+    if not state.ok:
+        return state
+    try:
+        state = case_state(meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params)
+    except InputError as exc:
+        return CaseState("failed-input", str(exc))
+    if state.state == "stale":
+        return CaseState("stale", "preprocessed segmentation changed since it was built")
+    return state
+
+
+def stale_cases(config: PreprocessedConfiguration) -> dict[str, CaseState]:
+    """The configuration's cases whose sidecar entry is not current (empty if all are).
 
     Raises
     ------
     StoreError
-        No sidecar store at all.
+        There is no sidecar store.
     """
     store = SkeletonStore(open_root(config.sidecar, mode="r"), config.sidecar)
-    params = sidecar_params(config)
-    problems = {}
-    for case_id in config.case_ids():
-        meta = store.case_attrs(case_id)
-        if meta is None:
-            problems[case_id] = "not built"
-        elif meta.get("complete") is not True:
-            problems[case_id] = "its build did not finish"
-        else:
-            try:
-                fingerprint = file_sha256(config.seg_file(case_id))
-            except InputError as exc:
-                problems[case_id] = str(exc)
-                continue
-            if meta.get("fingerprint") != fingerprint:
-                problems[case_id] = "preprocessed segmentation changed since it was built"
-            elif meta.get("params") != params:
-                problems[case_id] = "built with other parameters"
-    return problems
+    params = sidecar_params(config).as_dict()
+    states = {case_id: _state(store, config, case_id, params) for case_id in config.case_ids()}
+    return {case_id: state for case_id, state in states.items() if not state.ok}
 
 
 def require_current(config: PreprocessedConfiguration) -> None:
@@ -153,103 +167,105 @@ def require_current(config: PreprocessedConfiguration) -> None:
             f"{config.sidecar}: no Skeleton Recall targets; build them with: {command}"
         ) from None
     if problems:
-        case_id, reason = next(iter(problems.items()))
+        case_id, state = next(iter(problems.items()))
         raise SidecarError(
-            f"{config.sidecar}: {len(problems)} case(s) missing or stale (e.g. {case_id}: {reason}); "
+            f"{config.sidecar}: {len(problems)} case(s) not current (e.g. {case_id}: {state.reason}); "
             f"build them with: {command}"
         )
-
-
-def _root_meta(root, config: PreprocessedConfiguration, params: dict[str, Any]) -> None:
-    """Create or refresh the store's root attributes (refuse a folder that is some other zarr)."""
-    from skelprep.build import BuildError, _versions
-    from skelprep.store import ATTRS_KEY, FORMAT_VERSION
-
-    meta = root.attrs.get(ATTRS_KEY)
-    if meta is None:
-        if any(True for _ in root.members()):
-            raise BuildError(f"{config.sidecar}: exists and is not a skelprep store")
-        meta = {"format_version": FORMAT_VERSION, "created": _now(), "cases": []}
-    elif meta.get("format_version") != FORMAT_VERSION:
-        raise BuildError(f"{config.sidecar}: store format version {meta.get('format_version')}")
-    root.attrs.update(
-        {
-            ATTRS_KEY: {
-                **meta,
-                "params": params,
-                "versions": _versions(),
-                "dataset": str(config.dataset_folder),
-                "layout": LAYOUT,
-                "nnunet": {
-                    "configuration": config.configuration,
-                    "plans_identifier": config.plans_identifier,
-                    "data_identifier": config.data_identifier,
-                },
-            }
-        }
-    )
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def build_sidecar(
     dataset: str | int,
     configuration: str,
     *,
-    plans_identifier: str = "nnUNetPlans",
+    plans_identifier: str = DEFAULT_PLANS,
     workers: int | None = None,
     scheduler: str | None = None,
     memory_limit: str | None = None,
     force: bool = False,
     progress: bool = False,
-):
-    """Build (or bring up to date) the sidecar of one preprocessed configuration; see the module docstring.
+) -> BuildReport:
+    """Build (or bring up to date) the sidecar of one preprocessed configuration.
 
-    Returns
-    -------
-    skelprep.build.BuildReport
+    Parameters
+    ----------
+    dataset : str or int
+        nnU-Net dataset id or name, resolved as ``nnUNetv2_train`` resolves it.
+    configuration : str
+        A preprocessed configuration of the plans (``2d``, ``3d_fullres``, ...).
+    plans_identifier : str
+        The plans' name.
+    workers, scheduler, memory_limit, progress
+        As for :func:`skelprep.build.build`.
+    force : bool
+        Rebuild every case, even current ones.
 
     Raises
     ------
     NnUNetError
         The dataset or configuration cannot be found as nnU-Net would find it.
     BuildError
-        The store is locked by another build or unusable.
+        The store is locked by another build or unusable, or an option is invalid.
     """
-    from skelprep.build import BuildReport, _store_lock
-    from skelprep.nnunet.preprocessed import locate
-
     start = time.perf_counter()
+    check_memory_limit(memory_limit, scheduler)
     config = locate(dataset, configuration, plans_identifier)
     out = str(config.sidecar)
     params = sidecar_params(config)
     report = BuildReport(store=out)
-    with _store_lock(out):
-        root = open_root(out, mode="a")
-        _root_meta(root, config, params)
-        stale = stale_cases(config)
-        todo = []
+    with store_lock(out):
+        remove_partial_files(out)
+        try:
+            root = open_for_writing(
+                out,
+                {
+                    "params": params.as_dict(),
+                    "versions": _versions(),
+                    "dataset": str(config.dataset_folder),
+                    "layout": LAYOUT,
+                    "nnunet": {
+                        "configuration": config.configuration,
+                        "plans_identifier": config.plans_identifier,
+                        "data_identifier": config.data_identifier,
+                    },
+                },
+            )
+        except StoreError as exc:
+            raise BuildError(str(exc)) from exc
+        store = SkeletonStore(root, out)
+        jobs = []
         for case_id in config.case_ids():
-            if case_id in stale or force:
+            state = _state(store, config, case_id, params.as_dict())
+            if state.ok and not force:
+                report.outcomes.append(CaseOutcome(case_id, "up-to-date"))
+            elif state.state == "failed-input":
+                report.outcomes.append(CaseOutcome(case_id, "failed", state.reason))
+            else:
                 seg_file = config.seg_file(case_id)
-                todo.append(
+                source = seg_file.relative_to(config.dataset_folder).as_posix()
+                jobs.append(
                     SidecarCase(
-                        case_id,
-                        str(seg_file),
-                        seg_file.relative_to(config.dataset_folder).as_posix(),
-                        out,
-                        params,
-                        config.two_d,
-                        config.spacing,
+                        case_id, str(seg_file), source, config.two_d, None if config.two_d else config.spacing
                     )
                 )
-            else:
-                report.outcomes.append(CaseOutcome(case_id, "up-to-date"))
-        report.outcomes.extend(build_sidecar_case(case) for case in todo)  # TODO runner
-        from skelprep.store import finalize_store
-
+        if jobs:
+            report.outcomes.extend(
+                run_cases(
+                    functools.partial(build_sidecar_case, out=out, params=params),
+                    jobs,
+                    case_id=lambda job: job.case_id,
+                    source=lambda job: job.seg_file,
+                    workers=workers,
+                    scheduler=scheduler,
+                    memory_limit=memory_limit,
+                    progress=progress,
+                )
+            )
+        # nnU-Net's folder is the whole truth: cases it no longer has (preprocessing re-run) go too
+        known = set(config.case_ids())
+        for case_id in sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - known):
+            delete_case(root, case_id)
+            report.pruned.append(case_id)
         finalize_store(root, out)
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
