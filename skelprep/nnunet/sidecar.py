@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import time
-import traceback
 from dataclasses import dataclass
 
 from skelprep._lock import remove_partial_files, store_lock
@@ -26,7 +25,7 @@ from skelprep.build import BuildParams, BuildReport, _versions
 from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
-from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
+from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
 from skelprep.store import (
     CaseState,
     SkeletonStore,
@@ -79,12 +78,8 @@ class SidecarCase:
 
 def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> CaseOutcome:
     """Read, compute and write one case; never raises (a failure is an outcome with a one-line reason)."""
-    start = time.perf_counter()
 
-    def failed(reason: str, detail: str = "") -> CaseOutcome:
-        return CaseOutcome(case.case_id, "failed", reason, time.perf_counter() - start, detail=detail)
-
-    try:
+    def work() -> CaseOutcome:
         fingerprint = file_sha256(case.seg_file)
         seg = read_seg(case.seg_file)
         targets = preprocessed_targets(
@@ -110,22 +105,9 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
             attrs=attrs,
             slice_chunks=case.two_d,
         )
-    except InputError as exc:
-        return failed(str(exc))
-    except (ValueError, OSError) as exc:
-        return failed(failure_line(case.seg_file, exc))
-    except MemoryError:
-        return failed(failure_line(case.seg_file, "out of memory"))
-    except Exception as exc:
-        return failed(
-            failure_line(case.seg_file, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc()
-        )
-    return CaseOutcome(
-        case.case_id,
-        "built",
-        seconds=time.perf_counter() - start,
-        fallback_components=targets.fallback_components,
-    )
+        return CaseOutcome(case.case_id, "built", fallback_components=targets.fallback_components)
+
+    return guarded(case.case_id, case.seg_file, work)
 
 
 def _state(store: SkeletonStore, config: PreprocessedConfiguration, case_id: str, params: dict) -> CaseState:
