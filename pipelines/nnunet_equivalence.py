@@ -298,16 +298,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _markdown(summary: dict) -> str:
     lines = [
-        "| dataset (config) | augmentation | tube Dice | IoU | recall of official | same class "
-        "| official vs itself mirrored (Dice) |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset (config) | augmentation | tube Dice | IoU | recall of official | median per-patch recall "
+        "| same class | official vs itself mirrored (Dice) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in summary.values():
         for variant in ("crop + mirror only", "full nnU-Net augmentation"):
             m = entry[variant]
             lines.append(
                 f"| {entry['dataset']} ({entry['configuration']}) | {variant} | {m['dice']:.3f} | {m['iou']:.3f} "
-                f"| {m['recall_of_official']:.3f} | {m['same_class_on_common_voxels']:.3f} "
+                f"| {m['recall_of_official']:.3f} | {m['median_patch_recall']:.3f} "
+                f"| {m['same_class_on_common_voxels']:.3f} "
                 f"| {m['official_vs_itself_mirrored_dice']:.3f} |"
             )
     lines += [

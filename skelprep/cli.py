@@ -155,6 +155,11 @@ def build(
         progress=not no_progress and not as_json,
         repair=repair,
     )
+    exit_with_report(ctx, report, as_json)
+
+
+def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
+    """Print a build report (summary on stdout, one line per failed case on stderr) and exit 0 or 1."""
     if as_json:
         _echo_json(report.as_dict())
     else:

@@ -159,6 +159,10 @@ def test_build_is_incremental_and_errors_are_one_line(built, tmp_path, monkeypat
         _run("nnunet", "build", CRACKS, "-c", "2d", "--force", "--workers", "2", "--json").stdout
     )
     assert len(summary["built"]) == 3
+    for path in config.case_folder.glob("crack_000*"):  # nnU-Net no longer has this case
+        path.unlink()
+    summary = json.loads(_run("nnunet", "build", CRACKS, "-c", "2d", "--json").stdout)
+    assert summary["pruned"] == ["crack_000"] and summary["up_to_date"] == ["crack_001", "crack_002"]
 
     config.seg_file("crack_002").write_bytes(b"not blosc2")
     result = _run("nnunet", "build", CRACKS, "-c", "2d", "--no-progress")

@@ -6,7 +6,6 @@ command imports nnunetv2 when it runs (one line naming ``pip install skelprep[nn
 
 from __future__ import annotations
 
-import json
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -118,21 +117,9 @@ def build(
         )
     except NnUNetError as exc:
         _fail(str(exc))
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
-    else:
-        click.echo(
-            f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
-            f" in {report.seconds:.1f} s -> {report.store}"
-        )
-        fallback = sum(o.fallback_components for o in report.built)
-        if fallback:
-            click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
-        for outcome in report.failed:
-            click.echo(f"failed: {outcome.reason}", err=True)
-            if ctx.meta.get("skelprep.debug") and outcome.detail:
-                click.echo(outcome.detail, err=True)
-    sys.exit(0 if report.ok else 1)
+    from skelprep.cli import exit_with_report
+
+    exit_with_report(ctx, report, as_json)
 
 
 @nnunet.command("trainer-dir")
