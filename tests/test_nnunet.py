@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -395,3 +396,38 @@ def test_loss_splits_the_tube_and_masks_the_ignore_label():
     assert torch.allclose(masked(logits, target), expected)
     with pytest.raises(ValueError, match="no tube channel"):
         loss(logits, seg)
+
+
+@pytest.mark.slow
+def test_numpy_format_preprocessing_is_read_too(built, tmp_path, monkeypatch):
+    """Folders preprocessed by nnU-Net < 2.6 (``<id>.npz`` + ``.pkl``, still read by 2.8) get the same targets."""
+    import blosc2
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetNumpy
+
+    from skelprep.nnunet.preprocessed import locate
+    from skelprep.nnunet.sidecar import build_sidecar, require_current
+    from skelprep.store import open_store
+
+    src = built["preprocessed"] / OCTA
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(src, pre / OCTA, ignore=shutil.ignore_patterns("nnUNetPlans_*", "skelprep"))
+    folder = pre / OCTA / "nnUNetPlans_3d_fullres"
+    folder.mkdir()
+    for seg_file in sorted((src / "nnUNetPlans_3d_fullres").glob("*_seg.b2nd")):
+        case_id = seg_file.name.removesuffix("_seg.b2nd")
+        data = blosc2.open(str(seg_file.with_name(f"{case_id}.b2nd")), mode="r")[:]
+        properties = pickle.loads(seg_file.with_name(f"{case_id}.pkl").read_bytes())
+        nnUNetDatasetNumpy.save_case(
+            data, blosc2.open(str(seg_file), mode="r")[:], properties, str(folder / case_id)
+        )
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    report = build_sidecar(OCTA, "3d_fullres", workers=1)
+    assert report.ok and len(report.built) == 4
+    ours, reference = (
+        open_store(pre / OCTA / "skelprep" / "nnUNetPlans_3d_fullres"),
+        open_store(src / "skelprep" / "nnUNetPlans_3d_fullres"),
+    )
+    for case_id in reference:
+        assert np.array_equal(ours[case_id].tube[...], reference[case_id].tube[...])
+        assert ours[case_id].attrs["source"] == f"nnUNetPlans_3d_fullres/{case_id}.npz"
+    require_current(locate(OCTA, "3d_fullres"))
