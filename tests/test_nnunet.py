@@ -180,6 +180,12 @@ def test_build_is_incremental_and_errors_are_one_line(built, tmp_path, monkeypat
         assert result.exit_code == 1, result.output
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("skelprep: error: ") and expected in line
+    shutil.rmtree(config.case_folder)  # planned, but its preprocessing is gone
+    result = _run("nnunet", "build", CRACKS, "-c", "2d", "--no-progress")
+    assert (
+        result.exit_code == 1
+        and "configuration '2d' is not preprocessed; run nnUNetv2_preprocess -d 991 -c 2d" in result.stderr
+    )
     monkeypatch.delenv("nnUNet_preprocessed")
     result = _run("nnunet", "build", CRACKS, "-c", "2d")
     assert result.exit_code == 1 and "nnUNet_preprocessed is not set" in result.stderr
