@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import InputError, Volume, file_sha256, image_shape, local_file, read_mask
 from skelprep.layout import Case, DatasetLayout, discover
-from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
+from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
 from skelprep.skeleton import MODES, skeleton_targets
 from skelprep.store import (
     SkeletonStore,
@@ -194,14 +193,10 @@ def build_case(
     if options is not None:
         set_storage_options(options)
     case = job.case
-    start = time.perf_counter()
 
-    def failed(reason: str, detail: str = "") -> CaseOutcome:
-        return CaseOutcome(case.case_id, "failed", reason, time.perf_counter() - start, detail=detail)
-
-    try:
+    def work() -> CaseOutcome:
         if job.repair and _stored_case_intact(out, case.case_id):
-            return CaseOutcome(case.case_id, "up-to-date", seconds=time.perf_counter() - start)
+            return CaseOutcome(case.case_id, "up-to-date")
         with local_file(case.mask) as mask:  # a URL's mask is downloaded once, hashed and read
             fingerprint = file_sha256(mask)
             vol = read_mask(mask)
@@ -215,22 +210,9 @@ def build_case(
         )
         attrs = _case_attrs(job, fingerprint, params, vol, targets.fallback_components)
         write_case(open_root(out, mode="a"), case.case_id, tube=targets.tube, thin=targets.thin, attrs=attrs)
-    except InputError as exc:
-        return failed(str(exc))
-    except (ValueError, OSError) as exc:
-        return failed(failure_line(case.mask, exc))
-    except MemoryError:
-        return failed(failure_line(case.mask, "out of memory"))
-    except Exception as exc:
-        return failed(
-            failure_line(case.mask, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc()
-        )
-    return CaseOutcome(
-        case.case_id,
-        "built",
-        seconds=time.perf_counter() - start,
-        fallback_components=targets.fallback_components,
-    )
+        return CaseOutcome(case.case_id, "built", fallback_components=targets.fallback_components)
+
+    return guarded(case.case_id, case.mask, work)
 
 
 def _source(case: Case, layout: DatasetLayout) -> str:

@@ -187,6 +187,11 @@ def build(
         progress=not no_progress and not as_json,
         repair=repair,
     )
+    exit_with_report(ctx, report, as_json)
+
+
+def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
+    """Print a build report (summary on stdout, one line per failed case on stderr) and exit 0 or 1."""
     if as_json:
         _echo_json(report.as_dict())
     else:
@@ -435,6 +440,12 @@ def eval_(
 
 
 # --- end of skelprep eval -----------------------------------------------------------------------
+
+
+# --- skelprep nnunet (issue #9): the group imports click only; nnunetv2 is imported when a command runs.
+from skelprep.nnunet.cli import nnunet as _nnunet  # noqa: E402
+
+cli.add_command(_nnunet)
 
 
 def main() -> None:

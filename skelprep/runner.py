@@ -11,9 +11,12 @@ Contract: ``task`` never raises for a problem with its item; it returns a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,7 +24,15 @@ from typing import Any, TypeVar
 from skelprep._util import first_line
 from skelprep.io import InputError
 
-__all__ = ["BuildError", "CaseOutcome", "run_cases", "runs_in_process", "check_memory_limit", "failure_line"]
+__all__ = [
+    "BuildError",
+    "CaseOutcome",
+    "run_cases",
+    "runs_in_process",
+    "check_memory_limit",
+    "failure_line",
+    "guarded",
+]
 
 T = TypeVar("T")
 
@@ -45,6 +56,31 @@ class CaseOutcome:
 def failure_line(path: str | os.PathLike, what: object) -> str:
     """``"<path>: <first line of what>"`` with control characters escaped: one line per failure."""
     return str(InputError(path, first_line(what)))
+
+
+def guarded(case_id: str, source: str | os.PathLike, work: Callable[[], CaseOutcome]) -> CaseOutcome:
+    """Run one case's ``work`` and time it; any exception becomes a failed outcome with one line.
+
+    The line is the :class:`~skelprep.io.InputError` itself, or ``"<source>: <first line>"``
+    for other errors; an unexpected exception type also keeps its traceback in ``detail``
+    (shown with ``--debug``). This is what makes a task honour :func:`run_cases`' contract.
+    """
+    start = time.perf_counter()
+
+    def failed(reason: str, detail: str = "") -> CaseOutcome:
+        return CaseOutcome(case_id, "failed", reason, time.perf_counter() - start, detail=detail)
+
+    try:
+        outcome = work()
+    except InputError as exc:
+        return failed(str(exc))
+    except (ValueError, OSError) as exc:
+        return failed(failure_line(source, exc))
+    except MemoryError:
+        return failed(failure_line(source, "out of memory"))
+    except Exception as exc:
+        return failed(failure_line(source, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc())
+    return dataclasses.replace(outcome, seconds=time.perf_counter() - start)
 
 
 # A case whose worker dies twice (memory limit, crash) fails alone instead of being retried
