@@ -25,6 +25,10 @@ collect_ignore = [
         "skelprep/torch": "torch",
         "skelprep/monai.py": "monai",
         "skelprep/torchio.py": "torchio",
+        "skelprep/nnunet/loss.py": "torch",
+        "skelprep/nnunet/transforms.py": "batchgeneratorsv2",
+        "skelprep/nnunet/trainer.py": "nnunetv2",
+        "skelprep/nnunet/trainers": "nnunetv2",
     }.items()
     if importlib.util.find_spec(package) is None
 ]

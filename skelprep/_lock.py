@@ -3,7 +3,9 @@
 The lock is ``<store>.lock`` beside the store (inside it, zarr would warn about a
 file that is no part of the hierarchy), held with ``flock`` for the whole build:
 the kernel releases it when the process dies, so a killed build never leaves a
-stale lock. Remote stores (URLs) are not locked here.
+stale lock. An S3 store gets a lease object instead (:mod:`skelprep._lease`:
+conditional puts, renewed while the build runs). Other remote stores (``gs://``,
+...) are not locked: one builder per store is then the user's job.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from skelprep._lease import Lease, LeaseError, lease_holder, supports_lease
 from skelprep.runner import BuildError
 
 __all__ = ["is_local", "store_lock", "store_is_busy", "remove_partial_files"]
@@ -32,8 +35,11 @@ def _lock_path(path: str) -> Path:
 
 
 @contextlib.contextmanager
-def store_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive lock on a local store; a second build on it refuses at once.
+def store_lock(path: str) -> Iterator[Lease | None]:
+    """Hold an exclusive lock on a store; a second build on it refuses at once.
+
+    Yields the :class:`skelprep._lease.Lease` of an S3 store (check its ``lost``
+    before finishing the build), None otherwise.
 
     Raises
     ------
@@ -41,7 +47,18 @@ def store_lock(path: str) -> Iterator[None]:
         Another build holds the lock, or the lock file cannot be written.
     """
     if not is_local(path):
-        yield  # remote stores: no portable lock; one builder per store is the user's job
+        if not supports_lease(path):
+            yield None  # gs://, ...: no lease; one builder per store is the user's job
+            return
+        try:
+            lease = Lease(path)
+            lease.acquire()
+        except LeaseError as exc:
+            raise BuildError(str(exc)) from exc
+        try:
+            yield lease
+        finally:
+            lease.release()
         return
     folder, lock = Path(path.removeprefix("file://")), _lock_path(path)
     try:
@@ -64,16 +81,16 @@ def store_lock(path: str) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        yield
+        yield None
     finally:
         handle.close()  # closing releases the lock, also when the process is killed
 
 
 def store_is_busy(path: str | os.PathLike) -> bool:
-    """Whether a build holds the lock of a local store right now (False for remote stores)."""
+    """Whether a build holds the lock of a store right now (S3: a live lease; other URLs: False)."""
     path = os.fspath(path)
     if not is_local(path):
-        return False
+        return supports_lease(path) and lease_holder(path) is not None
     try:
         handle = open(_lock_path(path))  # never creates it
     except OSError:

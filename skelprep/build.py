@@ -14,18 +14,18 @@ from __future__ import annotations
 import functools
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from skelprep import __version__
+from skelprep._fs import RemotePath, set_storage_options, storage_options
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
-from skelprep.io import InputError, Volume, image_shape, read_bytes, read_mask
+from skelprep.io import InputError, Volume, image_shape, local_file, read_bytes, read_mask
 from skelprep.layout import Case, DatasetLayout, discover
-from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, run_cases
+from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
 from skelprep.store import (
     SkeletonStore,
     StoreError,
@@ -194,25 +194,28 @@ def _writable_root(out: str):
     return open_root(out, mode="a")
 
 
-def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
+def build_case(
+    job: CaseJob, *, out: str, params: BuildParams, options: dict[str, Any] | None = None
+) -> CaseOutcome:
     """Compute and write one case; never raises (a failure is an outcome).
 
     Runs in a Dask worker: it opens the store itself, so only the job and this
     outcome are sent over the wire. With ``job.repair``, a stored case whose
     data pass their checksums is left alone (outcome ``up-to-date``) and only a
-    damaged one is rebuilt.
+    damaged one is rebuilt. ``options`` are the client's storage options
+    (:mod:`skelprep._fs`), set in the worker before any URL is opened.
     """
+    if options is not None:
+        set_storage_options(options)
     case = job.case
-    start = time.perf_counter()
 
-    def failed(reason: str, detail: str = "") -> CaseOutcome:
-        return CaseOutcome(case.case_id, "failed", reason, time.perf_counter() - start, detail=detail)
-
-    try:
+    def work() -> CaseOutcome:
         if job.repair and _stored_case_intact(out, case.case_id):
-            return CaseOutcome(case.case_id, "up-to-date", seconds=time.perf_counter() - start)
-        raw, fingerprint = read_bytes(case.mask)  # one read for the fingerprint and the decode
-        vol = read_mask(case.mask, raw=raw)
+            return CaseOutcome(case.case_id, "up-to-date")
+        start = time.perf_counter()
+        with local_file(case.mask) as mask:  # a URL's mask is downloaded once, hashed and read
+            raw, fingerprint = read_bytes(mask)  # one read for the fingerprint and the decode
+            vol = read_mask(mask, raw=raw)
         del raw
         _check_images(case, vol.array.shape)
         read_at = time.perf_counter()
@@ -231,24 +234,15 @@ def build_case(job: CaseJob, *, out: str, params: BuildParams) -> CaseOutcome:
         phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
         written = write_case(root, case.case_id, tube=targets.tube, thin=targets.thin, attrs=attrs)
         phases.update(written.seconds)
-    except InputError as exc:
-        return failed(str(exc))
-    except (ValueError, OSError) as exc:
-        return failed(failure_line(case.mask, exc))
-    except MemoryError:
-        return failed(failure_line(case.mask, "out of memory"))
-    except Exception as exc:
-        return failed(
-            failure_line(case.mask, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc()
+        return CaseOutcome(
+            case.case_id,
+            "built",
+            fallback_components=targets.fallback_components,
+            phases=phases,
+            documents=written.documents,
         )
-    return CaseOutcome(
-        case.case_id,
-        "built",
-        seconds=time.perf_counter() - start,
-        fallback_components=targets.fallback_components,
-        phases=phases,
-        documents=written.documents,
-    )
+
+    return guarded(case.case_id, case.mask, work)
 
 
 def _source(case: Case, layout: DatasetLayout) -> str:
@@ -271,7 +265,7 @@ def _root_attrs(layout: DatasetLayout, params: BuildParams) -> dict[str, Any]:
     """What a build records in the store's root attributes (and ``versions``, when it writes)."""
     return {
         "params": params.as_dict(),
-        "dataset": os.path.abspath(layout.root),
+        "dataset": str(layout.root) if isinstance(layout.root, RemotePath) else os.path.abspath(layout.root),
         "layout": layout.kind,
         "label_names": {str(k): v for k, v in layout.label_names.items()},
     }
@@ -332,13 +326,13 @@ def _write_phase(
     report: BuildReport,
     out: str,
     attrs: dict[str, Any],
-    store: SkeletonStore | None,
     jobs: list[CaseJob],
     since: dict[str, Any] | None,
     layout: DatasetLayout,
     params: BuildParams,
     prune: bool,
     planned: float,
+    lease: Any,
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
@@ -347,13 +341,15 @@ def _write_phase(
     if jobs:
         report.outcomes.extend(
             run_cases(
-                functools.partial(build_case, out=out, params=params),
+                functools.partial(build_case, out=out, params=params, options=storage_options()),
                 jobs,
                 case_id=lambda job: job.case.case_id,
                 source=lambda job: job.case.mask,
                 **run_options,
             )
         )
+    if lease is not None and lease.lost:  # another build may be writing now: leave the rest to it
+        raise BuildError(f"{out}: {lease.lost} while this build ran; rerun 'skelprep build' when it is done")
     if prune:
         wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
         store = SkeletonStore(root, out)
@@ -390,8 +386,9 @@ def build(
 
     Parameters
     ----------
-    dataset : path
-        Dataset folder (nnU-Net raw, generic ``labels/``+``images/``, or any folder with ``masks``).
+    dataset : path or URL
+        Dataset folder (nnU-Net raw, generic ``labels/``+``images/``, or any folder with ``masks``),
+        local or a URL (``s3://bucket/raw/Dataset101_X``; see :mod:`skelprep._fs` for credentials).
     out : path or URL, optional
         The store; ``<dataset>/skeletons.zarr`` by default.
     params : BuildParams, optional
@@ -437,7 +434,7 @@ def build(
     report = BuildReport(store=out)
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with store_lock(out):
+    with store_lock(out) as lease:
         remove_partial_files(out)
         since = _consolidated_before(out)
         store = _existing_store(out)
@@ -463,7 +460,7 @@ def build(
             report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
         else:
             _write_phase(
-                report, out, attrs, store, jobs, since, layout, params, prune, planned, **run_options
+                report, out, attrs, jobs, since, layout, params, prune, planned, lease, **run_options
             )
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start

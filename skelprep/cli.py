@@ -9,7 +9,6 @@ results to stdout; ``--json`` prints a machine-readable result.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -67,13 +66,46 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta["skelprep.debug"] = debug
 
 
+class _DatasetPath(click.ParamType):
+    """A dataset folder: a local path (a ``Path``, checked as before) or a URL, kept as a string."""
+
+    name = "path or URL"
+    _local = click.Path(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "://" in value:
+            return value
+        return self._local.convert(value, param, ctx)
+
+
+def _set_storage_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    from skelprep._fs import parse_storage_option, set_storage_options
+
+    try:
+        set_storage_options(dict(parse_storage_option(v) for v in values))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+_storage_option = click.option(
+    "--storage-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    expose_value=False,
+    callback=_set_storage_options,
+    help="fsspec storage option for URLs of dataset and store (e.g. endpoint_url=http://host:9000); "
+    "repeatable. Credentials also come from the usual environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...).",
+)
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dataset", type=_DatasetPath())
 @click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
+@_storage_option
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -155,6 +187,11 @@ def build(
         progress=not no_progress and not as_json,
         repair=repair,
     )
+    exit_with_report(ctx, report, as_json)
+
+
+def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
+    """Print a build report (summary on stdout, one line per failed case on stderr) and exit 0 or 1."""
     if as_json:
         _echo_json(report.as_dict())
     else:
@@ -176,6 +213,7 @@ def build(
 
 @cli.command()
 @click.argument("store")
+@_storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(store: str, as_json: bool) -> None:
     """Show the cases, parameters and label counts of a built STORE."""
@@ -213,8 +251,9 @@ def info(store: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dataset", type=_DatasetPath())
 @click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
+@_storage_option
 @click.option("--masks", metavar="GLOB")
 @click.option("--images", metavar="GLOB")
 @click.option("--no-data", is_flag=True, help="Skip reading the stored arrays (no corruption check).")
@@ -262,6 +301,7 @@ def verify(
 @cli.command()
 @click.argument("store")
 @click.argument("case")
+@_storage_option
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
 )
@@ -272,6 +312,7 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
     from PIL import Image
 
+    from skelprep._fs import join
     from skelprep.io import InputError, read_mask
     from skelprep.preview import render_preview
     from skelprep.store import open_store
@@ -284,7 +325,7 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     mask = None
     dataset = opened.attrs.get("dataset")
     source = targets.attrs.get("source", "")
-    mask_path = Path(source) if os.path.isabs(source) else Path(dataset or ".") / source
+    mask_path = join(dataset or ".", source)
     try:
         mask = read_mask(mask_path).array
     except InputError:
@@ -303,6 +344,7 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
+@_storage_option
 @click.option("--classes", help="Comma-separated classes to score in every case [default: those present].")
 @click.option(
     "--skeleton",
@@ -398,6 +440,12 @@ def eval_(
 
 
 # --- end of skelprep eval -----------------------------------------------------------------------
+
+
+# --- skelprep nnunet (issue #9): the group imports click only; nnunetv2 is imported when a command runs.
+from skelprep.nnunet.cli import nnunet as _nnunet  # noqa: E402
+
+cli.add_command(_nnunet)
 
 
 def main() -> None:

@@ -2,10 +2,15 @@
 
 Every problem with an input file raises :class:`InputError`, whose message names
 the file and the reason in one line.
+
+Files may be local paths or URLs (``s3://bucket/raw/case_1.nii.gz``; see
+:mod:`skelprep._fs`): a URL's file is hashed as a stream and read from a
+temporary local copy, and its errors name the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -13,12 +18,15 @@ import logging
 import math
 import os
 import stat
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from skelprep._fs import RemotePath, as_path, fetch, filesystem
 from skelprep._util import first_line, printable
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "file_sha256",
     "read_bytes",
     "check_input_file",
+    "local_file",
     "image_shape",
     "MAX_LABEL",
     "MAX_VOXELS",
@@ -112,14 +121,39 @@ def _kind_problem(mode: int) -> str | None:
     return f"is {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file"
 
 
-def check_input_file(path: str | os.PathLike) -> os.stat_result:
+def _remote_problem(exc: OSError) -> str:
+    """The reason, in words, that a URL's file cannot be read."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return f"permission denied ({first_line(exc)})"
+    return f"cannot read ({first_line(exc, with_type=True)})"
+
+
+def _check_remote_file(path: RemotePath) -> dict:
+    """``check_input_file`` for a URL: one request for the object's metadata."""
+    try:
+        fs, remote = filesystem(path)
+        info = fs.info(remote)
+    except OSError as exc:
+        raise InputError(path, _remote_problem(exc)) from exc
+    except Exception as exc:  # fsspec: unknown protocol; botocore: no credentials, no endpoint, ...
+        raise InputError(path, f"cannot open ({first_line(exc, with_type=True)})") from exc
+    if info.get("type") == "directory":
+        raise InputError(path, "is a folder, not a file")
+    if info.get("size") == 0:
+        raise InputError(path, "file is empty")
+    return info
+
+
+def check_input_file(path: str | os.PathLike | RemotePath) -> os.stat_result | dict:
     """Check that ``path`` is a readable, non-empty regular file, without reading it.
 
     Never blocks: a FIFO named like a mask is rejected before anything opens it.
 
     Returns
     -------
-    os.stat_result
+    os.stat_result, or the fsspec info dict for a URL
 
     Raises
     ------
@@ -127,6 +161,8 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
         Missing file, dangling symlink, symlink loop, folder, FIFO/socket/device,
         empty file, or no permission to read.
     """
+    if isinstance(as_path(path), RemotePath):
+        return _check_remote_file(as_path(path))
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -154,7 +190,45 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
     return st
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def _remote_sha256(path: RemotePath) -> str:
+    """SHA-256 of a URL's bytes, streamed (never held whole in memory)."""
+    digest = hashlib.sha256()
+    _check_remote_file(path)
+    try:
+        fs, remote = filesystem(path)
+        with fs.open(remote, "rb", block_size=1 << 22) as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(path, _remote_problem(exc)) from exc
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def local_file(path: str | os.PathLike | RemotePath) -> Iterator[Path]:
+    """The file itself for a local path; a temporary copy for a URL, whose errors name the URL.
+
+    Use it to read a URL's file several times (hash and decode) with one download.
+    """
+    path = as_path(path)
+    if not isinstance(path, RemotePath):
+        yield path
+        return
+    _check_remote_file(path)
+    with tempfile.TemporaryDirectory(prefix="skelprep-") as folder:
+        try:
+            local = fetch(path, folder)
+        except OSError as exc:
+            raise InputError(path, _remote_problem(exc)) from exc
+        try:
+            yield local
+        except InputError as exc:
+            if exc.path != str(local):
+                raise
+            raise InputError(path, exc.reason) from exc
+
+
+def file_sha256(path: str | os.PathLike | RemotePath) -> str:
     """SHA-256 of a file's bytes, as hex.
 
     Raises
@@ -162,20 +236,25 @@ def file_sha256(path: str | os.PathLike) -> str:
     InputError
         The file cannot be read, or is not a regular file (a FIFO would block).
     """
+    if isinstance(as_path(path), RemotePath):
+        return _remote_sha256(as_path(path))
     return _read_file(path, keep=False)[1]
 
 
-def read_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
+def read_bytes(path: str | os.PathLike | RemotePath) -> tuple[bytes, str]:
     """A file's bytes and their SHA-256 (hex), in one read.
 
     A build hashes a mask (its fingerprint) and decodes it: reading it once
-    saves the second read (page cache or, for a remote file, the network).
+    saves the second read. A URL is read through its temporary local copy.
 
     Raises
     ------
     InputError
         As :func:`file_sha256`.
     """
+    if isinstance(as_path(path), RemotePath):
+        with local_file(path) as local:
+            return _read_file(local, keep=True)
     return _read_file(path, keep=True)
 
 
@@ -355,9 +434,12 @@ def _read_nifti(path: Path, raw: bytes) -> Volume:
 
 
 def _tiff_series(
-    path: Path, *, data: bool, raw: bytes | None = None
+    path: Path | RemotePath, *, data: bool, source=None
 ) -> tuple[np.ndarray | None, tuple[int, ...], str]:
-    """(array or None, shape, tifffile axes) of a TIFF's first series; samples (RGB) axis last."""
+    """(array or None, shape, tifffile axes) of a TIFF's first series; samples (RGB) axis last.
+
+    ``source`` is an open binary stream to read instead of ``path`` (which errors name).
+    """
     import tifffile
 
     # tifffile logs a warning before raising on a broken file; without a handler Python would
@@ -366,7 +448,7 @@ def _tiff_series(
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
     try:
-        with tifffile.TiffFile(path if raw is None else io.BytesIO(raw)) as tif:
+        with tifffile.TiffFile(path if source is None else source) as tif:
             series = tif.series[0]
             shape, axes = tuple(series.shape), series.axes
             _check_voxels(path, shape)
@@ -385,7 +467,7 @@ def _tiff_series(
 
 
 def _read_tiff(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
-    array, _, axes = _tiff_series(path, data=True, raw=raw)
+    array, _, axes = _tiff_series(path, data=True, source=io.BytesIO(raw))
     if axes.endswith("S"):
         if as_mask:
             array = _colour_to_labels(
@@ -400,20 +482,30 @@ def _read_tiff(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
     return Volume(array, spacing=(1.0,) * array.ndim, axes=spatial)
 
 
-def _file_suffix(path: Path, *, as_mask: bool) -> str:
-    """The file's known suffix (lower case) after checking it is a readable regular file."""
+def _file_suffix_only(path: Path | RemotePath, *, as_mask: bool) -> str:
+    """The file's known suffix (lower case); InputError if it names no supported type."""
     _, suffix = split_suffix(path.name)
     suffix = suffix.lower()
     if not suffix or (as_mask and suffix not in MASK_SUFFIXES):
         allowed = ", ".join(MASK_SUFFIXES if as_mask else IMAGE_SUFFIXES)
         raise InputError(path, f"unsupported file type (expected one of {allowed})")
+    return suffix
+
+
+def _file_suffix(path: Path, *, as_mask: bool) -> str:
+    """The file's known suffix (lower case) after checking it is a readable regular file."""
+    suffix = _file_suffix_only(path, as_mask=as_mask)
     check_input_file(path)
     return suffix
 
 
-def _read_any(path: str | os.PathLike, *, as_mask: bool, raw: bytes | None = None) -> Volume:
+def _read_any(path: str | os.PathLike | RemotePath, *, as_mask: bool, raw: bytes | None = None) -> Volume:
     """Decode a file (``raw``: its bytes, when already read)."""
-    path = Path(path)
+    path = as_path(path)
+    if isinstance(path, RemotePath):
+        _file_suffix_only(path, as_mask=as_mask)  # no download for an unsupported type
+        with local_file(path) as local:
+            return _read_any(local, as_mask=as_mask, raw=raw)
     suffix = _file_suffix(path, as_mask=as_mask)
     if raw is None:
         raw = read_bytes(path)[0]
@@ -430,7 +522,7 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+def image_shape(path: str | os.PathLike | RemotePath) -> tuple[int, ...]:
     """Spatial shape of an image, from its header only (no pixel data are decoded).
 
     The shape is the one :func:`read_image` gives after its channel axis, and the
@@ -443,25 +535,52 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
     InputError
         The file is missing, unreadable, or its header is broken.
     """
-    path = Path(path)
-    suffix = _file_suffix(path, as_mask=False)
+    path = as_path(path)
+    if not isinstance(path, RemotePath):
+        return _header_shape(path, _file_suffix(path, as_mask=False), path)
+    suffix = _file_suffix_only(path, as_mask=False)
+    _check_remote_file(path)
+    try:
+        fs, remote = filesystem(path)
+        # Range reads in 64 KiB blocks: the header's blocks are fetched, not the pixel data
+        # (a 512^3 float32 image would be 512 MB to download for 352 bytes of NIfTI header).
+        with fs.open(remote, "rb", block_size=1 << 16, cache_type="readahead") as stream:
+            return _header_shape(stream, suffix, path)
+    except OSError as exc:
+        raise InputError(path, _remote_problem(exc)) from exc
+
+
+def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ...]:
+    """:func:`image_shape` of a local path or an open binary stream; errors name ``path``."""
     if suffix in (".nii", ".nii.gz"):
+        import gzip
+
         import nibabel as nib
 
         try:
-            shape = tuple(int(n) for n in nib.load(path).header.get_data_shape())
+            if isinstance(source, Path):
+                header = nib.load(source).header
+            else:
+                stream = gzip.GzipFile(fileobj=source) if suffix == ".nii.gz" else source
+                try:
+                    header = nib.Nifti1Image.from_stream(stream).header
+                except Exception:  # not NIfTI-1: the same bytes as NIfTI-2
+                    source.seek(0)
+                    stream = gzip.GzipFile(fileobj=source) if suffix == ".nii.gz" else source
+                    header = nib.Nifti2Image.from_stream(stream).header
+            shape = tuple(int(n) for n in header.get_data_shape())
         except Exception as exc:  # nibabel raises many types for broken headers
             raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from exc
         return _squeezed(shape)
     if suffix in (".tif", ".tiff"):
-        _, shape, axes = _tiff_series(path, data=False)
+        _, shape, axes = _tiff_series(path, data=False, source=source)
         return shape[:-1] if axes.endswith("S") else shape
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
     except Exception as exc:  # PIL raises many types for broken headers
         raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from exc
@@ -493,7 +612,7 @@ def _c_order(array: np.ndarray, dtype: np.dtype, block: int = 32) -> np.ndarray:
     return out
 
 
-def read_mask(path: str | os.PathLike, *, raw: bytes | None = None) -> Volume:
+def read_mask(path: str | os.PathLike | RemotePath, *, raw: bytes | None = None) -> Volume:
     """Read a label map and check that it is one.
 
     ``raw``: the file's bytes if already read (see :func:`read_bytes`), so that
@@ -510,7 +629,7 @@ def read_mask(path: str | os.PathLike, *, raw: bytes | None = None) -> Volume:
         Unreadable file, unsupported type, wrong dimensionality, NaN,
         fractional or negative values, labels above 65535.
     """
-    path = Path(path)
+    path = as_path(path)
     vol = _squeeze_nifti(_read_any(path, as_mask=True, raw=raw))
     array = vol.array
     if array.ndim not in (2, 3):
@@ -542,12 +661,12 @@ def read_mask(path: str | os.PathLike, *, raw: bytes | None = None) -> Volume:
     return Volume(array, vol.spacing, vol.affine, vol.axes, remap)
 
 
-def read_image(path: str | os.PathLike) -> Volume:
+def read_image(path: str | os.PathLike | RemotePath) -> Volume:
     """Read an image channel-first: ``(C, *spatial)``.
 
     Grayscale PNG/TIFF/NIfTI give one channel, RGB(A) PNG/JPEG three.
     """
-    path = Path(path)
+    path = as_path(path)
     vol = _read_any(path, as_mask=False)
     if vol.axes != "yx" or vol.array.ndim == 2:  # PNG/JPEG arrive channel-first already
         vol = _squeeze_nifti(vol)

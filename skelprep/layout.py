@@ -4,6 +4,10 @@ Discovery never reads pixel data. Problems that concern one case (a missing
 image, two masks with the same case id) do not stop discovery: they are listed in
 :attr:`DatasetLayout.problems` so that a build reports them beside the good cases.
 Problems with the dataset as a whole raise :class:`LayoutError`.
+
+The dataset may be a local folder or a URL (``s3://bucket/raw/Dataset101_X``,
+see :mod:`skelprep._fs`): then its paths are :class:`skelprep._fs.RemotePath`
+values, listed through fsspec, and messages name the URL.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skelprep._util import printable
+from skelprep import _fs
+from skelprep._fs import AnyPath, RemotePath, as_path
+from skelprep._util import first_line, printable
 from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
 __all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "masks_by_case_id"]
@@ -43,14 +49,15 @@ class Case:
     case_id : str
         The mask's path relative to its label folder, without extension
         (``"case_001"``, ``"left/img_07"``); also its group name in the store.
-    mask : Path
-    images : tuple of Path
+    mask : Path or RemotePath
+        The mask file (a :class:`skelprep._fs.RemotePath` in a dataset named by a URL).
+    images : tuple of Path or RemotePath
         Image files in channel order (may be empty).
     """
 
     case_id: str
-    mask: Path
-    images: tuple[Path, ...] = ()
+    mask: AnyPath
+    images: tuple[AnyPath, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class CaseProblem:
     """A case that discovery found but cannot be built, and why."""
 
     case_id: str
-    path: Path
+    path: AnyPath
     reason: str
 
     def __str__(self) -> str:
@@ -69,16 +76,23 @@ class CaseProblem:
 class DatasetLayout:
     """What :func:`discover` found in a dataset folder."""
 
-    root: Path
+    root: AnyPath
     kind: str  # "nnunet", "generic" or "glob"
     cases: tuple[Case, ...]
     problems: tuple[CaseProblem, ...] = ()
     ignore_label: int | None = None
     label_names: dict[int, str] = field(default_factory=dict)
-    mask_dir: Path | None = None
+    mask_dir: AnyPath | None = None
 
 
-def _walk_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _walk(folder: AnyPath):
+    """``os.walk`` for a local folder (symlinked folders not followed), fsspec's walk for a URL."""
+    if isinstance(folder, RemotePath):
+        return _fs.walk(folder)
+    return ((Path(d), dn, fn) for d, dn, fn in os.walk(folder))
+
+
+def _walk_files(folder: AnyPath, suffixes: tuple[str, ...]) -> list[AnyPath]:
     """Entries below ``folder`` named with one of ``suffixes``, sorted; hidden entries and stores skipped.
 
     Everything so named is returned, not only regular files: a folder called
@@ -86,13 +100,13 @@ def _walk_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     reports it rather than skipping it silently.
     """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):  # os.walk does not follow symlinked dirs
+    for dirpath, dirnames, filenames in _walk(folder):
         visible = [d for d in dirnames if not d.startswith(".") and not d.endswith(".zarr")]
-        found.extend(Path(dirpath) / d for d in visible if split_suffix(d, suffixes)[1])
+        found.extend(dirpath / d for d in visible if split_suffix(d, suffixes)[1])
         dirnames[:] = sorted(d for d in visible if not split_suffix(d, suffixes)[1])
         for name in filenames:
             if not name.startswith(".") and split_suffix(name, suffixes)[1]:
-                found.append(Path(dirpath) / name)
+                found.append(dirpath / name)
     return sorted(found)
 
 
@@ -105,12 +119,12 @@ def _case_id_problem(case_id: str) -> str | None:
     return None
 
 
-def _case_id(path: Path, base: Path) -> str:
+def _case_id(path: AnyPath, base: AnyPath) -> str:
     return split_suffix(path.relative_to(base).as_posix(), MASK_SUFFIXES)[0]
 
 
-def _collect_masks(masks: list[Path], base: Path) -> tuple[dict[str, Path], list[CaseProblem]]:
-    by_id: dict[str, list[Path]] = {}
+def _collect_masks(masks: list[AnyPath], base: AnyPath) -> tuple[dict[str, AnyPath], list[CaseProblem]]:
+    by_id: dict[str, list[AnyPath]] = {}
     for mask in masks:
         by_id.setdefault(_case_id(mask, base), []).append(mask)
     unique, problems = {}, []
@@ -149,9 +163,9 @@ def masks_by_case_id(folder: str | os.PathLike) -> tuple[dict[str, Path], tuple[
     return masks, tuple(problems)
 
 
-def _index_images(images: list[Path], base: Path) -> dict[str, list[tuple[int, Path]]]:
+def _index_images(images: list[AnyPath], base: AnyPath) -> dict[str, list[tuple[int, AnyPath]]]:
     """Image files by case id, with their channel index (``_0000`` suffix, or 0)."""
-    index: dict[str, list[tuple[int, Path]]] = {}
+    index: dict[str, list[tuple[int, AnyPath]]] = {}
     for image in images:
         stem = split_suffix(image.relative_to(base).as_posix(), IMAGE_SUFFIXES)[0]
         match = _CHANNEL.search(stem)
@@ -162,7 +176,9 @@ def _index_images(images: list[Path], base: Path) -> dict[str, list[tuple[int, P
 
 
 def _pair(
-    masks: dict[str, Path], image_index: dict[str, list[tuple[int, Path]]] | None, n_channels: int | None
+    masks: dict[str, AnyPath],
+    image_index: dict[str, list[tuple[int, AnyPath]]] | None,
+    n_channels: int | None,
 ) -> tuple[list[Case], list[CaseProblem]]:
     cases, problems = [], []
     for case_id, mask in sorted(masks.items()):
@@ -185,7 +201,7 @@ def _pair(
     return cases, problems
 
 
-def _discover_nnunet(root: Path) -> DatasetLayout:
+def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     meta_path = root / "dataset.json"
     if not meta_path.is_file():  # a FIFO would block read_text(); a folder gives a vague error
         raise LayoutError(f"{meta_path}: invalid dataset.json (not a regular file)")
@@ -232,7 +248,7 @@ def _discover_nnunet(root: Path) -> DatasetLayout:
     )
 
 
-def _discover_generic(root: Path) -> DatasetLayout:
+def _discover_generic(root: AnyPath) -> DatasetLayout:
     for name in ("labels", "masks", "labelsTr"):
         labels_dir = root / name
         if labels_dir.is_dir():
@@ -252,7 +268,7 @@ def _discover_generic(root: Path) -> DatasetLayout:
     return DatasetLayout(root, "generic", tuple(cases), tuple(problems + pair_problems), mask_dir=labels_dir)
 
 
-def _glob_base(root: Path, pattern: str) -> Path:
+def _glob_base(root: AnyPath, pattern: str) -> AnyPath:
     """The folder above the first wildcard of ``pattern``: case ids are relative to it."""
     parts = Path(pattern).parts
     fixed = []
@@ -263,13 +279,15 @@ def _glob_base(root: Path, pattern: str) -> Path:
     return (root / Path(*fixed)) if fixed else root
 
 
-def _glob_files(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
+def _glob_files(root: AnyPath, pattern: str, suffixes: tuple[str, ...]) -> list[AnyPath]:
+    if isinstance(root, RemotePath):  # the pattern is relative (checked by discover)
+        return sorted(p for p in _fs.glob(root, pattern) if split_suffix(p.name, suffixes)[1])
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
     # Not only regular files: a matching folder, FIFO or broken symlink is reported by the build.
     return sorted(Path(p) for p in glob.glob(full, recursive=True) if split_suffix(p, suffixes)[1])
 
 
-def _discover_globs(root: Path, masks: str, images: str | None) -> DatasetLayout:
+def _discover_globs(root: AnyPath, masks: str, images: str | None) -> DatasetLayout:
     mask_files = _glob_files(root, masks, MASK_SUFFIXES)
     if not mask_files:
         raise LayoutError(f"{root}: no mask files match '{masks}'")
@@ -282,15 +300,32 @@ def _discover_globs(root: Path, masks: str, images: str | None) -> DatasetLayout
     return DatasetLayout(root, "glob", tuple(cases), tuple(problems + pair_problems), mask_dir=mask_base)
 
 
+def _check_remote_root(root: RemotePath, masks: str | None, images: str | None) -> None:
+    """A URL dataset is a folder there; its globs stay below it. One line on any failure."""
+    for pattern in (masks, images):
+        if pattern is not None and (os.path.isabs(pattern) or _fs.is_url(pattern)):
+            raise LayoutError(f"{root}: glob '{pattern}' must be relative to the dataset URL")
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except (
+        Exception
+    ) as exc:  # no bucket, no credentials, unknown protocol: fsspec and botocore raise many types
+        raise LayoutError(f"{root}: cannot list the dataset ({first_line(exc, with_type=True)})") from exc
+    if not exists:
+        raise LayoutError(f"{root}: dataset folder not found")
+    if not is_dir:
+        raise LayoutError(f"{root}: not a folder")
+
+
 def discover(
-    dataset: str | os.PathLike, masks: str | None = None, images: str | None = None
+    dataset: str | os.PathLike | RemotePath, masks: str | None = None, images: str | None = None
 ) -> DatasetLayout:
     """Find the cases of a dataset folder.
 
     Parameters
     ----------
-    dataset : path
-        The dataset folder.
+    dataset : path or URL
+        The dataset folder (``s3://bucket/raw/Dataset101_X`` and any fsspec URL too).
     masks, images : str, optional
         Glob patterns relative to ``dataset`` (``**`` allowed). Case ids are the
         mask paths relative to the pattern's fixed leading folders; images are
@@ -307,10 +342,12 @@ def discover(
     a label named ``ignore`` becomes the ignore label); otherwise a ``labels/``
     (or ``masks/``) folder with optional ``images/`` is used.
     """
-    root = Path(dataset)
-    if not root.exists():
+    root = as_path(dataset)
+    if isinstance(root, RemotePath):
+        _check_remote_root(root, masks, images)
+    elif not root.exists():
         raise LayoutError(f"{root}: dataset folder not found")
-    if not root.is_dir():
+    elif not root.is_dir():
         raise LayoutError(f"{root}: not a folder")
     if masks is not None:
         return _discover_globs(root, masks, images)

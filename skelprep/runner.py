@@ -21,9 +21,12 @@ Contract: ``task`` never raises for a problem with its item; it returns a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +42,7 @@ __all__ = [
     "runs_in_process",
     "check_memory_limit",
     "failure_line",
+    "guarded",
 ]
 
 T = TypeVar("T")
@@ -65,6 +69,31 @@ class CaseOutcome:
 def failure_line(path: str | os.PathLike, what: object) -> str:
     """``"<path>: <first line of what>"`` with control characters escaped: one line per failure."""
     return str(InputError(path, first_line(what)))
+
+
+def guarded(case_id: str, source: str | os.PathLike, work: Callable[[], CaseOutcome]) -> CaseOutcome:
+    """Run one case's ``work`` and time it; any exception becomes a failed outcome with one line.
+
+    The line is the :class:`~skelprep.io.InputError` itself, or ``"<source>: <first line>"``
+    for other errors; an unexpected exception type also keeps its traceback in ``detail``
+    (shown with ``--debug``). This is what makes a task honour :func:`run_cases`' contract.
+    """
+    start = time.perf_counter()
+
+    def failed(reason: str, detail: str = "") -> CaseOutcome:
+        return CaseOutcome(case_id, "failed", reason, time.perf_counter() - start, detail=detail)
+
+    try:
+        outcome = work()
+    except InputError as exc:
+        return failed(str(exc))
+    except (ValueError, OSError) as exc:
+        return failed(failure_line(source, exc))
+    except MemoryError:
+        return failed(failure_line(source, "out of memory"))
+    except Exception as exc:
+        return failed(failure_line(source, f"unexpected {type(exc).__name__}: {exc}"), traceback.format_exc())
+    return dataclasses.replace(outcome, seconds=time.perf_counter() - start)
 
 
 # A case whose worker dies twice (memory limit, crash) fails alone instead of being retried
@@ -261,6 +290,9 @@ def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_lim
             except Exception as exc:  # the worker died (memory limit, crash): only this case fails
                 name = type(exc).__name__
                 why = died if name == "KilledWorker" else f"{name}: {exc}"
+                where = getattr(getattr(exc, "last_worker", None), "address", None)
+                if name == "KilledWorker" and scheduler is not None and where:
+                    why += f" (worker {where})"  # on a shared cluster: which machine to look at
                 outcome = CaseOutcome(case_id(item), "failed", failure_line(source(item), why))
             outcomes.append(outcome)
             bar.update()

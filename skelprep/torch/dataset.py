@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from skelprep._fs import as_path
 from skelprep.io import file_sha256, read_image, read_mask
 from skelprep.layout import Case, discover
 from skelprep.store import (
@@ -155,7 +155,7 @@ class SkeletonDataset(Dataset):
     ) -> None:
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"foreground_prob must lie in [0, 1], got {foreground_prob}")
-        self.dataset = Path(dataset)
+        self.dataset = as_path(dataset)  # a URL stays a URL
         self.store_path = os.fspath(store) if store is not None else default_store_path(self.dataset)
         layout = discover(dataset, masks=masks, images=images)
         cases = {c.case_id: c for c in layout.cases}

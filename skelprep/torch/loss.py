@@ -31,6 +31,7 @@ __all__ = [
     "class_sums",
     "deep_supervision_weights",
     "downsample_targets",
+    "downsample_tube",
 ]
 
 
@@ -477,10 +478,27 @@ def downsample_targets(
     size = tuple(int(s) for s in size)
     if tuple(label.shape[2:]) == size:
         return label, tube
-    pool = {2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[len(size)]
     small_label = F.interpolate(label.float(), size=size, mode="nearest").to(label.dtype)
-    small_tube = pool(tube.float(), size).to(tube.dtype)
-    return small_label, small_tube
+    return small_label, downsample_tube(tube, size)
+
+
+def downsample_tube(tube: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A ``(B, C, *spatial)`` tube max-pooled to ``size``: every tube voxel keeps its low-resolution cell.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tube = torch.zeros(1, 1, 4, 4, dtype=torch.int16)
+    >>> tube[0, 0, 3, 0] = 2
+    >>> downsample_tube(tube, (2, 2))[0, 0]
+    tensor([[0, 0],
+            [2, 0]], dtype=torch.int16)
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(tube.shape[2:]) == size:
+        return tube
+    pool = {2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[len(size)]
+    return pool(tube.float(), size).to(tube.dtype)
 
 
 class DeepSupervisionLoss(nn.Module):

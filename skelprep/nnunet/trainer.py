@@ -1,0 +1,189 @@
+"""``nnUNetTrainerSkeletonRecall``: nnU-Net's trainer plus Skeleton Recall on precomputed tubes.
+
+How the tube reaches the loss (nnU-Net 2.8, batchgeneratorsv2 0.3):
+
+1. :class:`TubeDataset` wraps nnU-Net's dataset and returns each case's tube (a lazy zarr array of the
+   sidecar, shape of the preprocessed seg without its channel) in the slot of the cascade's previous-stage
+   segmentation. nnU-Net's ``nnUNetDataLoader`` crops it with the same bounding box as image and seg,
+   pads it with -1 and appends it as seg channel 1. Only the patch's chunks are read.
+2. nnU-Net's augmentation is unchanged: the spatial transform warps both seg channels with one grid,
+   mirroring flips both, ``MaskImageTransform`` reads channel 0, ``RemoveLabel(-1 -> 0)`` clears the padding
+   of both. Deep-supervision downsampling is nnU-Net's for channel 0 and max-pooling for the tube
+   (:mod:`skelprep.nnunet.transforms`).
+3. :class:`skelprep.nnunet.loss.DiceCERecallLoss` splits the channels at every deep-supervision level:
+   Dice + CE on channel 0, ``w`` · Skeleton Recall on the tube. Validation's online Dice sees channel 0 only.
+
+The recall weight ``w`` is the class attribute ``skeleton_recall_weight`` (1.0, as in the paper), which the
+environment variable ``SKELPREP_RECALL_WEIGHT`` overrides (e.g. ``SKELPREP_RECALL_WEIGHT=0.5
+nnUNetv2_train ...``); subclass and set the attribute for a fixed other value.
+
+At the start of training the sidecar is checked against the preprocessed segmentations (SHA-256) and
+parameters: a missing or stale one stops training with one line naming the ``skelprep nnunet build``
+command. Region-based training and the cascade (whose previous-stage slot the tube occupies) are refused
+when the trainer is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from skelprep.nnunet.loss import DiceCERecallLoss, split_tube
+from skelprep.nnunet.preprocessed import PreprocessedConfiguration, locate
+from skelprep.nnunet.transforms import with_tube_downsampling
+
+__all__ = ["nnUNetTrainerSkeletonRecall", "TubeDataset", "SkeletonRecallTrainerError", "recall_weight"]
+
+RECALL_WEIGHT_ENV = "SKELPREP_RECALL_WEIGHT"
+
+
+class SkeletonRecallTrainerError(RuntimeError):
+    """The trainer cannot train this dataset/configuration as it is (one line, says what to do)."""
+
+
+def recall_weight(default: float) -> float:
+    """``SKELPREP_RECALL_WEIGHT`` if set (a number >= 0), else ``default``."""
+    raw = os.environ.get(RECALL_WEIGHT_ENV)
+    if raw is None or not raw.strip():
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects NaN
+        raise SkeletonRecallTrainerError(f"{RECALL_WEIGHT_ENV}={raw!r}: expected a number >= 0")
+    return value
+
+
+class TubeDataset:
+    """An nnU-Net dataset whose cases carry their precomputed tube where a cascade's previous stage would be.
+
+    ``load_case(id)`` returns ``(data, seg, tube, properties)``; ``tube`` is the sidecar's zarr array,
+    opened lazily (once per process and case) and read only where the loader crops it.
+    """
+
+    def __init__(self, base: Any, sidecar: str | os.PathLike) -> None:
+        self.base = base
+        self.sidecar = os.fspath(sidecar)
+        self.identifiers = base.identifiers
+        self._tubes: dict[str, Any] = {}
+        self._store = None
+
+    def __getstate__(self) -> dict[str, Any]:  # to data-augmentation workers: reopen the store there
+        return {**self.__dict__, "_tubes": {}, "_store": None}
+
+    def tube(self, identifier: str):
+        """The case's tube (zarr array, the preprocessed seg's spatial shape)."""
+        if identifier not in self._tubes:
+            if self._store is None:
+                from skelprep.store import open_store
+
+                self._store = open_store(self.sidecar)
+            self._tubes[identifier] = self._store[identifier].tube
+        return self._tubes[identifier]
+
+    def load_case(self, identifier: str):
+        data, seg, seg_prev, properties = self.base.load_case(identifier)
+        if seg_prev is not None:
+            raise SkeletonRecallTrainerError("the cascade is not supported (its slot carries the tube)")
+        return data, seg, self.tube(identifier), properties
+
+    __getitem__ = load_case
+
+
+class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
+    """nnU-Net's default trainer with Dice + CE + ``w`` · Skeleton Recall at every deep-supervision level.
+
+    The tube comes from the sidecar built by ``skelprep nnunet build DATASET -c CONFIG``; see the module
+    docstring for the data path and ``skeleton_recall_weight`` / ``SKELPREP_RECALL_WEIGHT`` for ``w``.
+    """
+
+    skeleton_recall_weight: float = 1.0
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's signature
+    ) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        name = type(self).__name__
+        if self.label_manager.has_regions:
+            raise SkeletonRecallTrainerError(
+                f"{name}: region-based training is not supported (dataset.json labels are regions); "
+                "use integer labels"
+            )
+        if self.is_cascaded:
+            raise SkeletonRecallTrainerError(
+                f"{name}: the cascade ({configuration}, previous stage "
+                f"{self.configuration_manager.previous_stage_name}) is not supported; train 3d_fullres or 2d"
+            )
+        self.recall_weight = recall_weight(self.skeleton_recall_weight)
+        self.print_to_log_file(f"Skeleton Recall weight: {self.recall_weight}")
+
+    def preprocessed_configuration(self) -> PreprocessedConfiguration:
+        """This trainer's dataset and configuration, located as ``skelprep nnunet build`` locates them."""
+        return locate(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name)
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        wrapped = isinstance(loss, DeepSupervisionWrapper)
+        combined = DiceCERecallLoss(
+            loss.loss if wrapped else loss,
+            self.recall_weight,
+            batch_dice=self.configuration_manager.batch_dice,
+            ignore_label=self.label_manager.ignore_label,
+        )
+        if wrapped:
+            loss.loss = combined
+            return loss
+        return combined
+
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs):
+        return with_tube_downsampling(super().get_training_transforms(*args, **kwargs))
+
+    @classmethod
+    def get_validation_transforms(cls, *args, **kwargs):
+        return with_tube_downsampling(super().get_validation_transforms(*args, **kwargs))
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        sidecar = self.preprocessed_configuration().sidecar
+        return TubeDataset(dataset_tr, sidecar), TubeDataset(dataset_val, sidecar)
+
+    def on_train_start(self):
+        from skelprep.nnunet.sidecar import require_current
+
+        require_current(self.preprocessed_configuration())
+        super().on_train_start()
+
+    @contextlib.contextmanager
+    def _loss_with_target(self, target) -> Iterator[None]:
+        """Within: ``self.loss(output, anything)`` evaluates the loss against ``target`` (with its tube)."""
+        loss = self.loss
+        self.loss = lambda output, _seg_only: loss(output, target)
+        try:
+            yield
+        finally:
+            self.loss = loss
+
+    def validation_step(self, batch: dict) -> dict:
+        # The validation loss includes the recall term; the online Dice must see the segmentation only.
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+            seg_only = [split_tube(t)[0] for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+            seg_only = split_tube(target)[0]
+        with self._loss_with_target(target):
+            return super().validation_step({**batch, "target": seg_only})
