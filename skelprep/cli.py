@@ -85,6 +85,13 @@ def _echo_json(data: Any) -> None:
 )
 @click.option("--masks", metavar="GLOB", help="Mask files, relative to DATASET (** allowed).")
 @click.option("--images", metavar="GLOB", help="Image files, matched to masks by case id.")
+@click.option(
+    "--with-images",
+    is_flag=True,
+    help="Also store each case's image and label beside the targets, with intensity statistics and sampling "
+    "locations, so training streams patches from the store alone (store format 2). Sticky: a store with "
+    "images keeps them in later builds.",
+)
 @click.option("--force", is_flag=True, help="Rebuild every case.")
 @click.option("--prune", is_flag=True, help="Delete stored cases whose mask is gone.")
 @click.option(
@@ -112,6 +119,7 @@ def build(
     slice_axis: int | None,
     masks: str | None,
     images: str | None,
+    with_images: bool,
     force: bool,
     prune: bool,
     repair: bool,
@@ -148,6 +156,7 @@ def build(
         memory_limit=memory_limit,
         progress=not no_progress and not as_json,
         repair=repair,
+        with_images=with_images,
     )
     if as_json:
         _echo_json(report.as_dict())

@@ -1,16 +1,24 @@
-"""The Zarr sidecar store (format version 1): write a case, read cases, tell what is built.
+"""The Zarr sidecar store (format version 2): write a case, read cases, tell what is built.
 
-Layout (see DESIGN.md)::
+The authoritative description is ``docs/store-format.md``. In short::
 
-    <out>/                      zarr v3 group, attrs["skelprep"] = {format_version, params, versions, ...}
+    <out>/                      zarr v3 group, attrs["skelprep"] = {format_version, params, versions,
+                                with_images, intensity_statistics, ...}
       <case_id>/                one group per case
          tube, thin             uint8/uint16 label maps in the mask's voxel order
+         image, label           (built --with-images) channel-first image in its source dtype; the mask
+         label_locations,       (with images) int32 (N, 1 + ndim): class, voxel index; sampled per class
+         tube_locations
+         foreground_intensities (with images) float32 (C, n): sampled foreground intensities
          attrs["skelprep"]      {source, fingerprint, params, shape, axes, spacing, affine,
-                                 label_counts, fallback_components, checksums, complete}
+                                 label_counts, fallback_components, checksums, complete,
+                                 images: {sources, fingerprints, dtype, channels}}
 
-A case is written as: delete the old group, create the group with
-``complete: false``, write both arrays, then rewrite the group's attributes
-with ``complete: true`` (zarr's local store replaces ``zarr.json`` atomically).
+Version 1 stores (targets only) are read as they are, and upgraded to 2 by the
+next build into them. A case is written as: delete the old group, create the
+group with ``complete: false``, write every array, then rewrite the group's
+attributes with ``complete: true`` (zarr's local store replaces ``zarr.json``
+atomically).
 A case without ``complete: true`` is never reported as built. Chunks carry a
 CRC-32C checksum, and the attributes a SHA-256 of each array's bytes, so that
 altered or missing chunks are detected by :func:`verify_case_data`.
@@ -25,7 +33,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +51,8 @@ __all__ = [
     "case_state",
     "open_for_writing",
     "ARRAY_NAMES",
+    "IMAGE_ARRAY_NAMES",
+    "READABLE_VERSIONS",
     "StoreError",
     "CaseTargets",
     "SkeletonStore",
@@ -50,6 +60,7 @@ __all__ = [
     "open_root",
     "write_case",
     "write_array",
+    "write_small_array",
     "delete_case",
     "finalize_store",
     "array_checksum",
@@ -58,10 +69,12 @@ __all__ = [
     "verify_case_data",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: targets only; 2 adds image, label and sampling arrays (--with-images)
 ATTRS_KEY = "skelprep"
 DEFAULT_STORE_NAME = "skeletons.zarr"
 ARRAY_NAMES: tuple[str, ...] = ("tube", "thin")
+IMAGE_ARRAY_NAMES: tuple[str, ...] = ("image", "label")
 # 3D chunks of 128^3: tubes are sparse and compress ~100x, so decoding a chunk is cheap and
 # the per-chunk overhead of zarr dominates a patch read. Measured on a 256x512x512 vessel
 # case (pipelines/bench.py, store layouts): random 96^3 patch read 2.6 ms with 128^3
@@ -89,11 +102,14 @@ class CaseState:
     """Whether a stored case is usable as it is (see :func:`case_state`).
 
     ``state`` is one of ``ok``, ``missing``, ``incomplete``, ``stale`` (the source
-    changed) or ``params-changed``; ``reason`` says it in words.
+    changed) or ``params-changed``; ``reason`` says it in words. ``images_only``
+    is True when the targets are current and only the case's images need
+    (re)writing: an image changed, or the case was built without its images.
     """
 
     state: str
     reason: str = ""
+    images_only: bool = False
 
     @property
     def ok(self) -> bool:
@@ -105,6 +121,7 @@ def case_state(
     *,
     fingerprint: str | None = None,
     params: Mapping[str, Any] | None = None,
+    image_fingerprints: Sequence[str] | None = None,
 ) -> CaseState:
     """The one rule for "is this stored case complete and current?".
 
@@ -117,6 +134,9 @@ def case_state(
         The source's fingerprint now; not compared when None.
     params : mapping, optional
         The parameters the case should have been built with; not compared when None.
+    image_fingerprints : sequence of str, optional
+        SHA-256 of the case's image files now, in channel order, when the case
+        should carry its images; not compared when None.
 
     Examples
     --------
@@ -127,6 +147,8 @@ def case_state(
     True
     >>> case_state(meta, fingerprint="cd").state
     'stale'
+    >>> case_state(meta, fingerprint="ab", image_fingerprints=["ef"]).images_only
+    True
     """
     if meta is None:
         return CaseState("missing", "not built")
@@ -136,6 +158,12 @@ def case_state(
         return CaseState("stale", "mask changed since it was built")
     if params is not None and meta.get("params") != params:
         return CaseState("params-changed", "built with other parameters")
+    if image_fingerprints is not None:
+        stored = (meta.get("images") or {}).get("fingerprints")
+        if stored is None:
+            return CaseState("stale", "built without its images (build --with-images)", images_only=True)
+        if list(stored) != list(image_fingerprints):
+            return CaseState("stale", "an image changed since it was built", images_only=True)
     return CaseState("ok")
 
 
@@ -179,12 +207,15 @@ def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.
     """Open (or create) a store for a build and record this build's root ``attrs``.
 
     A new store gets ``format_version``, ``created`` and an empty case list; an
-    existing one must be a skelprep store of this format version.
+    existing one must be a skelprep store of a version this skelprep reads. A
+    version-1 store is upgraded in place: its cases are valid version-2 cases
+    (targets only), so only ``format_version`` changes (``upgraded_from``
+    records the old one).
 
     Raises
     ------
     StoreError
-        The path holds something else, or a store of another format version.
+        The path holds something else, or a store of a newer format version.
     """
     root = open_root(path, mode="a")
     meta = root.attrs.get(ATTRS_KEY)
@@ -194,11 +225,13 @@ def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.
                 f"{os.fspath(path)}: exists and is not a skelprep store; choose another store path"
             )
         meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
-    elif meta.get("format_version") != FORMAT_VERSION:
+    elif meta.get("format_version") not in READABLE_VERSIONS:
         raise StoreError(
-            f"{os.fspath(path)}: store format version {meta.get('format_version')}, "
-            f"this skelprep writes {FORMAT_VERSION}"
+            f"{os.fspath(path)}: store format version {meta.get('format_version')}, this skelprep writes "
+            f"{FORMAT_VERSION}; build into a new store (--out) or upgrade skelprep"
         )
+    elif meta["format_version"] != FORMAT_VERSION:
+        meta = {**meta, "format_version": FORMAT_VERSION, "upgraded_from": meta["format_version"]}
     root.attrs.update({ATTRS_KEY: {**meta, **attrs}})
     return root
 
@@ -230,6 +263,9 @@ def write_case(
     tube: np.ndarray,
     thin: np.ndarray,
     attrs: Mapping[str, Any],
+    image: np.ndarray | None = None,
+    label: np.ndarray | None = None,
+    small: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write one case so that it is never seen as complete before all its data are.
 
@@ -245,9 +281,20 @@ def write_case(
     attrs : mapping
         Provenance (source, fingerprint, params, spacing, ...); ``shape``,
         ``dtype``, ``label_counts``, ``checksums`` and ``complete`` are added here.
+    image : ndarray, optional
+        Channel-first ``(C, *shape)`` image, stored in its own dtype (format 2).
+    label : ndarray, optional
+        The mask as read, of the targets' shape, stored in its own dtype.
+    small : mapping of str to ndarray, optional
+        Small per-case arrays (sampling coordinates, intensity samples), each
+        stored as one chunk (:func:`write_small_array`).
     """
     if tube.shape != thin.shape:
         raise ValueError(f"tube shape {tube.shape} differs from thin shape {thin.shape}")
+    if image is not None and image.shape[1:] != tube.shape:
+        raise ValueError(f"image shape {image.shape[1:]} differs from the targets' shape {tube.shape}")
+    if label is not None and label.shape != tube.shape:
+        raise ValueError(f"label shape {label.shape} differs from the targets' shape {tube.shape}")
     delete_case(root, case_id)
     dtype = _label_dtype(tube, thin)
     meta = dict(attrs)
@@ -261,8 +308,34 @@ def write_case(
     group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
     for name, data in (("tube", tube), ("thin", thin)):
         meta["checksums"][name] = write_array(group, name, np.ascontiguousarray(data, dtype=dtype))
+    if image is not None:
+        meta["checksums"]["image"] = write_array(group, "image", np.ascontiguousarray(image), channels=True)
+    if label is not None:
+        meta["checksums"]["label"] = write_array(group, "label", np.ascontiguousarray(label))
+    for name, data in (small or {}).items():
+        meta["checksums"][name] = write_small_array(group, name, data)
     meta["complete"] = True
     group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
+
+
+def write_small_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
+    """Write a small array (a few 100 kB at most) as a single Zstandard chunk with CRC-32C; return its checksum.
+
+    One chunk: a reader loads it in one request (sampling coordinates are read
+    whole, once per case and process).
+    """
+    data = np.ascontiguousarray(data)
+    array = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=tuple(max(n, 1) for n in data.shape),
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        fill_value=0,
+    )
+    if data.size:
+        array[...] = data
+    return array_checksum(data)
 
 
 def write_array(group: zarr.Group, name: str, data: np.ndarray, *, channels: bool = False) -> str:
@@ -312,12 +385,34 @@ class CaseTargets:
         ``case.tube[10:74, 0:64, 0:64]`` reads only the chunks it needs.
     attrs : dict
         The case's provenance attributes.
+    image, label : zarr.Array or None
+        The channel-first image and the mask (cases built ``--with-images``).
+    group : zarr.Group or None
+        The case's group (its small arrays: :meth:`read`).
     """
 
     case_id: str
     tube: zarr.Array
     thin: zarr.Array
     attrs: dict[str, Any]
+    image: zarr.Array | None = None
+    label: zarr.Array | None = None
+    group: zarr.Group | None = None
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the case carries its image and label arrays (built ``--with-images``)."""
+        return self.image is not None and self.label is not None
+
+    def read(self, name: str) -> np.ndarray:
+        """A whole array of the case by name (e.g. ``"tube_locations"``)."""
+        if self.group is None:
+            raise KeyError(name)
+        return self.group[name][...]
+
+    def array_names(self) -> list[str]:
+        """Names of the case's arrays that carry a checksum (every array a build wrote)."""
+        return list(self.attrs.get("checksums") or ARRAY_NAMES)
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -341,9 +436,10 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         if not isinstance(meta, dict):
             raise StoreError(f"{self.path}: not a skelprep store (no 'skelprep' attributes)")
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreError(
-                f"{self.path}: store format version {version}, this skelprep reads {FORMAT_VERSION}"
+                f"{self.path}: store format version {version}, this skelprep reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade skelprep"
             )
         self.attrs: dict[str, Any] = meta
         self._case_ids: list[str] | None = None
@@ -403,7 +499,10 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         if meta.get("complete") is not True:
             raise StoreError(f"{self.path}: case '{case_id}' is incomplete (its build did not finish)")
         group = self.root[case_id]
-        return CaseTargets(case_id, group["tube"], group["thin"], meta)
+        images = {name: group[name] for name in IMAGE_ARRAY_NAMES if name in meta.get("checksums", {})}
+        return CaseTargets(
+            case_id, group["tube"], group["thin"], meta, images.get("image"), images.get("label"), group
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.case_ids)
@@ -439,17 +538,24 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
 
 
 def verify_case_data(case: CaseTargets) -> list[str]:
-    """Problems with a case's stored data: checksum or CRC failures, wrong shape. Empty if sound."""
+    """Problems with a case's stored data: checksum or CRC failures, wrong shape. Empty if sound.
+
+    Every array with a recorded checksum is read: the targets, and the image,
+    label and sampling arrays of a case built with images.
+    """
     problems = []
-    for name in ARRAY_NAMES:
-        array = getattr(case, name)
+    for name in case.array_names():
         expected = case.attrs.get("checksums", {}).get(name)
         try:
-            data = array[...]
+            data = case.group[name][...] if case.group is not None else getattr(case, name)[...]
+        except KeyError:
+            problems.append(f"{name}: missing")
+            continue
         except Exception as exc:  # the CRC-32C codec raises on altered chunk bytes
             problems.append(f"{name}: unreadable data ({type(exc).__name__}: {exc})")
             continue
-        if list(data.shape) != list(case.attrs.get("shape", [])):
+        spatial = data.shape[1:] if name == "image" else data.shape
+        if name in ARRAY_NAMES + IMAGE_ARRAY_NAMES and list(spatial) != list(case.attrs.get("shape", [])):
             problems.append(f"{name}: shape {data.shape} differs from recorded {case.attrs.get('shape')}")
         elif expected != array_checksum(data):
             problems.append(f"{name}: data checksum mismatch (chunks altered or missing)")
