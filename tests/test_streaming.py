@@ -127,7 +127,8 @@ def test_stored_image_and_label_equal_the_source_files(kind, tmp_path):
         for name, array in (("label", label), ("tube", case.tube[...])):
             locations = case.read(f"{name}_locations")
             assert (array[tuple(locations[:, 1:].T)] == locations[:, 0]).all()
-            for cls, n in ((int(k), v) for k, v in zip(*np.unique(array[array > 0], return_counts=True))):
+            classes, counts = np.unique(array[array > 0], return_counts=True)
+            for cls, n in zip(classes, counts, strict=True):
                 assert (locations[:, 0] == cls).sum() == min(n, 10_000)
     data = np.concatenate(pooled, axis=1)
     dataset_stats = store.attrs["intensity_statistics"]
