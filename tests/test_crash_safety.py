@@ -3,7 +3,8 @@
 Each run is a real ``skelprep build`` process in its own process group (client, Dask
 nannies and workers), killed as a whole after a delay spread over the build's duration.
 After every kill the store must list only complete cases, each intact and equal to the
-core's output, also for a plain zarr reader; the next build must finish the job.
+core's output (and, as the builds run ``--with-images``, its image and label equal to the
+source files), also for a plain zarr reader; the next build must finish the job.
 """
 
 from __future__ import annotations
@@ -58,7 +59,18 @@ def wait_gone(pgid: int, timeout: float = 10.0) -> list[int]:
 
 def start_build(dataset: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        CLI + ["build", str(dataset), "--out", str(out), "--workers", "1", "--no-progress", *extra],
+        CLI
+        + [
+            "build",
+            str(dataset),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--with-images",
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: the client and every Dask process
@@ -87,24 +99,28 @@ def kill_group(proc: subprocess.Popen) -> None:
     assert not wait_gone(proc.pid), "processes of the killed build survived"
 
 
-def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """40 small 3D cases and the core's targets for each."""
+def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
+    """40 small 3D cases with an image each, and (tube, thin, label, image) for each."""
     (root / "labels").mkdir(parents=True)
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
     expected = {}
     for i in range(N_CASES):
         labels = tubes_3d(shape=(48, 48, 48), n=5, seed=i)
+        image = rng.integers(-100, 400, labels.shape).astype(np.int16)
         nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "labels" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "images" / f"case_{i:03d}.nii.gz")
         targets = skeleton_targets(labels)
-        expected[f"case_{i:03d}"] = (targets.tube, targets.thin)
+        expected[f"case_{i:03d}"] = (targets.tube, targets.thin, labels, image)
     return root, expected
 
 
 @pytest.fixture(scope="module")
-def crash_dataset(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def crash_dataset(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
     return make_dataset(tmp_path_factory.mktemp("crash") / "ds")
 
 
-def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
+def check_store(out: Path, expected: dict[str, tuple[np.ndarray, ...]]) -> tuple[int, int]:
     """Assert the store's invariants after a kill; return (complete, incomplete) case counts."""
     try:
         store = open_store(out)
@@ -116,10 +132,12 @@ def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -
     for case_id in store.case_ids:
         case = store[case_id]
         assert verify_case_data(case) == [], case_id
-        tube, thin = expected[case_id]
+        tube, thin, labels, image = expected[case_id]
         np.testing.assert_array_equal(case.tube[...], tube)
         np.testing.assert_array_equal(case.thin[...], thin)
         np.testing.assert_array_equal(plain[f"{case_id}/tube"][...], tube)
+        np.testing.assert_array_equal(plain[f"{case_id}/label"][...], labels)
+        np.testing.assert_array_equal(plain[f"{case_id}/image"][0], image)
     return len(store.case_ids), len(store.incomplete_case_ids)
 
 
