@@ -227,7 +227,7 @@ class SkeletonDataset(Dataset):
         attrs = self._check_store(opened)
         self.dataset_statistics = opened.attrs.get("intensity_statistics")
         self._streamed = {cid for cid, a in attrs.items() if "image" in (a.get("checksums") or {})}
-        self._check_sources(attrs)
+        self._check_sources()
         self._shapes = {cid: tuple(a["shape"]) for cid, a in attrs.items()}
         ndims = {len(s) for s in self._shapes.values()}
         if len(ndims) != 1:
@@ -281,7 +281,7 @@ class SkeletonDataset(Dataset):
             raise ValueError(f"{self.dataset or self.store_path}: unknown case id(s): {', '.join(unknown)}")
         return {c: found[c] for c in case_ids}
 
-    def _check_sources(self, attrs: dict[str, dict[str, Any]]) -> None:
+    def _check_sources(self) -> None:
         """Cases without stored images need their source image files: say so once, loudly."""
         legacy = [cid for cid in self._case_ids if cid not in self._streamed]
         if not legacy:
@@ -434,6 +434,11 @@ class SkeletonDataset(Dataset):
         )
 
     # -- items ----------------------------------------------------------------------------------
+
+    @property
+    def streamed(self) -> bool:
+        """Whether every item is read from the store alone (all cases carry their images there)."""
+        return len(self._streamed) == len(self._case_ids)
 
     @property
     def case_ids(self) -> list[str]:
