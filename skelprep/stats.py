@@ -78,15 +78,19 @@ def _moments(channel: np.ndarray) -> tuple[int, float, float, float, float]:
     flat = channel.reshape(-1)
     n, mean, m2 = 0, 0.0, 0.0
     low, high = math.inf, -math.inf
+    check_finite = channel.dtype.kind == "f"
     for start in range(0, flat.size, _SLAB_VOXELS):
         block = flat[start : start + _SLAB_VOXELS].astype(np.float64)
-        if block.dtype.kind == "f" and not np.isfinite(block).all():
+        if check_finite and not np.isfinite(block).all():
             block = block[np.isfinite(block)]
         k = block.size
         if k == 0:
             continue
-        bmean = float(block.mean())
-        bm2 = float(((block - bmean) ** 2).sum())
+        # Sum and sum of squares (a BLAS dot) per slab: one pass over the slab instead of three;
+        # within a slab of 4M CT intensities the cancellation costs under 1e-9 of the variance.
+        total_ = float(block.sum())
+        bmean = total_ / k
+        bm2 = max(float(np.dot(block, block)) - total_ * bmean, 0.0)
         delta = bmean - mean
         total = n + k
         mean += delta * k / total
