@@ -72,3 +72,16 @@ def tubes_3d(shape=(40, 48, 56), n=6, seed=0, n_classes=3) -> np.ndarray:
         dist = np.linalg.norm(grid - (a + t[:, None] * ab), axis=1)
         labels.reshape(-1)[dist <= radius] = 1 + i % n_classes
     return labels
+
+
+def crop_padded(array: np.ndarray, offset, size) -> np.ndarray:
+    """Reference crop with zero padding, written independently of the Dataset's helpers."""
+    lead = array.ndim - len(size)
+    out = np.zeros(array.shape[:lead] + tuple(size), array.dtype)
+    src, dst = [], []
+    for o, s, d in zip(offset, size, array.shape[lead:], strict=True):
+        lo, hi = max(o, 0), min(o + s, d)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - o, lo - o + max(hi - lo, 0)))
+    out[(slice(None),) * lead + tuple(dst)] = array[(slice(None),) * lead + tuple(src)]
+    return out

@@ -26,7 +26,7 @@ from skelprep.store import ATTRS_KEY, open_store, verify_case_data
 from skelprep.torch import SkeletonDataset
 from skelprep.verify import verify
 
-from .conftest import EXAMPLES, copy_cases, tubes_3d, write_png
+from .conftest import EXAMPLES, copy_cases, crop_padded, tubes_3d, write_png
 
 CLI = [sys.executable, "-m", "skelprep.cli"]
 
@@ -144,18 +144,6 @@ def test_stored_image_and_label_equal_the_source_files(kind, tmp_path):
     assert len(build(dataset, workers=1).up_to_date) == 2  # a store with images stays one
 
 
-def _reference_crop(array: np.ndarray, offset, size) -> np.ndarray:
-    lead = array.ndim - len(size)
-    out = np.zeros(array.shape[:lead] + tuple(size), array.dtype)
-    src, dst = [], []
-    for o, s, d in zip(offset, size, array.shape[lead:], strict=True):
-        lo, hi = max(o, 0), min(o + s, d)
-        src.append(slice(lo, max(hi, lo)))
-        dst.append(slice(lo - o, lo - o + max(hi - lo, 0)))
-    out[(slice(None),) * lead + tuple(dst)] = array[(slice(None),) * lead + tuple(src)]
-    return out
-
-
 @pytest.mark.parametrize("normalization", ["zscore", "ct", "none"])
 def test_items_are_normalized_crops_of_the_sources(octa_built, normalization):
     ds = SkeletonDataset(
@@ -178,12 +166,12 @@ def test_items_are_normalized_crops_of_the_sources(octa_built, normalization):
         else:
             expected = image
         np.testing.assert_allclose(
-            item["image"].numpy(), _reference_crop(expected, offset, ds.patch_size), atol=1e-4
+            item["image"].numpy(), crop_padded(expected, offset, ds.patch_size), atol=1e-4
         )
         label = source_label("nifti", case_id, octa_built)
-        np.testing.assert_array_equal(item["label"][0].numpy(), _reference_crop(label, offset, ds.patch_size))
+        np.testing.assert_array_equal(item["label"][0].numpy(), crop_padded(label, offset, ds.patch_size))
         tube = store[case_id].tube[...]
-        np.testing.assert_array_equal(item["tube"][0].numpy(), _reference_crop(tube, offset, ds.patch_size))
+        np.testing.assert_array_equal(item["tube"][0].numpy(), crop_padded(tube, offset, ds.patch_size))
 
 
 def test_callable_normalization_gets_the_raw_patch_and_statistics(octa_built):
@@ -229,7 +217,7 @@ def test_from_store_works_with_the_dataset_folder_deleted(tmp_path):
     for batch in loader:
         assert batch["image"].shape == (2, 1, 32, 32, 32) and batch["thin"].shape == (2, 1, 32, 32, 32)
         for i, case_id in enumerate(batch["case_id"]):
-            crop = _reference_crop(expected[case_id], batch["offset"][i].tolist(), (32,) * 3)
+            crop = crop_padded(expected[case_id], batch["offset"][i].tolist(), (32,) * 3)
             np.testing.assert_array_equal(batch["label"][i, 0].numpy(), crop)
     whole = SkeletonDataset.from_store(out)[1]
     np.testing.assert_array_equal(whole["label"][0].numpy(), expected["octa_001"])

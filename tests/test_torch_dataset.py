@@ -17,7 +17,7 @@ from skelprep.io import read_image, read_mask
 from skelprep.store import ATTRS_KEY, StoreError, open_store
 from skelprep.torch.dataset import SkeletonDataset, normalize_image
 
-from .conftest import EXAMPLES, copy_cases
+from .conftest import EXAMPLES, copy_cases, crop_padded
 
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 
@@ -38,19 +38,6 @@ def make_dataset(root: Path, kind: str, n: int = 2) -> Path:
 def built(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
     return {kind: make_dataset(root, kind) for kind in ("2d", "3d", "2d-img", "3d-img")}
-
-
-def _crop(array: np.ndarray, offset, size) -> np.ndarray:
-    """Reference crop with zero padding, written independently of the Dataset's helpers."""
-    lead = array.ndim - len(size)
-    out = np.zeros(array.shape[:lead] + tuple(size), array.dtype)
-    src, dst = [], []
-    for o, s, d in zip(offset, size, array.shape[lead:], strict=True):
-        lo, hi = max(o, 0), min(o + s, d)
-        src.append(slice(lo, max(hi, lo)))
-        dst.append(slice(lo - o, lo - o + max(hi - lo, 0)))
-    out[(slice(None),) * lead + tuple(dst)] = array[(slice(None),) * lead + tuple(src)]
-    return out
 
 
 @pytest.mark.parametrize(
@@ -82,13 +69,17 @@ def test_dataloader_workers_yield_aligned_patches(built, kind, patch):
             # Every array of the item is the same region of its source.
             image = normalize_image(np.concatenate([read_image(p).array for p in case.images]))
             # (streamed: z-scored with the stored float64 statistics, here with float32 ones)
-            np.testing.assert_allclose(batch["image"][i].numpy(), _crop(image, offset, patch), atol=2e-5)
-            np.testing.assert_array_equal(
-                label[i, 0].numpy(), _crop(read_mask(case.mask).array, offset, patch)
+            np.testing.assert_allclose(
+                batch["image"][i].numpy(), crop_padded(image, offset, patch), atol=2e-5
             )
-            np.testing.assert_array_equal(tube[i, 0].numpy(), _crop(store[case_id].tube[...], offset, patch))
             np.testing.assert_array_equal(
-                batch["thin"][i, 0].numpy(), _crop(store[case_id].thin[...], offset, patch)
+                label[i, 0].numpy(), crop_padded(read_mask(case.mask).array, offset, patch)
+            )
+            np.testing.assert_array_equal(
+                tube[i, 0].numpy(), crop_padded(store[case_id].tube[...], offset, patch)
+            )
+            np.testing.assert_array_equal(
+                batch["thin"][i, 0].numpy(), crop_padded(store[case_id].thin[...], offset, patch)
             )
             assert batch["spacing"][i].shape == (len(patch),)
     assert n_batches == 4

@@ -228,6 +228,9 @@ class SkeletonDataset(Dataset):
         self.dataset_statistics = opened.attrs.get("intensity_statistics")
         self._streamed = {cid for cid, a in attrs.items() if "image" in (a.get("checksums") or {})}
         self._check_sources()
+        if self.normalization == "ct":  # fail now, not in a worker at the first item
+            for key in ("fg_p00_5", "fg_p99_5", "fg_mean", "fg_std"):
+                _channel_values(self.dataset_statistics, key, "dataset")
         self._shapes = {cid: tuple(a["shape"]) for cid, a in attrs.items()}
         ndims = {len(s) for s in self._shapes.values()}
         if len(ndims) != 1:
