@@ -48,17 +48,17 @@ def store_lock(path: str) -> Iterator[None]:
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a+")
     except OSError as exc:
-        raise BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})") from None
+        raise BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})") from exc
     try:
         for attempt in range(10):
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if attempt == 9:
                     raise BuildError(
                         f"{folder}: another skelprep build is using this store; wait for it to finish"
-                    ) from None
+                    ) from exc
                 time.sleep(0.05)  # not a build, maybe: store_is_busy() probes with a brief shared lock
         handle.seek(0)
         handle.truncate()

@@ -32,17 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    import numba
-
-    HAVE_NUMBA = True
-    _njit = numba.njit(cache=True, nogil=True)
-except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA in the tests
-    HAVE_NUMBA = False
-
-    def _njit(func):
-        return func
-
+from skelprep._numba import HAVE_NUMBA, njit
 
 __all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d"]
 
@@ -109,7 +99,7 @@ _DELETABLE = 4  # simple, Euler invariant and not an endpoint
 _BORDER_STEPS = ((0, -1, 0), (0, 1, 0), (0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0))
 
 
-@_njit
+@njit
 def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     """27-bit foreground code of the 3x3x3 neighbourhood of flat index ``i``."""
     code = 0
@@ -118,7 +108,7 @@ def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     return code
 
 
-@_njit
+@njit
 def _popcount(x: int) -> int:
     """Number of set bits of a non-negative integer below 2**32."""
     x = x - ((x >> 1) & 0x55555555)
@@ -127,7 +117,7 @@ def _popcount(x: int) -> int:
     return (x * 0x01010101 & 0xFFFFFFFF) >> 24
 
 
-@_njit
+@njit
 def _is_euler_invariant(code: int) -> bool:
     """Lee94 condition 1: removing the centre keeps the Euler characteristic."""
     euler = 0
@@ -140,7 +130,7 @@ def _is_euler_invariant(code: int) -> bool:
     return euler == 0
 
 
-@_njit
+@njit
 def _is_simple(code: int) -> bool:
     """Lee94 conditions 2-3: the 26 neighbours (centre removed) form <= 1 26-component.
 
@@ -164,7 +154,7 @@ def _is_simple(code: int) -> bool:
         comp = grown
 
 
-@_njit
+@njit
 def _classify(code: int) -> int:
     """State of a foreground voxel from its neighbourhood code."""
     if not _is_simple(code):
@@ -174,7 +164,7 @@ def _classify(code: int) -> int:
     return _DELETABLE
 
 
-@_njit
+@njit
 def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offsets: np.ndarray) -> int:
     """Thin the flat, zero-padded volume ``img`` in place.
 
@@ -382,7 +372,7 @@ _ZS_LUT = np.array(
 )  # fmt: skip
 
 
-@_njit
+@njit
 def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> None:
     """Zhang-Suen-thin the flat, zero-padded image ``img`` in place.
 

@@ -417,7 +417,7 @@ def _open_for_build(out: str, layout: DatasetLayout, params: BuildParams, with_i
             },
         )
     except StoreError as exc:
-        raise BuildError(str(exc)) from None
+        raise BuildError(str(exc)) from exc
 
 
 def build(

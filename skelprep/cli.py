@@ -27,6 +27,12 @@ def _fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
+def _with_option(exc: Exception) -> str:
+    """The error's one line; where the library names the parameter that would fix it, our option for it."""
+    param = getattr(exc, "param", None)
+    return str(exc) if param is None else f"{exc} (option --{param.replace('_', '-')})"
+
+
 class _Cli(click.Group):
     """Turns exceptions into one-line messages unless --debug is given."""
 
@@ -46,7 +52,7 @@ class _Cli(click.Group):
             from skelprep.store import StoreError
 
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
-                _fail(str(exc))
+                _fail(_with_option(exc))
             from skelprep._util import first_line
 
             _fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
@@ -320,32 +326,64 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     click.echo(f"wrote {output}")
 
 
-# --- skelprep eval (issue #3) -------------------------------------------------------------------
+# --- skelprep eval (issues #3, #13) -------------------------------------------------------------
 @cli.command("eval")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
-@click.option("--classes", help="Comma-separated classes to score [default: those present].")
+@click.option("--classes", help="Comma-separated classes to score in every case [default: those present].")
+@click.option(
+    "--skeleton",
+    "skeleton_method",
+    type=click.Choice(["skelprep", "skimage"]),
+    default="skelprep",
+    show_default=True,
+    help="skelprep: every component keeps a skeleton (fallback where Lee deletes one); skimage: plain "
+    "scikit-image skeletonize, as challenge scorers use it (leaderboard-comparable).",
+)
+@click.option(
+    "--keep-singleton-axes",
+    is_flag=True,
+    help="Score one-slice NIfTI masks (X, Y, 1) as 3D, thinned with Lee as 3D scorers do [default: squeezed "
+    "to 2D, thinned with Zhang, as skelprep builds them].",
+)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
 )
 def eval_(
-    pred_dir: Path, gt_dir: Path, store: str | None, classes: str | None, json_path: Path | None
+    pred_dir: Path,
+    gt_dir: Path,
+    store: str | None,
+    classes: str | None,
+    skeleton_method: str,
+    keep_singleton_axes: bool,
+    json_path: Path | None,
 ) -> None:
-    """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed)."""
+    """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed).
+
+    Reports per case the class mean and the merged binary values (all labels >= 1 as one foreground), and
+    per class the mean over the cases that have it. A class absent from both masks, and a blank case (no
+    foreground in either), score as perfect and are counted; --json states these conventions.
+    """
     from skelprep.evaluate import evaluate_folders
     from skelprep.metrics import METRIC_NAMES
 
     try:
         wanted = None if classes is None else [int(c) for c in classes.split(",") if c.strip()]
     except ValueError:
-        raise click.BadParameter(
-            f"expected integers like 1,2, got {classes!r}", param_hint="--classes"
-        ) from None
-    report = evaluate_folders(pred_dir, gt_dir, store=store, classes=wanted)
+        wanted = []
+    if wanted is not None and (not wanted or min(wanted) < 1):
+        raise click.BadParameter(f"expected labels >= 1 like 1,2, got {classes!r}", param_hint="--classes")
+    report = evaluate_folders(
+        pred_dir,
+        gt_dir,
+        store=store,
+        classes=wanted,
+        skeleton_method=skeleton_method,
+        keep_singleton_axes=keep_singleton_axes,
+    )
     heads = ("dice", "clDice", "Tprec", "Tsens", "b0 err", "b1 err")
-    width = max([len(c) for c in report["cases"]] + [4])
-    click.echo(f"{'case':<{width}}  " + " ".join(f"{h:>8}" for h in heads) + "  gt skeleton")
+    width = max([len(c.case_id) for c in report.cases] + [len("merged binary"), 9])
 
     def row(name: str, values: dict[str, float], note: str = "") -> None:
         # Ratios in [0, 1] with 4 decimals; Betti errors are counts (means of counts: 2 decimals).
@@ -354,17 +392,37 @@ def eval_(
         )
         click.echo(f"{name:<{width}}  {cells}  {note}".rstrip())
 
-    for case_id, result in report["cases"].items():
-        row(case_id, result["mean"], result["gt_skeleton"])
-    if report["cases"]:
-        row("mean", report["mean"])
-    for reason in report["failed"].values():
+    def table(title: str, key: str, mean: dict[str, float]) -> None:
+        click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads))
+        for case in report.cases:
+            notes = [case.gt_skeleton] if key == "mean" else []
+            notes += ["blank"] if case.scores["blank"] else []
+            empty = case.scores["empty_classes"]
+            notes += [f"empty classes {','.join(map(str, empty))}"] if empty and key == "mean" else []
+            row(case.case_id, case.scores[key], "; ".join(notes))
+        row("mean", mean)
+
+    if report.cases:
+        table("class mean", "mean", report.mean)
+        click.echo()
+        table("merged binary", "binary", report.binary_mean)
+        click.echo()
+        click.echo(f"{'per class':<{width}}  " + " ".join(f"{h:>8}" for h in heads) + "  cases")
+        for c, values in report.class_mean.items():
+            row(f"class {c}", values, str(report.class_cases[c]))
+    counts = report.counts()
+    click.echo(
+        f"{counts['scored']} scored, {counts['failed']} failed; {counts['blank_cases']} blank case(s) and "
+        f"{counts['empty_class_scores']} empty class score(s) counted as perfect; skeleton {skeleton_method}; "
+        f"singleton axes {'kept (3D, Lee)' if keep_singleton_axes else 'squeezed (2D, Zhang)'}"
+    )
+    for reason in report.failed.values():
         click.echo(f"failed: {reason}", err=True)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        json_path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
         click.echo(f"wrote {json_path}")
-    sys.exit(EXIT_FAILED if report["failed"] else EXIT_OK)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 # --- end of skelprep eval -----------------------------------------------------------------------

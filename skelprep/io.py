@@ -138,7 +138,7 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
             reason = "permission denied"
         else:
             reason = f"cannot access ({exc.strerror or exc})"
-        raise InputError(path, reason) from None
+        raise InputError(path, reason) from exc
     problem = _kind_problem(st.st_mode)
     if problem:
         raise InputError(path, problem)
@@ -148,7 +148,7 @@ def check_input_file(path: str | os.PathLike) -> os.stat_result:
         os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
     except OSError as exc:
         reason = "permission denied" if exc.errno == errno.EACCES else f"cannot open ({exc.strerror or exc})"
-        raise InputError(path, reason) from None
+        raise InputError(path, reason) from exc
     return st
 
 
@@ -166,7 +166,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         check_input_file(path)  # raises with the precise reason (loop, dangling link, ...)
-        raise InputError(path, f"cannot open ({exc.strerror or exc})") from None
+        raise InputError(path, f"cannot open ({exc.strerror or exc})") from exc
     problem = _kind_problem(os.fstat(fd).st_mode)
     if problem:
         os.close(fd)
@@ -176,7 +176,7 @@ def file_sha256(path: str | os.PathLike) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         except OSError as exc:
-            raise InputError(path, f"read error ({exc.strerror or exc})") from None
+            raise InputError(path, f"read error ({exc.strerror or exc})") from exc
     return digest.hexdigest()
 
 
@@ -201,7 +201,7 @@ def _read_png(path: Path, *, as_mask: bool) -> Volume:
     except MemoryError:
         raise
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, ...
-        raise InputError(path, f"cannot read image ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read image ({first_line(exc, with_type=True)})") from exc
     if array.ndim == 3:
         if as_mask:
             array = _colour_to_labels(path, array, alpha=mode in ("RGBA", "LA"), what=mode)
@@ -266,7 +266,7 @@ def _read_nifti(path: Path) -> Volume:
     except (InputError, MemoryError):
         raise
     except Exception as exc:  # nibabel raises many types for broken files
-        raise InputError(path, f"cannot read NIfTI ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read NIfTI ({first_line(exc, with_type=True)})") from exc
     return Volume(array, spacing=zooms, affine=affine, axes="ijkt"[: array.ndim])
 
 
@@ -288,7 +288,7 @@ def _tiff_series(path: Path, *, data: bool) -> tuple[np.ndarray | None, tuple[in
     except (InputError, MemoryError):
         raise
     except Exception as exc:
-        raise InputError(path, f"cannot read TIFF ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read TIFF ({first_line(exc, with_type=True)})") from exc
     if "S" in axes:  # colour samples: last, as PIL gives them
         k = axes.index("S")
         shape = shape[:k] + shape[k + 1 :] + (shape[k],)
@@ -362,7 +362,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
         try:
             shape = tuple(int(n) for n in nib.load(path).header.get_data_shape())
         except Exception as exc:  # nibabel raises many types for broken headers
-            raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from None
+            raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from exc
         return _squeezed(shape)
     if suffix in (".tif", ".tiff"):
         _, shape, axes = _tiff_series(path, data=False)
@@ -375,7 +375,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
             with Image.open(path) as img:
                 width, height = img.size
     except Exception as exc:  # PIL raises many types for broken headers
-        raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from None
+        raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from exc
     return (height, width)
 
 

@@ -18,12 +18,20 @@ from pathlib import Path
 from skelprep._util import printable
 from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
-__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover"]
+__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "masks_by_case_id"]
 _CHANNEL = re.compile(r"_(\d{4})$")
 
 
 class LayoutError(ValueError):
-    """The dataset folder as a whole cannot be used."""
+    """The dataset folder as a whole cannot be used.
+
+    ``param`` names the argument of :func:`discover` that would fix it (``"masks"``), or is None;
+    a front end can then point at its own option for that argument.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,18 @@ def _collect_masks(masks: list[Path], base: Path) -> tuple[dict[str, Path], list
     return unique, problems
 
 
+def masks_by_case_id(folder: str | os.PathLike) -> tuple[dict[str, Path], tuple[CaseProblem, ...]]:
+    """Mask files below ``folder`` by case id, found and checked as :func:`discover` finds a label folder's.
+
+    The same walk (hidden entries and ``.zarr`` stores skipped) and the same
+    case-id rules (duplicates, reserved names, an id that is also a folder of
+    other cases): a case that breaks one is a :class:`CaseProblem`, not an entry.
+    """
+    folder = Path(folder)
+    masks, problems = _collect_masks(_walk_files(folder, MASK_SUFFIXES), folder)
+    return masks, tuple(problems)
+
+
 def _index_images(images: list[Path], base: Path) -> dict[str, list[tuple[int, Path]]]:
     """Image files by case id, with their channel index (``_0000`` suffix, or 0)."""
     index: dict[str, list[tuple[int, Path]]] = {}
@@ -172,7 +192,7 @@ def _discover_nnunet(root: Path) -> DatasetLayout:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from None
+        raise LayoutError(f"{meta_path}: invalid dataset.json ({exc})") from exc
     if not isinstance(meta, dict):
         raise LayoutError(f"{meta_path}: invalid dataset.json (not a JSON object)")
     if not isinstance(meta.get("labels", {}), dict):
@@ -219,7 +239,8 @@ def _discover_generic(root: Path) -> DatasetLayout:
             break
     else:
         raise LayoutError(
-            f"{root}: no dataset.json, labels/ or masks/ folder found; pass --masks GLOB to name the masks"
+            f"{root}: no dataset.json, labels/ or masks/ folder found; name the mask files with a masks glob",
+            param="masks",
         )
     mask_files = _walk_files(labels_dir, MASK_SUFFIXES)
     if not mask_files:
@@ -294,7 +315,7 @@ def discover(
     if masks is not None:
         return _discover_globs(root, masks, images)
     if images is not None:
-        raise LayoutError("--images needs --masks")
+        raise LayoutError(f"{root}: an images glob needs a masks glob", param="masks")
     if (root / "dataset.json").exists():
         return _discover_nnunet(root)
     return _discover_generic(root)

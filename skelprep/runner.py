@@ -80,10 +80,10 @@ def check_memory_limit(memory_limit: str | None, scheduler: str | None) -> None:
     try:
         if memory_limit != "auto" and parse_bytes(memory_limit) <= 0:
             raise ValueError
-    except ValueError:
+    except ValueError as exc:
         raise BuildError(
             f"invalid memory limit {memory_limit!r} (expected a size like 4GB or 500MiB)"
-        ) from None
+        ) from exc
 
 
 def run_cases(
@@ -157,7 +157,7 @@ def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_lim
         try:
             client = Client(scheduler, timeout="10s")
         except OSError as exc:
-            raise BuildError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+            raise BuildError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
     else:
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
         with dask.config.set(_DASK_CONFIG):  # read when the scheduler starts

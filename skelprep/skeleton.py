@@ -25,8 +25,7 @@ from scipy import ndimage as ndi
 
 from skelprep import _thinning
 from skelprep._flood import unreached
-from skelprep._thinning import foreground_box as _foreground_box
-from skelprep._thinning import thin_2d, thin_3d
+from skelprep._thinning import foreground_box, thin_2d, thin_3d
 
 __all__ = [
     "SkeletonTargets",
@@ -84,7 +83,7 @@ def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
     if _thinning.HAVE_NUMBA:
         return thin(mask)  # the numba thinnings crop to the foreground themselves
     out = np.zeros(mask.shape, dtype=bool)
-    box = _foreground_box(mask, margin=1)
+    box = foreground_box(mask, margin=1)
     if box is not None:
         out[box] = thin(mask[box])
     return out
@@ -164,7 +163,7 @@ def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """
     mask = np.asarray(mask, dtype=bool)
     thin = _skeletonize_raw(mask)
-    box = _foreground_box(mask, margin=0)
+    box = foreground_box(mask, margin=0)
     if box is None:
         return thin, 0
     thin_box = thin[box]  # a view: writes land in ``thin``
@@ -182,7 +181,7 @@ def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _components_without(mask: np.ndarray, thin: np.ndarray) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """(box, component mask) of every connected component of ``mask`` without a ``thin`` voxel."""
-    box = _foreground_box(mask, margin=0)
+    box = foreground_box(mask, margin=0)
     if box is None:
         return []
     components, n = ndi.label(mask[box], structure=np.ones((3,) * mask.ndim, bool))
@@ -261,7 +260,7 @@ def _dilate_l1(mask: np.ndarray, radius: int, slice_axis: int | None) -> np.ndar
     if _sparse_enough(seeds.size, radius, mask.ndim, slice_axis, mask.size):
         out[_dilated_coords(np.unravel_index(seeds, mask.shape), mask.shape, radius, slice_axis)] = True
         return out
-    box = _foreground_box(mask, margin=radius)  # dilate only around the skeleton
+    box = foreground_box(mask, margin=radius)  # dilate only around the skeleton
     out[box] = ndi.binary_dilation(mask[box], structure=_cross(mask.ndim, slice_axis), iterations=radius)
     return out
 
@@ -370,7 +369,7 @@ def _thin_mask(labels: np.ndarray, mode: str, slice_axis: int | None) -> tuple[n
         if value == 0:
             continue
         class_mask = labels == value
-        box = _foreground_box(class_mask, margin=1)
+        box = foreground_box(class_mask, margin=1)
         class_thin, n = skeletonize_mask(class_mask[box])
         thin[box] |= class_thin
         total += n

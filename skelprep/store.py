@@ -213,10 +213,10 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     """Open the store's root group without trusting consolidated metadata (it may be stale)."""
     try:
         return zarr.open_group(os.fspath(path), mode=mode, use_consolidated=False)
-    except FileNotFoundError:
-        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from None
+    except FileNotFoundError as exc:
+        raise StoreError(f"{os.fspath(path)}: no skelprep store here (run 'skelprep build' first)") from exc
     except Exception as exc:  # zarr raises several types for "not a group"
-        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from None
+        raise StoreError(f"{os.fspath(path)}: cannot open store ({type(exc).__name__}: {exc})") from exc
 
 
 def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
@@ -492,7 +492,7 @@ class SkeletonStore(Mapping[str, CaseTargets]):
                 if attempt == 2:
                     raise StoreError(
                         f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})"
-                    ) from None
+                    ) from exc
                 time.sleep(0.1)  # a build deleted a node while we listed it: list again
         for name, node in members:
             if not isinstance(node, zarr.Group):
@@ -552,9 +552,13 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
 
     Examples
     --------
-    >>> store = open_store("examples/vessels2d/skeletons.zarr")  # doctest: +SKIP
-    >>> case = store["Image_11L_1stHO"]                          # doctest: +SKIP
-    >>> patch = case.tube[0:256, 0:256]                          # doctest: +SKIP
+    >>> store = open_store("examples/road_cracks/skeletons.zarr")
+    >>> store.case_ids
+    ['crack_000', 'crack_001', 'crack_002']
+    >>> case = store["crack_000"]
+    >>> patch = case.tube[0:256, 0:256]
+    >>> patch.shape, patch.dtype
+    ((256, 256), dtype('uint8'))
     """
     return SkeletonStore(open_root(path, mode="r"), path)
 

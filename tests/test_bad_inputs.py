@@ -7,14 +7,12 @@ anything is built.
 
 from __future__ import annotations
 
-import ctypes
 import gzip
 import json
 import os
 import re
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -28,28 +26,7 @@ from skelprep import open_store, skeleton_targets
 from skelprep.cli import cli
 from skelprep.io import InputError, image_shape, read_mask
 
-from .conftest import write_png
-
-CLI = [sys.executable, "-m", "skelprep.cli"]
-_PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2
-
-
-def _drop_dac_capabilities() -> None:
-    """In a child before exec: give up root's right to ignore file permissions (CAP_DAC_*)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def _permissions_enforceable() -> bool:
-    """Whether a process of ours can be made to obey chmod (always, unless root cannot drop CAP_DAC_*)."""
-    if os.geteuid() != 0:
-        return True
-    probe = subprocess.run(
-        [sys.executable, "-c", "pass"], preexec_fn=_drop_dac_capabilities, capture_output=True
-    )
-    return probe.returncode == 0
+from .helpers import CLI, drop_dac_capabilities, permissions_enforceable, write_png
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -271,12 +248,12 @@ def _build_cli(args: list[str], *, drop_dac: bool) -> subprocess.CompletedProces
         capture_output=True,
         text=True,
         timeout=120,  # a reader that blocks (e.g. on a FIFO) must fail the test, not hang it
-        preexec_fn=_drop_dac_capabilities if drop_dac else None,
+        preexec_fn=drop_dac_capabilities if drop_dac else None,
     )
 
 
 def test_bad_input_corpus_fails_case_by_case(tmp_path):
-    enforce = _permissions_enforceable()
+    enforce = permissions_enforceable()
     root = tmp_path / "corpus"
     good, bad = make_corpus(root, with_permissions=enforce)
     assert len(bad) >= 30

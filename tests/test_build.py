@@ -15,7 +15,7 @@ from skelprep.io import read_mask
 from skelprep.layout import discover
 from skelprep.verify import verify
 
-from .conftest import write_png
+from .helpers import write_png
 
 
 def _arrays(store_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 from skelprep.cli import cli
 
-from .conftest import write_png
+from .helpers import CLI, write_png
 
 
 @pytest.fixture
@@ -92,8 +91,22 @@ def test_usage_and_dataset_errors(runner, tmp_path):
 
 
 def test_console_script_and_debug_traceback(tmp_path):
-    exe = [sys.executable, "-m", "skelprep.cli"]
+    exe = CLI
     plain = subprocess.run(exe + ["info", str(tmp_path / "x.zarr")], capture_output=True, text=True)
     assert plain.returncode == 1 and len(plain.stderr.strip().splitlines()) == 1
+    debug = subprocess.run(
+        exe + ["--debug", "info", str(tmp_path / "x.zarr")], capture_output=True, text=True
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    # the library's error keeps its cause (zarr's), so --debug shows where it came from
+    assert "FileNotFoundError" in debug.stderr and "direct cause" in debug.stderr
     version = subprocess.run(exe + ["--version"], capture_output=True, text=True)
     assert version.returncode == 0 and "skelprep" in version.stdout
+
+
+def test_library_errors_get_the_option_that_fixes_them(runner, tmp_path):
+    (tmp_path / "stuff").mkdir()
+    for args in ([], ["--images", "*.png"]):
+        result = runner.invoke(cli, ["build", str(tmp_path), "--no-progress", *args])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.rstrip().endswith("masks glob (option --masks)"), result.stderr

@@ -13,7 +13,7 @@ from skelprep import open_store
 from skelprep._lock import store_is_busy
 from skelprep.verify import verify
 
-from .test_crash_safety import CLI, N_CASES, check_store, make_dataset, start_build, wait_for_a_write
+from .helpers import CLI, N_CASES, check_store, make_dataset, start_build, wait_for_a_write
 
 LOCKED = "another skelprep build is using this store; wait for it to finish"
 

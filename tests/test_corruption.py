@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from skelprep import open_store, skeleton_targets
 from skelprep.cli import cli
 
-from .conftest import write_png
+from .helpers import write_png
 
 
 def _mask(seed: int) -> np.ndarray:

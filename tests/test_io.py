@@ -10,7 +10,7 @@ from PIL import Image
 
 from skelprep.io import InputError, read_image, read_mask, split_suffix
 
-from .conftest import EXAMPLES, write_png
+from .helpers import EXAMPLES, write_png
 
 
 def test_png_8bit_binary_255_is_remapped(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from skelprep.layout import LayoutError, discover
 
-from .conftest import EXAMPLES, SHARED, needs, write_png
+from .helpers import EXAMPLES, SHARED, needs, write_png
 
 MASK = np.zeros((8, 8), np.uint8)
 
@@ -96,3 +96,14 @@ def test_dataset_errors(tmp_path):
         discover(tmp_path)
     with pytest.raises(LayoutError, match="no mask files match"):
         discover(tmp_path, masks="*.png")
+
+
+def test_dataset_errors_name_the_parameter_not_a_cli_option(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(LayoutError, match="no dataset.json, labels/ or masks/ folder found") as raised:
+        discover(tmp_path)
+    assert raised.value.param == "masks" and "--" not in str(raised.value)
+    with pytest.raises(LayoutError, match="an images glob needs a masks glob") as raised:
+        discover(tmp_path, images="*.png")
+    assert raised.value.param == "masks" and "--" not in str(raised.value)
+    assert LayoutError("x").param is None

@@ -19,7 +19,7 @@ from skelprep.evaluate import evaluate_folders, find_masks
 from skelprep.metrics import betti_errors, betti_numbers, cldice, dice, evaluate_case, skeleton
 from skelprep.store import open_store
 
-from .conftest import EXAMPLES
+from .helpers import EXAMPLES
 
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 
@@ -213,7 +213,8 @@ def folders(tmp_path):
 
 def test_find_masks_pairs_by_relative_name(folders):
     pred_dir, _ = folders
-    assert sorted(find_masks(pred_dir)) == ["a", "sub/b"]
+    masks, problems = find_masks(pred_dir)
+    assert sorted(masks) == ["a", "sub/b"] and problems == {}
 
 
 def test_eval_cli_json(folders, tmp_path):
@@ -256,13 +257,26 @@ def test_eval_reuses_the_store(tmp_path):
     shutil.copytree(dataset / "labelsTr", pred_dir)
     # Found at GT_DIR/../skeletons.zarr; stale cases fall back to skeletonizing.
     report = evaluate_folders(pred_dir, dataset / "labelsTr")
-    assert {r["gt_skeleton"] for r in report["cases"].values()} == {"store"}
+    assert {c.gt_skeleton for c in report.cases} == {"store"}
     store = open_store(dataset / "skeletons.zarr")
     from skelprep.io import read_mask
 
     gt = read_mask(dataset / "labelsTr" / "octa_000.nii.gz").array
     expected = evaluate_case(gt, gt, gt_thin=store["octa_000"].thin[...])
-    assert report["cases"]["octa_000"]["mean"] == expected["mean"]
+    case = next(c for c in report.cases if c.case_id == "octa_000")
+    assert case.scores["mean"] == expected["mean"]
+    # Plain scikit-image skeletons: a stored thin equals them only where the build needed no fallback
+    # (octa_000 has one component Lee deletes whole, octa_001 none).
+    plain = {
+        c.case_id: c
+        for c in evaluate_folders(pred_dir, dataset / "labelsTr", skeleton_method="skimage").cases
+    }
+    assert plain["octa_000"].gt_skeleton == "computed" and plain["octa_001"].gt_skeleton == "store"
+    assert (
+        store["octa_000"].attrs["fallback_components"] > 0 == store["octa_001"].attrs["fallback_components"]
+    )
+    gt = read_mask(dataset / "labelsTr" / "octa_001.nii.gz").array
+    assert plain["octa_001"].scores == evaluate_case(gt, gt, skeleton_method="skimage")
     # Touch a ground truth: its stored skeleton is stale and not used.
     shutil.copy(DATA / "octa3d" / "labelsTr" / "octa_002.nii.gz", dataset / "labelsTr" / "octa_001.nii.gz")
     shutil.copy(dataset / "labelsTr" / "octa_001.nii.gz", pred_dir / "octa_001.nii.gz")

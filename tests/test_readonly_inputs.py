@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_bad_inputs import CLI, _drop_dac_capabilities, _permissions_enforceable
+from .helpers import CLI, drop_dac_capabilities, permissions_enforceable
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -44,7 +44,7 @@ def _make_writable(root: Path) -> None:
 
 @pytest.fixture
 def enforce() -> bool:
-    if not _permissions_enforceable():
+    if not permissions_enforceable():
         pytest.skip("running as root without the right to drop CAP_DAC_*: read-only modes are not enforced")
     return os.geteuid() == 0
 
@@ -55,7 +55,7 @@ def _run(args: list[str], drop: bool) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=_drop_dac_capabilities if drop else None,
+        preexec_fn=drop_dac_capabilities if drop else None,
     )
 
 

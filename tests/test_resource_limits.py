@@ -9,8 +9,7 @@ import numpy as np
 
 from skelprep import open_store
 
-from .conftest import tubes_3d
-from .test_bad_inputs import CLI
+from .helpers import CLI, tubes_3d
 
 
 def test_case_over_the_memory_limit_fails_alone(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -13,7 +11,7 @@ import skelprep.skeleton
 from skelprep import skeleton_targets, skeletonize_mask, thin_skeleton, tube_from_thin, tubed_skeleton
 from skelprep.io import read_mask
 
-from .conftest import SHARED, needs, tubes_3d
+from .helpers import SHARED, needs, tubes_3d
 
 
 def reference_tube(labels: np.ndarray) -> np.ndarray:
@@ -37,10 +35,6 @@ def assert_parity_where_kept(labels: np.ndarray, targets, fallback: int) -> None
     # the tube is the recipe applied to that skeleton, so it contains the reference tube
     np.testing.assert_array_equal(targets.tube, dilation(dilation(targets.thin > 0)) * labels)
     assert (targets.tube >= ref).all()
-
-
-def test_doctests():
-    assert doctest.testmod(skelprep.skeleton).failed == 0
 
 
 @pytest.mark.parametrize("name", [f"Image_1{i}{s}_1stHO.png" for i in range(1, 5) for s in "LR"])

@@ -9,7 +9,7 @@ import zarr
 from skelprep import open_store, skeleton_targets
 from skelprep.store import StoreError, chunk_shape, open_root, verify_case_data, write_case
 
-from .conftest import tubes_3d
+from .helpers import tubes_3d
 
 
 def _new_store(path):

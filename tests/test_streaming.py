@@ -26,7 +26,7 @@ from skelprep.store import ATTRS_KEY, open_store, verify_case_data
 from skelprep.torch import SkeletonDataset
 from skelprep.verify import verify
 
-from .conftest import EXAMPLES, copy_cases, crop_padded, tubes_3d, write_png
+from .helpers import EXAMPLES, copy_cases, crop_padded, tubes_3d, write_png
 
 CLI = [sys.executable, "-m", "skelprep.cli"]
 

@@ -53,19 +53,29 @@ def random_tubes(shape: tuple[int, int, int], n: int, radii: tuple[float, float]
     return out
 
 
+@pytest.mark.parametrize("ndim", [3, 2])
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 0.85])
 @pytest.mark.parametrize("seed", range(4))
-def test_random_blobs(density: float, seed: int) -> None:
-    shape = tuple(int(s) for s in np.random.default_rng(seed).integers(6, 22, 3))
-    assert_same_as_skimage(random_blobs(shape, density, sigma=1.5, seed=seed))
+def test_random_blobs(ndim: int, density: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    if ndim == 3:
+        shape, sigma = tuple(int(s) for s in rng.integers(6, 22, 3)), 1.5
+    else:  # larger images, blobs of several sizes
+        shape, sigma = tuple(int(s) for s in rng.integers(8, 90, 2)), float(rng.uniform(1.0, 4.0))
+    assert_same_as_skimage(random_blobs(shape, density, sigma=sigma, seed=seed))
 
 
-@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.7])
+# ndim -> (shape, first seed, densities)
+_NOISE = {3: ((9, 11, 10), 100, [0.1, 0.3, 0.5, 0.7]), 2: ((37, 41), 200, [0.1, 0.3, 0.5, 0.7, 0.9])}
+
+
+@pytest.mark.parametrize(("ndim", "density"), [(n, d) for n, (*_, ds) in _NOISE.items() for d in ds])
 @pytest.mark.parametrize("seed", range(3))
-def test_random_noise(density: float, seed: int) -> None:
+def test_random_noise(ndim: int, density: float, seed: int) -> None:
     # Unsmoothed noise: ragged shapes with many thin bits, holes and cavities.
-    rng = np.random.default_rng(100 + seed)
-    assert_same_as_skimage(rng.random((9, 11, 10)) < density)
+    shape, first_seed, _ = _NOISE[ndim]
+    rng = np.random.default_rng(first_seed + seed)
+    assert_same_as_skimage(rng.random(shape) < density)
 
 
 @pytest.mark.parametrize(
@@ -86,18 +96,24 @@ def test_shapes_touching_the_border(seed: int) -> None:
     assert_same_as_skimage(random_tubes((12, 16, 10), 6, (1.5, 3.5), seed + 10))
 
 
-@pytest.mark.parametrize("pos", [(0, 0, 0), (4, 5, 6), (7, 0, 3), (7, 9, 11)])
-def test_single_voxel_is_kept(pos: tuple[int, int, int]) -> None:
-    mask = np.zeros((8, 10, 12), dtype=bool)
+@pytest.mark.parametrize(
+    "shape, pos",
+    [((8, 10, 12), p) for p in [(0, 0, 0), (4, 5, 6), (7, 0, 3), (7, 9, 11)]]
+    + [((9, 12), p) for p in [(0, 0), (3, 4), (8, 0), (0, 11), (8, 11)]],
+)
+def test_single_voxel_is_kept(shape: tuple[int, ...], pos: tuple[int, ...]) -> None:
+    mask = np.zeros(shape, dtype=bool)
     mask[pos] = True
     got = assert_same_as_skimage(mask)
     assert got[pos] and got.sum() == 1
 
 
 @pytest.mark.parametrize(
-    "shape", [(1, 1, 1), (2, 2, 2), (3, 3, 3), (5, 5, 5), (6, 6, 6), (3, 4, 7), (9, 8, 7)]
+    "shape",
+    [(1, 1, 1), (2, 2, 2), (3, 3, 3), (5, 5, 5), (6, 6, 6), (3, 4, 7), (9, 8, 7)]
+    + [(1, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 5), (3, 8), (17, 16), (64, 50)],
 )
-def test_full_arrays(shape: tuple[int, int, int]) -> None:
+def test_full_arrays(shape: tuple[int, ...]) -> None:
     assert_same_as_skimage(np.ones(shape, dtype=bool))
 
 
@@ -135,9 +151,11 @@ def test_depth_one_input_and_flat_crop(seed: int) -> None:
     assert_same_as_skimage(deep)
 
 
-@pytest.mark.parametrize("shape", [(0, 4, 5), (3, 0, 2), (4, 5, 6), (1, 1, 1)])
-def test_empty(shape: tuple[int, int, int]) -> None:
-    got = thin_3d(np.zeros(shape, dtype=bool))
+@pytest.mark.parametrize(
+    "shape", [(0, 4, 5), (3, 0, 2), (4, 5, 6), (1, 1, 1)] + [(0, 0), (0, 5), (4, 0), (6, 7), (1, 1)]
+)
+def test_empty(shape: tuple[int, ...]) -> None:
+    got = (thin_3d if len(shape) == 3 else thin_2d)(np.zeros(shape, dtype=bool))
     assert got.shape == shape and got.dtype == bool and not got.any()
     assert_same_as_skimage(np.zeros(shape, dtype=bool))
 
@@ -151,9 +169,10 @@ def test_non_bool_and_non_contiguous_input() -> None:
     assert_same_as_skimage(labels[::-1, 1::2])
 
 
-def test_rejects_non_3d() -> None:
-    with pytest.raises(ValueError, match="3D"):
-        thin_3d(np.ones((4, 4), dtype=bool))
+@pytest.mark.parametrize("thin, ndim, other", [(thin_3d, 3, (4, 4)), (thin_2d, 2, (2, 4, 4))])
+def test_rejects_other_dimensions(thin, ndim: int, other: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=f"{ndim}D"):
+        thin(np.ones(other, dtype=bool))
 
 
 @settings(max_examples=300, deadline=None)
@@ -223,7 +242,7 @@ def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch, ndim: int) -> N
     np.testing.assert_array_equal(got, skeletonize(mask))
 
 
-# --- 2D: Zhang-Suen thinning ---------------------------------------------------
+# --- 2D only: Zhang-Suen thinning (the tests above run both dimensions) ---------
 
 
 def read_png_mask(path: Path) -> np.ndarray:
@@ -231,21 +250,6 @@ def read_png_mask(path: Path) -> np.ndarray:
     with image.open(path) as im:
         mask = np.asarray(im) > 0
     return mask if mask.ndim == 2 else mask.any(axis=-1)
-
-
-@pytest.mark.parametrize("density", [0.05, 0.2, 0.4, 0.6, 0.85])
-@pytest.mark.parametrize("seed", range(4))
-def test_2d_random_blobs(density: float, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(s) for s in rng.integers(8, 90, 2))
-    assert_same_as_skimage(random_blobs(shape, density, sigma=float(rng.uniform(1.0, 4.0)), seed=seed))
-
-
-@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.7, 0.9])
-@pytest.mark.parametrize("seed", range(3))
-def test_2d_random_noise(density: float, seed: int) -> None:
-    rng = np.random.default_rng(200 + seed)
-    assert_same_as_skimage(rng.random((37, 41)) < density)
 
 
 def test_2d_large_thick_blobs() -> None:
@@ -282,21 +286,6 @@ def test_2d_shapes_touching_the_border(seed: int) -> None:
     assert_same_as_skimage(mask)
 
 
-@pytest.mark.parametrize("pos", [(0, 0), (3, 4), (8, 0), (0, 11), (8, 11)])
-def test_2d_single_pixel_is_kept(pos: tuple[int, int]) -> None:
-    mask = np.zeros((9, 12), dtype=bool)
-    mask[pos] = True
-    got = assert_same_as_skimage(mask)
-    assert got[pos] and got.sum() == 1
-
-
-@pytest.mark.parametrize(
-    "shape", [(1, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 5), (3, 8), (17, 16), (64, 50)]
-)
-def test_2d_full_images(shape: tuple[int, int]) -> None:
-    assert_same_as_skimage(np.ones(shape, dtype=bool))
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_2d_one_pixel_wide_images(seed: int) -> None:
     rng = np.random.default_rng(300 + seed)
@@ -307,23 +296,12 @@ def test_2d_one_pixel_wide_images(seed: int) -> None:
         assert_same_as_skimage(np.stack([line, rng.random(25) < density]))  # 2 rows
 
 
-@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (4, 0), (6, 7), (1, 1)])
-def test_2d_empty(shape: tuple[int, int]) -> None:
-    got = thin_2d(np.zeros(shape, dtype=bool))
-    assert got.shape == shape and got.dtype == bool and not got.any()
-
-
 def test_2d_non_bool_and_non_contiguous_input() -> None:
     labels = random_blobs((40, 50), 0.5, sigma=2.0, seed=9).astype(np.uint8) * 2
     assert_same_as_skimage(labels)
     assert_same_as_skimage(labels.astype(np.float64) - 0.5 * (labels == 0))  # -0.5 counts as foreground
     assert_same_as_skimage(labels.T)
     assert_same_as_skimage(labels[::-1, 1::2])
-
-
-def test_2d_rejects_non_2d() -> None:
-    with pytest.raises(ValueError, match="2D"):
-        thin_2d(np.ones((2, 4, 4), dtype=bool))
 
 
 @settings(max_examples=1000, deadline=None)

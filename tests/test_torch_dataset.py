@@ -17,7 +17,7 @@ from skelprep.io import read_image, read_mask
 from skelprep.store import ATTRS_KEY, StoreError, open_store
 from skelprep.torch.dataset import SkeletonDataset, normalize_image
 
-from .conftest import EXAMPLES, copy_cases, crop_padded
+from .helpers import EXAMPLES, copy_cases, crop_padded
 
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed
 

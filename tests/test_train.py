@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import EXAMPLES, copy_cases
+from .helpers import EXAMPLES, copy_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = EXAMPLES  # the bundled copies of the shared nnU-Net datasets: no ../shared needed

@@ -5,7 +5,7 @@ does not import it.
 
 Examples
 --------
->>> from skelprep.torch import SkeletonDataset, SkeletonRecallLoss, CompoundLoss, tube  # doctest: +SKIP
+>>> from skelprep.torch import SkeletonDataset, SkeletonRecallLoss, CompoundLoss, tube
 """
 
 from skelprep.torch.dataset import SkeletonDataset

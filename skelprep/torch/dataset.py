@@ -174,11 +174,11 @@ class SkeletonDataset(Dataset):
     Examples
     --------
     >>> from torch.utils.data import DataLoader, RandomSampler
-    >>> ds = SkeletonDataset.from_store("examples/road_cracks/skeletons.zarr", patch_size=256)  # doctest: +SKIP
+    >>> ds = SkeletonDataset.from_store("examples/road_cracks/skeletons.zarr", patch_size=256)
     >>> loader = DataLoader(ds, batch_size=2, num_workers=2,
-    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))  # doctest: +SKIP
-    >>> batch = next(iter(loader))                                          # doctest: +SKIP
-    >>> batch["image"].shape, batch["tube"].shape                           # doctest: +SKIP
+    ...                     sampler=RandomSampler(ds, replacement=True, num_samples=100))
+    >>> batch = next(iter(loader))
+    >>> batch["image"].shape, batch["tube"].shape
     (torch.Size([2, 3, 256, 256]), torch.Size([2, 1, 256, 256]))
     """
 
@@ -259,7 +259,9 @@ class SkeletonDataset(Dataset):
 
         Examples
         --------
-        >>> ds = SkeletonDataset.from_store("s3://bucket/skeletons.zarr", patch_size=128)  # doctest: +SKIP
+        >>> ds = SkeletonDataset.from_store("examples/octa3d/skeletons.zarr", patch_size=32)
+        >>> len(ds), ds.streamed, tuple(ds[0]["image"].shape)
+        (4, True, (1, 32, 32, 32))
         """
         for key in ("masks", "images"):
             if kwargs.get(key) is not None:

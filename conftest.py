@@ -1,0 +1,53 @@
+"""pytest set-up for the package's doctests (``--doctest-modules`` over ``skelprep/``, see pyproject.toml).
+
+The examples in the docstrings are written as a user would type them at the repository root, e.g.
+``open_store("examples/road_cracks/skeletons.zarr")``. Each doctest runs in a copy of ``examples/`` whose
+datasets are built once per session (about 1 s), so the examples find their stores and the checkout is never
+written to. The fixtures of ``tests/`` are in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+# Doctests that need an optional package: skipped where it is not installed (``make test`` installs them all).
+_NEEDS = {"skelprep._flood.unreached": "numba"}
+# Modules that import an optional framework at import time: not collected without it.
+collect_ignore = [
+    p for p, package in {"skelprep/torch": "torch"}.items() if importlib.util.find_spec(package) is None
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        package = _NEEDS.get(item.name) if isinstance(item, pytest.DoctestItem) else None
+        if package is not None and importlib.util.find_spec(package) is None:
+            item.add_marker(pytest.mark.skip(reason=f"the example needs {package}"))
+
+
+@pytest.fixture(scope="session")
+def built_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a copy of ``examples/`` with every example dataset built (default store paths)."""
+    from skelprep.build import build
+
+    folder = tmp_path_factory.mktemp("doctest")
+    examples = shutil.copytree(
+        ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("skeletons*.zarr*", "previews")
+    )
+    for dataset in sorted(p for p in examples.iterdir() if p.is_dir()):
+        # with images where the dataset has them, as train.py builds them (store format 2)
+        report = build(dataset, workers=1, with_images=(dataset / "imagesTr").is_dir())
+        assert report.ok, report.failed
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _doctests_run_beside_built_examples(request: pytest.FixtureRequest) -> None:
+    if isinstance(request.node, pytest.DoctestItem):
+        request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("built_examples"))
