@@ -418,6 +418,13 @@ def _open_for_build(out: str, layout: DatasetLayout, params: BuildParams, with_i
         )
     except StoreError as exc:
         raise BuildError(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise BuildError(
+                f"{out}: no space left on device before any case was written; free space (or build into a "
+                "larger disk with --out) and rerun 'skelprep build'"
+            ) from None
+        raise
 
 
 def build(
