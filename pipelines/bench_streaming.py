@@ -60,6 +60,17 @@ from skelprep.store import open_store  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 MODES = {
+    "tiny": {  # the test suite's smoke run (tests/test_bench_streaming.py)
+        "shape": (64, 80, 48),
+        "cases": 1,
+        "patch": 32,
+        "items": 3,
+        "whole": 1,
+        "batches": 2,
+        "train_patch": 32,
+        "train_steps": 2,
+        "builds": 1,
+    },
     "quick": {
         "shape": (256, 256, 128),
         "cases": 1,
@@ -335,6 +346,7 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
+    size.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's smoke run
     size.add_argument("--quick", action="store_true", help="CI-sized: one 256x256x128 case, 96^3 items")
     size.add_argument(
         "--full", action="store_true", help="two 512x512x300 CT-like cases, 128^3 items (default)"
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("results/bench-streaming"))
     parser.add_argument("--data", type=Path, help="folder for the generated CT-like dataset (kept; reused)")
     args = parser.parse_args(argv)
-    results = run("quick" if args.quick else "full", args.out, args.data)
+    results = run("tiny" if args.tiny else "quick" if args.quick else "full", args.out, args.data)
     print(markdown(results))
     return results
 
