@@ -144,11 +144,13 @@ def test_stored_image_and_label_equal_the_source_files(kind, tmp_path):
     assert len(build(dataset, workers=1).up_to_date) == 2  # a store with images stays one
 
 
-@pytest.mark.parametrize("normalization", ["zscore", "ct", "none"])
-def test_items_are_normalized_crops_of_the_sources(octa_built, normalization):
-    ds = SkeletonDataset(
-        octa_built, patch_size=(24, 40, 72), foreground_prob=0.5, normalization=normalization
-    )
+@pytest.mark.parametrize(
+    ("normalization", "patch"),
+    [("zscore", (24, 40, 72)), ("ct", (24, 40, 72)), ("none", (24, 40, 72)), ("zscore", (100, 96, 96))],
+)
+def test_items_are_normalized_crops_of_the_sources(octa_built, normalization, patch):
+    # (100, 96, 96): a patch large enough to be read in parallel threads, overhanging the 64^3 cases
+    ds = SkeletonDataset(octa_built, patch_size=patch, foreground_prob=0.5, normalization=normalization)
     store = open_store(octa_built / "skeletons.zarr")
     data = store.attrs["intensity_statistics"][0]
     torch.manual_seed(1)
