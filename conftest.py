@@ -20,7 +20,13 @@ ROOT = Path(__file__).resolve().parent
 _NEEDS = {"skelprep._flood.unreached": "numba"}
 # Modules that import an optional framework at import time: not collected without it.
 collect_ignore = [
-    p for p, package in {"skelprep/torch": "torch"}.items() if importlib.util.find_spec(package) is None
+    p
+    for p, package in {
+        "skelprep/torch": "torch",
+        "skelprep/monai.py": "monai",
+        "skelprep/torchio.py": "torchio",
+    }.items()
+    if importlib.util.find_spec(package) is None
 ]
 
 

@@ -19,3 +19,21 @@ def octa_dataset(tmp_path: Path) -> Path:
 def cracks_dataset(tmp_path: Path) -> Path:
     """The 3-case 2D road-cracks nnU-Net dataset (4 classes), writable."""
     return copy_dataset(EXAMPLES / "road_cracks", tmp_path / "road_cracks")
+
+
+@pytest.fixture(scope="session")
+def nifti(tmp_path_factory):
+    """(dataset, store): one 3D NIfTI case with a rotated, anisotropic affine, built (adapter tests)."""
+    from .adapter_data import built, nifti_dataset
+
+    dataset = nifti_dataset(tmp_path_factory.mktemp("adapters") / "nii")
+    return dataset, built(dataset)
+
+
+@pytest.fixture(scope="session")
+def png(tmp_path_factory):
+    """(dataset, store): one real 640x1024 road-crack PNG case, built (adapter tests)."""
+    from .adapter_data import built, png_dataset
+
+    dataset = png_dataset(tmp_path_factory.mktemp("adapters") / "png")
+    return dataset, built(dataset)

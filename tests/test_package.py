@@ -9,7 +9,7 @@ import sys
 def test_import_skelprep_is_light():
     code = (
         "import sys, skelprep, skelprep.store, skelprep.build, skelprep.cli, skelprep.layout;"
-        "heavy = [m for m in ('torch', 'distributed', 'dask.distributed') if m in sys.modules];"
+        "heavy = [m for m in ('torch', 'distributed', 'dask.distributed', 'monai', 'torchio') if m in sys.modules];"
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
