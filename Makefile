@@ -51,11 +51,14 @@ lint: install
 ## make bench: the quick benchmark (CI-sized); make bench-full: the full one (minutes)
 bench: install
 	$(BIN)/python pipelines/bench.py --quick --out results/bench-quick
+	$(BIN)/python pipelines/bench_streaming.py --quick --out results/bench-streaming-quick
 
 bench-full: install
 	$(BIN)/python pipelines/bench.py --out results/bench
+	$(BIN)/python pipelines/bench_streaming.py --full --out results/bench-streaming
 
-## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data
+## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data;
+## train.py builds each store --with-images first and streams the patches from it
 train: install
 	$(BIN)/python pipelines/train.py examples/road_cracks --out runs/road_cracks --device cpu --epochs 2 --steps-per-epoch 10 --patch-size 256 --batch-size 2 --num-workers 2 --recall-weight 1
 	$(BIN)/python pipelines/train.py examples/octa3d --out runs/octa3d --device cpu --epochs 2 --steps-per-epoch 5 --patch-size 64 --batch-size 2 --num-workers 2 --recall-weight 1

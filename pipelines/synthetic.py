@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["vessel_tree_volume", "write_vessel_dataset"]
+__all__ = ["vessel_tree_volume", "write_vessel_dataset", "write_crop_dataset"]
 
 
 def _ball_offsets(radius: float) -> np.ndarray:
@@ -191,4 +191,65 @@ def write_crop_dataset(
         path = folder / "labels" / f"crop_{i:04d}.png"
         if not path.exists():
             Image.fromarray(np.ascontiguousarray(crop)).save(path)
+    return folder
+
+
+def ct_image_volume(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """An int16 CT-like image (Hounsfield units) around a vessel label map.
+
+    Air (-1000) outside an ellipsoidal body, soft tissue (about 40 HU) with
+    Gaussian noise of 20 HU and a smooth drift inside it, contrast-filled
+    vessels (about 300 HU) where ``labels > 0``. The noise makes it compress
+    like a real scan (a ``.nii.gz`` of about 60 % of the raw bytes).
+    """
+    rng = np.random.default_rng(seed)
+    shape = labels.shape
+    image = np.empty(shape, np.int16)
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    yy, xx = np.meshgrid(axes[1], axes[2], indexing="ij")
+    for i in range(shape[0]):  # slab by slab: a float copy of the whole volume would be 600 MB
+        body = (axes[0][i] / 1.1) ** 2 + (yy / 0.9) ** 2 + (xx / 0.95) ** 2 <= 1.0
+        tissue = 40 + 15 * np.sin(3 * yy + axes[0][i]) + rng.normal(0, 20, size=yy.shape).astype(np.float32)
+        slab = np.where(body, tissue, -1000 + rng.normal(0, 5, size=yy.shape).astype(np.float32))
+        slab = np.where(labels[i] > 0, 300 + rng.normal(0, 25, size=yy.shape).astype(np.float32), slab)
+        image[i] = np.clip(np.rint(slab), -1024, 3071).astype(np.int16)
+    return image
+
+
+def write_ct_dataset(
+    folder: str | os.PathLike,
+    *,
+    n_cases: int = 2,
+    shape: tuple[int, int, int] = (512, 512, 300),
+    seed: int = 0,
+) -> Path:
+    """An nnU-Net raw dataset of CT-size cases: int16 image ``.nii.gz``, sparse 2-class vessel mask.
+
+    ``imagesTr/ct_XXX_0000.nii.gz``, ``labelsTr/ct_XXX.nii.gz`` and
+    ``dataset.json``; existing files are kept (benchmarks write it once).
+    """
+    import json
+
+    import nibabel as nib
+
+    folder = Path(folder)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "artery": 1, "vein": 2},
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
+    for i in range(n_cases):
+        label_path = folder / "labelsTr" / f"ct_{i:03d}.nii.gz"
+        image_path = folder / "imagesTr" / f"ct_{i:03d}_0000.nii.gz"
+        if label_path.exists() and image_path.exists():
+            continue
+        labels = vessel_tree_volume(shape, n_classes=2, target_fraction=0.004, seed=seed + i)
+        for path, data in ((image_path, ct_image_volume(labels, seed=seed + i)), (label_path, labels)):
+            tmp = path.with_name(path.name + ".tmp.nii.gz")
+            nib.save(nib.Nifti1Image(data, np.eye(4)), tmp)
+            os.replace(tmp, path)
     return folder

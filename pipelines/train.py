@@ -3,13 +3,15 @@
 
 The dimensionality (2D or 3D), input channels and classes come from the data.
 Before training the dataset's store is brought up to date: a missing, incomplete
-or stale store is (re)built with :func:`skelprep.build.build` (one worker, the
-store's own parameters if it has any, else the defaults); ``--no-build`` makes
-that an error instead.
+or stale store, or one without images, is (re)built with :func:`skelprep.build.build`
+``with_images`` (one worker, the store's own parameters if it has any, else the
+defaults); ``--no-build`` makes that an error instead. Training patches are then
+read from the store's image, label and tube arrays alone.
 
 Outputs in ``--out``: ``last.pt`` and ``best.pt`` (best validation clDice; best
 training loss without validation), ``metrics.json`` (arguments, per-epoch losses
-and validation metrics, mean wall and CPU seconds per training step) and ``curves.png``.
+and validation metrics, per step the time spent waiting for the loader and the
+compute time, their means and the loader-wait fraction) and ``curves.png``.
 
 Examples
 --------
@@ -121,23 +123,37 @@ class UNet(nn.Module):
 
 
 def ensure_store(dataset: Path, store: str, allow_build: bool) -> None:
-    """Bring the store up to date (or fail with a clear message when ``allow_build`` is False)."""
+    """Bring the store up to date, with images (or fail with a clear message when ``allow_build`` is False).
+
+    Training streams patches from the store's image and label arrays, so a store
+    without them counts as out of date: it is built ``with_images`` (its targets
+    are reused where the masks did not change).
+    """
     try:
         checks = verify(dataset, store, check_data=False)
         bad = [c for c in checks if c.state not in ("ok", "orphan", "failed-input")]
-        params = open_store(store).attrs.get("params") or {}
+        opened = open_store(store)
+        params = opened.attrs.get("params") or {}
+        without_images = not opened.attrs.get("with_images")
     except StoreError:
-        bad, params = None, {}
-    if bad == []:
+        bad, params, without_images = None, {}, True
+    if bad == [] and not without_images:
         return
-    what = "is missing" if bad is None else f"has {len(bad)} case(s) missing, incomplete or stale"
+    if bad is None:
+        what = "is missing"
+    elif bad:
+        what = f"has {len(bad)} case(s) missing, incomplete or stale"
+    else:
+        what = "holds no images (built without --with-images)"
     if not allow_build:
-        sys.exit(f"train: error: store {store} {what}; run 'skelprep build {dataset}' or drop --no-build")
-    print(f"building the store {store} (it {what})", file=sys.stderr)
+        sys.exit(
+            f"train: error: store {store} {what}; run 'skelprep build {dataset} --with-images' or drop --no-build"
+        )
+    print(f"building the store {store} with images (it {what})", file=sys.stderr)
     build_params = BuildParams(
         **{k: params[k] for k in ("radius", "mode", "ignore_label", "slice_axis") if k in params}
     )
-    report = build(dataset, store, params=build_params, workers=1)
+    report = build(dataset, store, params=build_params, workers=1, with_images=True)
     if not report.ok:
         reasons = "; ".join(o.reason for o in report.failed)
         sys.exit(f"train: error: building the store failed: {reasons}")
@@ -307,40 +323,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run training; returns the content of ``metrics.json``."""
-    from tqdm import tqdm
+def pick_device(choice: str) -> torch.device:
+    """The training device: ``auto`` takes CUDA when there is one."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        sys.exit("train: error: --device cuda but no CUDA device is available")
+    return torch.device(choice)
 
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            sys.exit("train: error: --device cuda but no CUDA device is available")
-        device = torch.device(args.device)
-    store = args.store or default_store_path(args.dataset)
-    ensure_store(args.dataset, store, allow_build=not args.no_build)
 
-    n_classes, ignore = class_count(args.dataset, store)
+def make_datasets(
+    args: argparse.Namespace, store: str, ndim: int, divisor: int
+) -> tuple[SkeletonDataset, SkeletonDataset | None, tuple[int, ...]]:
+    """(training patches, whole validation cases or None, patch size), split by case."""
     all_ids = [c.case_id for c in discover(args.dataset).cases]
     train_ids, val_ids = split_cases(all_ids, args.val_fraction, args.seed)
-    probe = SkeletonDataset(args.dataset, store, case_ids=train_ids[:1])
-    ndim, in_channels = probe.ndim, int(probe[0]["image"].shape[0])
     patch = args.patch_size or [256 if ndim == 2 else 64]
     patch_size = tuple(patch * ndim if len(patch) == 1 else patch)
-    model = UNet(ndim, in_channels, n_classes, args.base_channels, args.levels, not args.no_deep_supervision)
-    if len(patch_size) != ndim or any(p % model.divisor for p in patch_size):
-        sys.exit(
-            f"train: error: --patch-size {patch_size} must have {ndim} values divisible by {model.divisor}"
-        )
+    if len(patch_size) != ndim or any(p % divisor for p in patch_size):
+        sys.exit(f"train: error: --patch-size {patch_size} must have {ndim} values divisible by {divisor}")
     train_ds = SkeletonDataset(
         args.dataset, store, patch_size=patch_size, foreground_prob=args.foreground_prob, case_ids=train_ids
     )
     val_ds = SkeletonDataset(args.dataset, store, case_ids=val_ids) if val_ids else None
-    sampler = RandomSampler(train_ds, replacement=True, num_samples=args.steps_per_epoch * args.batch_size)
-    loader = DataLoader(
-        train_ds,
+    return train_ds, val_ds, patch_size
+
+
+def make_loader(args: argparse.Namespace, dataset: SkeletonDataset, device: torch.device) -> DataLoader:
+    """Random patches with replacement, ``steps_per_epoch`` batches per epoch."""
+    sampler = RandomSampler(dataset, replacement=True, num_samples=args.steps_per_epoch * args.batch_size)
+    return DataLoader(
+        dataset,
         batch_size=args.batch_size,
         sampler=sampler,
         num_workers=args.num_workers,
@@ -349,14 +362,152 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         drop_last=True,
     )
 
-    model.to(device)
-    compound = CompoundLoss(recall_weight=args.recall_weight, batch_dice=args.batch_dice, ignore_index=ignore)
-    criterion = DeepSupervisionLoss(compound) if model.deep_supervision else compound
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    total_steps = args.epochs * args.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / total_steps) ** 0.9)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+def data_shape(dataset: Path, store: str) -> tuple[int, int]:
+    """(ndim, input channels) of the dataset, from the store (stored images) or one case's image file."""
+    opened = open_store(store)
+    case_id = opened.case_ids[0]
+    meta = opened.case_attrs(case_id) or {}
+    channels = (meta.get("images") or {}).get("channels")
+    if channels:
+        return len(meta["shape"]), len(channels)
+    probe = SkeletonDataset(dataset, store, case_ids=[case_id])
+    return probe.ndim, int(probe[0]["image"].shape[0])
+
+
+class Trainer:
+    """The model, loss, optimizer and schedule of a run, and one epoch of training steps."""
+
+    def __init__(self, args: argparse.Namespace, model: UNet, n_classes: int, ignore: int | None, device):
+        self.args, self.model, self.device = args, model.to(device), device
+        self.compound = CompoundLoss(
+            recall_weight=args.recall_weight, batch_dice=args.batch_dice, ignore_index=ignore
+        )
+        self.criterion = DeepSupervisionLoss(self.compound) if model.deep_supervision else self.compound
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+        total_steps = args.epochs * args.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: (1 - step / total_steps) ** 0.9
+        )
+        self.use_amp = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimization step; returns the loss and its terms at full resolution."""
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        tube = batch["tube"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            outputs = self.model(image)
+        # The loss runs in float32 (CompoundLoss casts), outside autocast.
+        loss = self.criterion(outputs, label, tube)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        with torch.no_grad():  # the terms at full resolution, for the curves
+            full = outputs[0] if isinstance(outputs, list) else outputs
+            terms = self.compound.terms(full.detach(), label, tube)
+        return loss, terms
+
+    def epoch(self, loader: DataLoader, epoch: int) -> tuple[dict[str, Any], list[dict[str, float]]]:
+        """Train one epoch; returns its record and, per step, the loader wait and the compute time.
+
+        ``wait_seconds`` is the time the step waited for its batch from the
+        DataLoader (0 when the workers keep up); ``compute_seconds`` the wall
+        time of the step itself, ``cpu_seconds`` this process's CPU time in it
+        (steadier than wall time on a busy machine).
+        """
+        from tqdm import tqdm
+
+        self.model.train()
+        sums = {k: 0.0 for k in ("total", "dice", "ce", "recall")}
+        steps: list[dict[str, float]] = []
+        bar = tqdm(
+            loader, desc=f"epoch {epoch}/{self.args.epochs}", file=sys.stderr, disable=self.args.no_progress
+        )
+        t_data = time.perf_counter()
+        for batch in bar:
+            t_start, c_start = time.perf_counter(), time.process_time()
+            loss, terms = self.step(batch)
+            t_end = time.perf_counter()
+            steps.append(
+                {
+                    "wait_seconds": t_start - t_data,
+                    "compute_seconds": t_end - t_start,
+                    "cpu_seconds": time.process_time() - c_start,
+                }
+            )
+            for k in sums:
+                sums[k] += float(terms[k])
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            t_data = time.perf_counter()
+        n = max(len(steps), 1)
+        wait = sum(s["wait_seconds"] for s in steps)
+        compute = sum(s["compute_seconds"] for s in steps)
+        record = {
+            "epoch": epoch,
+            "train": {k: v / n for k, v in sums.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_seconds": compute / n,
+            "step_cpu_seconds": sum(s["cpu_seconds"] for s in steps) / n,
+            "data_wait_seconds": wait / n,
+            "loader_wait_fraction": wait / (wait + compute) if wait + compute > 0 else 0.0,
+        }
+        return record, steps
+
+    def checkpoint(self, record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": record["epoch"],
+            "config": config,
+            "record": record,
+        }
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    """The one-line summary of an epoch printed to stderr."""
+    val_text = ""
+    if "val" in record:
+        v = record["val"]
+        val_text = (
+            f" | val dice {v['dice']:.4f} clDice {v['cldice']:.4f}"
+            f" b0err {v['betti0_error']:.2f} b1err {v['betti1_error']:.2f}"
+        )
+    return (
+        f"epoch {record['epoch']}: loss {record['train']['total']:.4f}{val_text} | "
+        f"{record['step_seconds'] * 1000:.0f} ms/step, loader wait {record['loader_wait_fraction']:.0%}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run training; returns the content of ``metrics.json``."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    store = args.store or default_store_path(args.dataset)
+    ensure_store(args.dataset, store, allow_build=not args.no_build)
+
+    n_classes, ignore = class_count(args.dataset, store)
+    ndim, in_channels = data_shape(args.dataset, store)
+    model = UNet(ndim, in_channels, n_classes, args.base_channels, args.levels, not args.no_deep_supervision)
+    train_ds, val_ds, patch_size = make_datasets(args, store, ndim, model.divisor)
+    loader = make_loader(args, train_ds, device)
+    trainer = Trainer(args, model, n_classes, ignore, device)
+    config = {
+        "ndim": ndim,
+        "in_channels": in_channels,
+        "n_classes": n_classes,
+        "base": args.base_channels,
+        "levels": args.levels,
+        "deep_supervision": model.deep_supervision,
+    }
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
@@ -365,109 +516,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ndim": ndim,
         "n_classes": n_classes,
         "patch_size": list(patch_size),
-        "train_cases": train_ids,
-        "val_cases": val_ids,
+        "train_cases": train_ds.case_ids,
+        "val_cases": val_ds.case_ids if val_ds is not None else [],
+        "streamed_from_store": train_ds.streamed,
         "epochs": [],
+        "steps": [],
     }
     print(
-        f"{ndim}D, {in_channels} channel(s), {n_classes} classes, {len(train_ids)} train / {len(val_ids)} val cases,"
-        f" patch {patch_size}, device {summary['device']}, recall weight {args.recall_weight}",
+        f"{ndim}D, {in_channels} channel(s), {n_classes} classes, {len(train_ds)} train / "
+        f"{len(summary['val_cases'])} val cases, patch {patch_size}, device {summary['device']}, "
+        f"recall weight {args.recall_weight}",
         file=sys.stderr,
     )
     best_score = -math.inf
-    step_times: list[float] = []
-    step_cpu: list[
-        float
-    ] = []  # process CPU time (all threads of this process): steadier than wall time on a busy machine
     for epoch in range(1, args.epochs + 1):
-        model.train()
-        sums = {k: 0.0 for k in ("total", "dice", "ce", "recall")}
-        data_time = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", file=sys.stderr, disable=args.no_progress)
-        t_data = time.perf_counter()
-        for batch in bar:
-            image = batch["image"].to(device, non_blocking=True)
-            label = batch["label"].to(device, non_blocking=True)
-            tube = batch["tube"].to(device, non_blocking=True)
-            t_start, c_start = time.perf_counter(), time.process_time()
-            data_time += t_start - t_data
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                outputs = model(image)
-            # The loss runs in float32 (CompoundLoss casts), outside autocast.
-            loss = criterion(outputs, label, tube)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t_start)
-            step_cpu.append(time.process_time() - c_start)
-            with torch.no_grad():  # the terms at full resolution, for the curves
-                full = outputs[0] if isinstance(outputs, list) else outputs
-                terms = compound.terms(full.detach(), label, tube)
-            for k in sums:
-                sums[k] += float(terms[k])
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            t_data = time.perf_counter()
-        n_steps = max(len(loader), 1)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train": {k: v / n_steps for k, v in sums.items()},
-            "lr": scheduler.get_last_lr()[0],
-            "step_seconds": float(np.mean(step_times[-n_steps:])),
-            "step_cpu_seconds": float(np.mean(step_cpu[-n_steps:])),
-            "data_wait_seconds": data_time / n_steps,
-        }
+        record, steps = trainer.epoch(loader, epoch)
+        summary["steps"].extend({"epoch": epoch, "step": i, **s} for i, s in enumerate(steps))
         if val_ds is not None:
             record["val"] = validate(model, val_ds, n_classes, patch_size, device, args.val_max_voxels)
             score = record["val"]["cldice"]
         else:
             score = -record["train"]["total"]
         summary["epochs"].append(record)
-        checkpoint = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "config": {
-                "ndim": ndim,
-                "in_channels": in_channels,
-                "n_classes": n_classes,
-                "base": args.base_channels,
-                "levels": args.levels,
-                "deep_supervision": model.deep_supervision,
-            },
-            "record": record,
-        }
+        checkpoint = trainer.checkpoint(record, config)
         torch.save(checkpoint, args.out / "last.pt")
         if score > best_score:
             best_score = score
             summary["best_epoch"] = epoch
             torch.save(checkpoint, args.out / "best.pt")
-        val_text = ""
-        if "val" in record:
-            v = record["val"]
-            val_text = (
-                f" | val dice {v['dice']:.4f} clDice {v['cldice']:.4f}"
-                f" b0err {v['betti0_error']:.2f} b1err {v['betti1_error']:.2f}"
-            )
-        print(
-            f"epoch {epoch}: loss {record['train']['total']:.4f}{val_text} | {record['step_seconds'] * 1000:.0f} ms/step",
-            file=sys.stderr,
-        )
-        summary["mean_step_seconds"] = float(np.mean(step_times)) if step_times else None
-        summary["mean_step_cpu_seconds"] = float(np.mean(step_cpu)) if step_cpu else None
-        (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot_curves(summary["epochs"], args.out / "curves.png")
+        print(epoch_line(record), file=sys.stderr)
+        write_summary(summary, args.out)
     print(
         f"mean time per training step: {summary['mean_step_seconds'] * 1000:.1f} ms wall,"
-        f" {summary['mean_step_cpu_seconds'] * 1000:.1f} ms CPU ({len(step_times)} steps, {summary['device']});"
-        f" outputs in {args.out}",
+        f" {summary['mean_step_cpu_seconds'] * 1000:.1f} ms CPU, loader wait {summary['loader_wait_fraction']:.1%}"
+        f" of the step time ({len(summary['steps'])} steps, {summary['device']}); outputs in {args.out}",
     )
     return summary
+
+
+def write_summary(summary: dict[str, Any], out: Path) -> None:
+    """Fill in the run's means over every step so far; write ``metrics.json`` and ``curves.png``."""
+    steps = summary["steps"]
+    wait = sum(s["wait_seconds"] for s in steps)
+    compute = sum(s["compute_seconds"] for s in steps)
+    summary["mean_step_seconds"] = compute / len(steps) if steps else None
+    summary["mean_step_cpu_seconds"] = sum(s["cpu_seconds"] for s in steps) / len(steps) if steps else None
+    summary["mean_data_wait_seconds"] = wait / len(steps) if steps else None
+    summary["loader_wait_fraction"] = wait / (wait + compute) if wait + compute > 0 else 0.0
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_curves(summary["epochs"], out / "curves.png")
 
 
 if __name__ == "__main__":

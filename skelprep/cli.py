@@ -123,6 +123,13 @@ def _echo_json(data: Any) -> None:
 )
 @click.option("--masks", metavar="GLOB", help="Mask files, relative to DATASET (** allowed).")
 @click.option("--images", metavar="GLOB", help="Image files, matched to masks by case id.")
+@click.option(
+    "--with-images",
+    is_flag=True,
+    help="Also store each case's image and label beside the targets, with intensity statistics and sampling "
+    "locations, so training streams patches from the store alone (store format 2). Sticky: a store with "
+    "images keeps them in later builds.",
+)
 @click.option("--force", is_flag=True, help="Rebuild every case.")
 @click.option("--prune", is_flag=True, help="Delete stored cases whose mask is gone.")
 @click.option(
@@ -150,6 +157,7 @@ def build(
     slice_axis: int | None,
     masks: str | None,
     images: str | None,
+    with_images: bool,
     force: bool,
     prune: bool,
     repair: bool,
@@ -186,6 +194,7 @@ def build(
         memory_limit=memory_limit,
         progress=not no_progress and not as_json,
         repair=repair,
+        with_images=with_images,
     )
     exit_with_report(ctx, report, as_json)
 
@@ -227,6 +236,16 @@ def info(store: str, as_json: bool) -> None:
             k: meta.get(k)
             for k in ("shape", "dtype", "spacing", "axes", "label_counts", "fallback_components", "source")
         }
+        images = meta.get("images") or {}
+        cases[case_id]["images"] = (
+            {
+                "channels": len(images.get("channels", [])),
+                "dtype": images.get("dtype"),
+                "sources": images.get("sources"),
+            }
+            if images
+            else None
+        )
     incomplete = opened.incomplete_case_ids
     if as_json:
         _echo_json({"store": store, "attrs": opened.attrs, "cases": cases, "incomplete": incomplete})
@@ -239,13 +258,22 @@ def info(store: str, as_json: bool) -> None:
     click.echo(f"dataset   {attrs.get('dataset')} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
+    with_images = sum(1 for meta in cases.values() if meta["images"])
+    click.echo(
+        f"images    {with_images} of {len(cases)} cases carry image and label arrays"
+        + ("" if with_images == len(cases) else " (add them with 'skelprep build DATASET --with-images')")
+    )
     width = max((len(c) for c in cases), default=4)
-    click.echo(f"{'case':<{width}}  {'shape':<16} {'tube voxels per class':<30} fallback")
+    click.echo(f"{'case':<{width}}  {'shape':<16} {'image':<22} {'tube voxels per class':<30} fallback")
     for case_id, meta in cases.items():
         counts = (meta.get("label_counts") or {}).get("tube", {})
         per_class = " ".join(f"{k}:{v}" for k, v in counts.items()) or "-"
         shape = "x".join(str(s) for s in meta.get("shape") or [])
-        click.echo(f"{case_id:<{width}}  {shape:<16} {per_class:<30} {meta.get('fallback_components', 0)}")
+        image = meta["images"]
+        image_text = f"{image['channels']}x{shape} {image['dtype']}" if image else "-"
+        click.echo(
+            f"{case_id:<{width}}  {shape:<16} {image_text:<22} {per_class:<30} {meta.get('fallback_components', 0)}"
+        )
     for case_id in incomplete:
         click.echo(f"{case_id:<{width}}  incomplete (rerun 'skelprep build')")
 

@@ -665,12 +665,22 @@ def read_image(path: str | os.PathLike | RemotePath) -> Volume:
     """Read an image channel-first: ``(C, *spatial)``.
 
     Grayscale PNG/TIFF/NIfTI give one channel, RGB(A) PNG/JPEG three.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, unsupported type, wrong dimensionality, or a dtype
+        that is not a real number (complex, structured/RGB NIfTI, ...).
     """
     path = as_path(path)
     vol = _read_any(path, as_mask=False)
+    if vol.array.dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported image dtype {vol.array.dtype} (expected integers or floats)")
     if vol.axes != "yx" or vol.array.ndim == 2:  # PNG/JPEG arrive channel-first already
         vol = _squeeze_nifti(vol)
-        vol = Volume(vol.array[np.newaxis], vol.spacing, vol.affine, vol.axes)
+        # C order, as read_mask gives masks: statistics and the store's writes then read memory in order
+        array = _c_order(vol.array, vol.array.dtype)
+        vol = Volume(array[np.newaxis], vol.spacing, vol.affine, vol.axes)
     if vol.array.ndim not in (3, 4):
         raise InputError(path, f"image must be 2D or 3D, got shape {vol.array.shape[1:]}")
     if not vol.array.flags.writeable:  # a view of the file's bytes (NIfTI): callers may write to it

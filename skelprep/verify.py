@@ -27,27 +27,40 @@ __all__ = ["CaseCheck", "check_case", "verify"]
 
 @dataclass(frozen=True)
 class CaseCheck:
-    """State of one case of a dataset against its store (see :func:`verify`)."""
+    """State of one case of a dataset against its store (see :func:`verify`).
+
+    ``images_only``: the targets are current and only the case's images need
+    (re)writing (see :class:`skelprep.store.CaseState`).
+    """
 
     case_id: str
     state: str  # ok, missing, incomplete, stale, params-changed, corrupt, orphan, failed-input
     reason: str = ""
+    images_only: bool = False
 
 
-def check_case(store: SkeletonStore, case: Case, params: dict[str, Any] | None) -> CaseCheck:
-    """Is the stored case up to date with its mask and these parameters?
+def check_case(
+    store: SkeletonStore, case: Case, params: dict[str, Any] | None, *, with_images: bool = False
+) -> CaseCheck:
+    """Is the stored case up to date with its mask (and images) and these parameters?
 
     The mask is hashed only when the stored case is complete (``failed-input``
-    when it cannot be read).
+    when it cannot be read). Its image files are hashed too when ``with_images``
+    or when the stored case carries images: a changed image makes it ``stale``.
     """
     meta = store.case_attrs(case.case_id)
     state = case_state(meta)
     if state.ok:
         try:
-            state = case_state(meta, fingerprint=file_sha256(case.mask), params=params)
+            images = None
+            if with_images or (meta or {}).get("images"):
+                images = [file_sha256(path) for path in case.images]
+            state = case_state(
+                meta, fingerprint=file_sha256(case.mask), params=params, image_fingerprints=images
+            )
         except InputError as exc:
             return CaseCheck(case.case_id, "failed-input", str(exc))
-    return CaseCheck(case.case_id, state.state, state.reason)
+    return CaseCheck(case.case_id, state.state, state.reason, state.images_only)
 
 
 def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None) -> CaseCheck:
@@ -66,7 +79,7 @@ def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None)
     if not problems:
         return CaseCheck(case.case_id, "ok")
     if store.case_attrs(case.case_id) != before:
-        return check_case(store, case, params)
+        return check_case(store, case, params, with_images=bool(store.attrs.get("with_images")))
     return CaseCheck(case.case_id, "corrupt", "; ".join(problems))
 
 
@@ -80,7 +93,8 @@ def verify(
 ) -> list[CaseCheck]:
     """Check a store against its dataset.
 
-    Reports, per case: ``missing``, ``incomplete``, ``stale`` (mask changed),
+    Reports, per case: ``missing``, ``incomplete``, ``stale`` (mask or image changed, or a
+    store built with images lacks the case's images),
     ``params-changed``, ``corrupt`` (chunk bytes altered or removed; needs
     ``check_data``), ``failed-input`` (a discovery problem), ``orphan`` (stored,
     but its mask is gone) or ``ok``. Parameters are compared with those of the
@@ -90,9 +104,10 @@ def verify(
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     store = SkeletonStore(open_root(out, mode="r"), out)
     params = store.attrs.get("params")
+    with_images = bool(store.attrs.get("with_images"))
     checks = [CaseCheck(p.case_id, "failed-input", str(p)) for p in layout.problems]
     for case in layout.cases:
-        check = check_case(store, case, params)
+        check = check_case(store, case, params, with_images=with_images)
         if check.state == "ok" and check_data:
             check = _check_data(store, case, params)
         checks.append(check)

@@ -102,20 +102,27 @@ def permissions_enforceable() -> bool:
 N_CASES = 40
 
 
-def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """40 small 3D cases and the core's targets for each."""
+def make_dataset(root: Path) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
+    """40 small 3D cases with an image each (``images/``), and (tube, thin, label, image) for each."""
     (root / "labels").mkdir(parents=True)
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
     expected = {}
     for i in range(N_CASES):
         labels = tubes_3d(shape=(48, 48, 48), n=5, seed=i)
+        image = rng.integers(-100, 400, labels.shape).astype(np.int16)
         nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "labels" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "images" / f"case_{i:03d}.nii.gz")
         targets = skeleton_targets(labels)
-        expected[f"case_{i:03d}"] = (targets.tube, targets.thin)
+        expected[f"case_{i:03d}"] = (targets.tube, targets.thin, labels, image)
     return root, expected
 
 
-def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
-    """Assert the store's invariants after a kill; return (complete, incomplete) case counts."""
+def check_store(out: Path, expected: dict[str, tuple[np.ndarray, ...]]) -> tuple[int, int]:
+    """Assert the store's invariants after a kill; return (complete, incomplete) case counts.
+
+    Cases built ``--with-images`` must also hold their source image and label.
+    """
     try:
         store = open_store(out)
     except StoreError:
@@ -126,10 +133,13 @@ def check_store(out: Path, expected: dict[str, tuple[np.ndarray, np.ndarray]]) -
     for case_id in store.case_ids:
         case = store[case_id]
         assert verify_case_data(case) == [], case_id
-        tube, thin = expected[case_id]
+        tube, thin, labels, image = expected[case_id]
         np.testing.assert_array_equal(case.tube[...], tube)
         np.testing.assert_array_equal(case.thin[...], thin)
         np.testing.assert_array_equal(plain[f"{case_id}/tube"][...], tube)
+        if case.has_images:
+            np.testing.assert_array_equal(plain[f"{case_id}/label"][...], labels)
+            np.testing.assert_array_equal(plain[f"{case_id}/image"][0], image)
     return len(store.case_ids), len(store.incomplete_case_ids)
 
 
@@ -153,3 +163,16 @@ def wait_for_a_write(proc: subprocess.Popen, out: Path, since_ns: int, timeout: 
             except FileNotFoundError:  # replaced or deleted while we looked
                 continue
         time.sleep(0.01)
+
+
+def crop_padded(array: np.ndarray, offset, size) -> np.ndarray:
+    """Reference crop with zero padding, written independently of the Dataset's helpers."""
+    lead = array.ndim - len(size)
+    out = np.zeros(array.shape[:lead] + tuple(size), array.dtype)
+    src, dst = [], []
+    for o, s, d in zip(offset, size, array.shape[lead:], strict=True):
+        lo, hi = max(o, 0), min(o + s, d)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - o, lo - o + max(hi - lo, 0)))
+    out[(slice(None),) * lead + tuple(dst)] = array[(slice(None),) * lead + tuple(src)]
+    return out

@@ -3,7 +3,8 @@
 Each run is a real ``skelprep build`` process in its own process group (client, Dask
 nannies and workers), killed as a whole after a delay spread over the build's duration.
 After every kill the store must list only complete cases, each intact and equal to the
-core's output, also for a plain zarr reader; the next build must finish the job.
+core's output (the builds run ``--with-images``: their image and label equal to the
+source files), also for a plain zarr reader; the next build must finish the job.
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def crash_dataset(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def crash_dataset(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
     return make_dataset(tmp_path_factory.mktemp("crash") / "ds")
 
 
 def writing_time(dataset: Path, out: Path) -> float:
     """Seconds from a build's first case write to its exit: the window the kills must hit."""
     started = time.time_ns()
-    proc = start_build(dataset, out)
+    proc = start_build(dataset, out, "--with-images")
     wait_for_a_write(proc, out, started)
     first_write = time.monotonic()
     proc.communicate(timeout=120)
@@ -86,7 +87,7 @@ def test_sigkill_at_many_moments_never_leaves_a_half_built_case(crash_dataset, t
     for i, (phase, delay) in enumerate(moments):
         extra = ("--force",) if i > 1 else ()
         started = time.time_ns()
-        proc = start_build(dataset, out, *extra)
+        proc = start_build(dataset, out, "--with-images", *extra)
         if phase == "writing":
             wait_for_a_write(proc, out, started)
         time.sleep(delay)

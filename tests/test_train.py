@@ -36,6 +36,12 @@ def _check_outputs(out: Path, summary: dict, ndim: int, n_classes: int) -> None:
     assert set(epoch["val"]) >= {"dice", "cldice", "betti0_error", "betti1_error"}
     assert 0.0 <= epoch["val"]["dice"] <= 1.0
     assert saved["mean_step_seconds"] > 0 and summary["mean_step_seconds"] == saved["mean_step_seconds"]
+    # Patches come from the store's image arrays; every step records its loader wait beside its compute.
+    assert saved["streamed_from_store"] is True
+    assert len(saved["steps"]) == len(saved["epochs"]) * saved["args"]["steps_per_epoch"]
+    for step in saved["steps"]:
+        assert step["wait_seconds"] >= 0 and step["compute_seconds"] > 0
+    assert 0.0 <= saved["loader_wait_fraction"] < 1.0 and 0.0 <= epoch["loader_wait_fraction"] < 1.0
     assert not set(saved["train_cases"]) & set(saved["val_cases"])
     checkpoint = torch.load(out / "last.pt", weights_only=False)
     config = checkpoint["config"]
