@@ -227,6 +227,25 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
     return case_id in store and not verify_case_data(store[case_id])
 
 
+def _skeleton_targets():
+    """:func:`skelprep.skeleton.skeleton_targets`, imported where a case is computed (or as set here).
+
+    The core pulls in scipy (and numba, on first use): an up-to-date rerun never needs it.
+    """
+    fn = globals().get("skeleton_targets")
+    if fn is None:
+        from skelprep.skeleton import skeleton_targets as fn
+
+        globals()["skeleton_targets"] = fn
+    return fn
+
+
+def __getattr__(name: str):  # ``skelprep.build.skeleton_targets`` stays an attribute of this module
+    if name == "skeleton_targets":
+        return _skeleton_targets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @functools.lru_cache(maxsize=8)
 def _writable_root(out: str):
     """The store's root group, opened once per process (thread-safe: only its store is used)."""
@@ -340,9 +359,7 @@ def build_case(
             )
             targets = _stored_targets(out, case.case_id) if job.reuse_targets else None
             if targets is None:
-                from skelprep.skeleton import skeleton_targets  # the core: imported where a case is computed
-
-                targets = skeleton_targets(
+                targets = _skeleton_targets()(
                     vol.array,
                     radius=params.radius,
                     mode=params.mode,
