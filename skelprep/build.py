@@ -61,16 +61,12 @@ from skelprep.store import (
     StoreError,
     array_checksum,
     default_store_path,
-    delete_case,
-    finalize_store,
     label_counts,
-    open_for_writing,
     open_root,
-    read_consolidated,
     verify_case_data,
-    write_case,
 )
 from skelprep.verify import check_case
+from skelprep.writer import delete_case, finalize_store, open_for_writing, read_consolidated, write_case
 
 __all__ = [
     "BuildParams",

@@ -1,4 +1,4 @@
-"""The Zarr sidecar store (format version 2): write a case, read cases, tell what is built.
+"""The Zarr sidecar store (format version 2): the contract, reading cases, telling what is built.
 
 The authoritative description is ``docs/store-format.md``. In short::
 
@@ -15,7 +15,7 @@ The authoritative description is ``docs/store-format.md``. In short::
                                  images: {sources, fingerprints, dtype, channels}}
 
 Version 1 stores (targets only) are read as they are, and upgraded to 2 by the
-next build into them. A case is written as: delete the old group, create the
+next build into them. Writing lives in :mod:`skelprep.writer`; a case is written as: delete the old group, create the
 group with ``complete: false``, write every array, then rewrite the group's
 attributes with ``complete: true`` (zarr's local store replaces ``zarr.json``
 atomically).
@@ -29,7 +29,6 @@ Reading needs nothing but zarr: ``zarr.open_group(out)["case_001/tube"][...]``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import math
@@ -37,20 +36,16 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.core.group import GroupMetadata
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from skelprep._fs import options_for
-from skelprep._shards import encode_shards
-from skelprep._util import first_line, utc_now
+from skelprep._util import first_line
 
 __all__ = [
     "FORMAT_VERSION",
@@ -58,7 +53,6 @@ __all__ = [
     "default_store_path",
     "CaseState",
     "case_state",
-    "open_for_writing",
     "ARRAY_NAMES",
     "IMAGE_ARRAY_NAMES",
     "READABLE_VERSIONS",
@@ -67,15 +61,7 @@ __all__ = [
     "SkeletonStore",
     "open_store",
     "open_root",
-    "write_case",
-    "write_array",
-    "encode_array",
-    "EncodedArray",
-    "write_small_array",
-    "delete_case",
-    "finalize_store",
-    "read_consolidated",
-    "WrittenCase",
+    "store_key",
     "array_checksum",
     "label_counts",
     "chunk_shape",
@@ -96,10 +82,7 @@ IMAGE_ARRAY_NAMES: tuple[str, ...] = ("image", "label")
 _CHUNK = {2: (256, 256), 3: (128, 128, 128)}
 # Shards bundle chunks into few files; reading a patch still decodes only its chunks.
 _SHARD_CHUNKS = {2: (8, 8), 3: (2, 2, 2)}
-_ZSTD_LEVEL = 3
 _PROTOTYPE = default_buffer_prototype()
-# Hash in a second thread, beside the encoding, only where it pays for the thread's start.
-_HASH_IN_THREAD_BYTES = 1 << 22
 # Images are dense and noisy (CT: zstd keeps ~45 % of the bytes), so decoding, not zarr's
 # per-chunk overhead, dominates a patch read: a random 128^3 patch of a 512x512x300 int16 CT
 # read 80 ms with 128^3 chunks (8 chunks, 32 MB decoded), 41 ms with 64^3 (27 chunks, 14 MB),
@@ -222,11 +205,6 @@ def chunk_shape(shape: tuple[int, ...], *, image: bool = False) -> tuple[tuple[i
     return chunks, shards
 
 
-def _label_dtype(*arrays: np.ndarray) -> np.dtype:
-    high = max((int(a.max()) if a.size else 0) for a in arrays)
-    return np.dtype(np.uint8 if high <= 255 else np.uint16)
-
-
 def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     """Open the store's root group without trusting consolidated metadata (it may be stale).
 
@@ -245,456 +223,13 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
         raise StoreError(f"{path}: cannot open store ({first_line(exc, with_type=True)})") from exc
 
 
-def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
-    """Open (or create) a store for a build and record this build's root ``attrs``.
+def store_key(*parts: str) -> str:
+    """The zarr store key of path parts, empty parts (the store's root) left out.
 
-    A new store gets ``format_version``, ``created`` and an empty case list; an
-    existing one must be a skelprep store of a version this skelprep reads. A
-    version-1 store is upgraded in place: its cases are valid version-2 cases
-    (targets only), so only ``format_version`` changes (``upgraded_from``
-    records the old one).
-
-    Raises
-    ------
-    StoreError
-        The path holds something else, or a store of a newer format version.
+    >>> store_key("", "case_001", "zarr.json")
+    'case_001/zarr.json'
     """
-    root = open_root(path, mode="a")
-    meta = root.attrs.get(ATTRS_KEY)
-    if meta is None:
-        if any(True for _ in root.members()):
-            raise StoreError(
-                f"{os.fspath(path)}: exists and is not a skelprep store; choose another store path"
-            )
-        meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
-    elif meta.get("format_version") not in READABLE_VERSIONS:
-        raise StoreError(
-            f"{os.fspath(path)}: store format version {meta.get('format_version')}, this skelprep writes "
-            f"{FORMAT_VERSION}; build into a new store (--out) or upgrade skelprep"
-        )
-    elif meta["format_version"] != FORMAT_VERSION:
-        meta = {**meta, "format_version": FORMAT_VERSION, "upgraded_from": meta["format_version"]}
-    root.attrs.update({ATTRS_KEY: {**meta, **attrs}})
-    return root
-
-
-def delete_case(root: zarr.Group, case_id: str) -> None:
-    """Remove a case group (no error if absent).
-
-    The group is first marked incomplete (an atomic rewrite of its metadata): the
-    deletion itself is not atomic, and a kill in the middle must not leave a
-    group that still says ``complete: true`` over missing chunks.
-    """
-    sync(_delete_node(root.store, _key(root, case_id)))
-
-
-def _key(group: zarr.Group, *parts: str) -> str:
-    """Store key of ``parts`` below ``group``."""
-    return _join(group.store_path.path, *parts)
-
-
-def _join(*parts: str) -> str:
-    """Store key of path parts, empty parts (the store's root) left out."""
     return "/".join(p for p in parts if p)
-
-
-def _json_bytes(attributes: Mapping[str, Any]) -> Buffer:
-    """A group's ``zarr.json`` with these attributes, as zarr writes it."""
-    return GroupMetadata(attributes=dict(attributes)).to_buffer_dict(_PROTOTYPE)["zarr.json"]
-
-
-async def _delete_node(store: Any, path: str) -> bool:
-    """Mark a case group incomplete if it says complete, then delete everything below ``path``.
-
-    Returns whether a node was there.
-    """
-    raw = await store.get(_join(path, "zarr.json"), prototype=_PROTOTYPE)
-    try:
-        doc = json.loads(raw.to_bytes()) if raw is not None else None
-    except ValueError:  # unreadable metadata: nothing can take it for complete
-        doc = None
-    if isinstance(doc, dict) and doc.get("node_type") == "group":
-        meta = (doc.get("attributes") or {}).get(ATTRS_KEY)
-        if isinstance(meta, dict) and meta.get("complete") is not False:
-            attributes = {**doc["attributes"], ATTRS_KEY: {**meta, "complete": False}}
-            await store.set(_join(path, "zarr.json"), _json_bytes(attributes))
-    # also clears the leftovers of an interrupted deletion (folders without metadata)
-    await store.delete_dir(path)
-    return raw is not None
-
-
-@functools.lru_cache(maxsize=256)
-def _array_metadata(shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], shards: tuple[int, ...]):
-    """The ``zarr.json`` of a case array, written by zarr itself (once per shape and dtype)."""
-    memory = zarr.storage.MemoryStore()
-    zarr.create_array(
-        memory,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        shards=shards,
-        compressors=[ZstdCodec(level=_ZSTD_LEVEL), Crc32cCodec()],
-        fill_value=0,
-    )
-    return sync(memory.get("zarr.json", prototype=_PROTOTYPE))
-
-
-@dataclass(frozen=True)
-class WrittenCase:
-    """What :func:`write_case` wrote: ``{node path: zarr.json document}``, and seconds per phase."""
-
-    documents: dict[str, Any]
-    seconds: dict[str, float]
-
-
-@dataclass(frozen=True)
-class EncodedArray:
-    """A case array encoded for the store (:func:`encode_array`): its files and checksum."""
-
-    name: str
-    files: dict[str, Buffer]  # key relative to the array -> bytes (``zarr.json`` and the shards)
-    checksum: str
-
-
-def encode_array(
-    name: str, data: np.ndarray, *, channels: bool = False, slice_chunks: bool = False
-) -> EncodedArray:
-    """Encode one array of a case with the store's chunking and codecs (no I/O).
-
-    Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
-    the first axis is a channel axis (chunks of one channel). With
-    ``slice_chunks`` a 3D array is chunked as a stack of 2D slices along axis 0
-    (chunks of one slice, 16 slices per shard): a 2D patch of a 448x448 slice of
-    a 160x512x512 volume then reads in 1.5 ms instead of 26 ms from 128^3 chunks.
-    Zstandard with a CRC-32C per chunk; all-zero chunks are not stored (zarr
-    reads them as the fill value 0). The SHA-256 of the data is computed in a
-    second thread while the chunks are encoded (both release the GIL): 0.11 s
-    for 256x512x512.
-    """
-    data = np.ascontiguousarray(data)
-    lead = (1,) if channels or slice_chunks else ()
-    chunks, shards = chunk_shape(data.shape[len(lead) :])
-    lead_shard = (min(16, data.shape[0]),) if slice_chunks else lead
-    chunks, shards = lead + chunks, lead_shard + shards
-    if data.nbytes >= _HASH_IN_THREAD_BYTES:
-        with ThreadPoolExecutor(1) as pool:
-            digest = pool.submit(array_checksum, data)
-            shard_files = encode_shards(data, chunks, shards, level=_ZSTD_LEVEL)
-            checksum = digest.result()
-    else:
-        shard_files = encode_shards(data, chunks, shards, level=_ZSTD_LEVEL)
-        checksum = array_checksum(data)
-    files = {"zarr.json": _array_metadata(data.shape, data.dtype.str, chunks, shards)}
-    files.update((k, _PROTOTYPE.buffer.from_bytes(v)) for k, v in shard_files.items())
-    return EncodedArray(name, files, checksum)
-
-
-async def _put_arrays(store: Any, path: str, arrays: list[EncodedArray]) -> None:
-    """Write the files of encoded arrays below group ``path``, concurrently."""
-    await asyncio.gather(*(store.set(_join(path, a.name, k), v) for a in arrays for k, v in a.files.items()))
-
-
-async def _ensure_parents(store: Any, path: str) -> None:
-    """Implicit groups above a nested case id (``left/img_07``), as zarr creates them."""
-    parts = path.split("/")[:-1]
-    for i in range(1, len(parts) + 1):
-        await store.set_if_not_exists("/".join(parts[:i]) + "/zarr.json", _json_bytes({}))
-
-
-def write_case(
-    root: zarr.Group,
-    case_id: str,
-    *,
-    tube: np.ndarray,
-    thin: np.ndarray,
-    attrs: Mapping[str, Any],
-    slice_chunks: bool = False,
-    image: np.ndarray | None = None,
-    label: np.ndarray | None = None,
-    small: Mapping[str, np.ndarray] | None = None,
-) -> WrittenCase:
-    """Write one case so that it is never seen as complete before all its data are.
-
-    Parameters
-    ----------
-    root : zarr.Group
-        The store's root group, opened writable.
-    case_id : str
-        Group path of the case (may contain ``/``).
-    tube, thin : ndarray
-        Label maps of the mask's shape; stored as uint8, or uint16 when a label
-        exceeds 255.
-    attrs : mapping
-        Provenance (source, fingerprint, params, spacing, ...); ``shape``,
-        ``dtype``, ``label_counts``, ``checksums`` and ``complete`` are added here.
-    slice_chunks : bool
-        3D arrays read one slice along axis 0 at a time (nnU-Net's 2D
-        configurations): see :func:`write_array`.
-    image : ndarray, optional
-        Channel-first ``(C, *shape)`` image, stored in its own dtype (format 2).
-    label : ndarray, optional
-        The mask as read, of the targets' shape, stored in its own dtype.
-    small : mapping of str to ndarray, optional
-        Small per-case arrays (sampling coordinates, intensity samples), each
-        stored as one chunk (:func:`write_small_array`).
-
-    Returns
-    -------
-    WrittenCase
-        The metadata documents written (for :func:`finalize_store`) and the
-        seconds spent: ``encode`` (chunks, checksums, label counts) and
-        ``store`` (deleting the old case, writing the files).
-
-    Notes
-    -----
-    The arrays are encoded first, in this thread; then one round trip to
-    zarr's event loop deletes the old case (marking it incomplete first) and
-    writes the group with ``complete: false`` if there was one, the arrays'
-    files concurrently, and last the group with ``complete: true``. zarr's group and array API
-    cost ~18 ms per 512x512 case for the same files (5 of them); this ~1 ms.
-    With ``image``, ``label`` or ``small`` arrays (store format 2) the case is
-    written through zarr's API as before (Blosc images, single-chunk small
-    arrays) and its documents are left for :func:`finalize_store` to read.
-    """
-    if tube.shape != thin.shape:
-        raise ValueError(f"tube shape {tube.shape} differs from thin shape {thin.shape}")
-    if image is not None and image.shape[1:] != tube.shape:
-        raise ValueError(f"image shape {image.shape[1:]} differs from the targets' shape {tube.shape}")
-    if label is not None and label.shape != tube.shape:
-        raise ValueError(f"label shape {label.shape} differs from the targets' shape {tube.shape}")
-    start = time.perf_counter()
-    dtype = _label_dtype(tube, thin)
-    encoded = [
-        encode_array(n, np.asarray(a, dtype=dtype), slice_chunks=slice_chunks)
-        for n, a in (("tube", tube), ("thin", thin))
-    ]
-    meta = dict(attrs)
-    meta.update(
-        shape=list(tube.shape),
-        dtype=dtype.name,
-        label_counts={name: label_counts(arr) for name, arr in (("tube", tube), ("thin", thin))},
-        checksums={},
-        complete=False,
-    )
-    if image is not None or label is not None or small:
-        # format 2: zarr's API for every array (Blosc images); finalize_store reads the documents
-        delete_case(root, case_id)
-        group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
-        encoded_at = time.perf_counter()
-        sync(_put_arrays(group.store, _key(group), encoded))
-        for a in encoded:
-            meta["checksums"][a.name] = a.checksum
-        if image is not None:
-            meta["checksums"]["image"] = write_array(
-                group, "image", np.ascontiguousarray(image), channels=True
-            )
-        if label is not None:
-            meta["checksums"]["label"] = write_array(group, "label", np.ascontiguousarray(label))
-        for name, data in (small or {}).items():
-            meta["checksums"][name] = write_small_array(group, name, data)
-        meta["complete"] = True
-        group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
-        return WrittenCase({}, {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at})
-    path = _key(root, case_id)
-    first = {ATTRS_KEY: meta}
-    done = {ATTRS_KEY: {**meta, "checksums": {a.name: a.checksum for a in encoded}, "complete": True}}
-
-    async def replace(store: Any) -> None:
-        if await _delete_node(store, path):  # a replaced case reads as incomplete until done
-            await store.set(_join(path, "zarr.json"), _json_bytes(first))
-        # A new case has no group until done: a kill leaves a folder without metadata, which
-        # is no case (missing) and is cleared when it is built; one file write less per case.
-        await _ensure_parents(store, path)
-        await _put_arrays(store, path, encoded)
-        await store.set(
-            _join(path, "zarr.json"), _json_bytes(done)
-        )  # last write: the case now counts as built
-
-    encoded_at = time.perf_counter()
-    sync(replace(root.store))
-    documents = {case_id: json.loads(_json_bytes(done).to_bytes())}
-    documents.update((f"{case_id}/{a.name}", json.loads(a.files["zarr.json"].to_bytes())) for a in encoded)
-    seconds = {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at}
-    return WrittenCase(documents, seconds)
-
-
-def write_small_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
-    """Write a small array (a few 100 kB at most) as a single Zstandard chunk with CRC-32C; return its checksum.
-
-    One chunk: a reader loads it in one request (sampling coordinates are read
-    whole, once per case and process).
-    """
-    data = np.ascontiguousarray(data)
-    array = group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=tuple(max(n, 1) for n in data.shape),
-        compressors=[ZstdCodec(level=3), Crc32cCodec()],
-        fill_value=0,
-    )
-    if data.size:
-        array[...] = data
-    return array_checksum(data)
-
-
-def write_array(
-    group: zarr.Group, name: str, data: np.ndarray, *, channels: bool = False, slice_chunks: bool = False
-) -> str:
-    """Write one array of a case with the store's chunking and codecs; return its checksum.
-
-    Chunks follow :func:`chunk_shape` over the spatial axes; with ``channels``
-    the first axis is a channel axis (chunks of one channel, image chunk sizes,
-    byte-shuffled Blosc-Zstandard, written by zarr). With ``slice_chunks`` a 3D
-    array is chunked as a stack of 2D slices along axis 0 (chunks of one slice,
-    16 slices per shard): a 2D patch of a 448x448 slice of a 160x512x512 volume
-    then reads in 1.5 ms instead of 26 ms from 128^3 chunks. Other arrays:
-    Zstandard with a CRC-32C per chunk, encoded by :func:`encode_array`. The
-    array replaces any node of that name.
-    """
-    if channels:
-        return _write_image_array(group, name, data)
-    encoded = encode_array(name, data, slice_chunks=slice_chunks)
-    path = _key(group)
-
-    async def put(store: Any) -> None:
-        await store.delete_dir(_join(path, name))
-        await _put_arrays(store, path, [encoded])
-
-    sync(put(group.store))
-    return encoded.checksum
-
-
-def _write_image_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
-    """A channel-first image through zarr's API (Blosc is not in :mod:`skelprep._shards`)."""
-    data = np.ascontiguousarray(data)
-    chunks, shards = chunk_shape(data.shape[1:], image=True)
-    # Images: Zstandard (level 1) inside Blosc, after a byte shuffle (the high bytes of CT
-    # intensities barely vary). On a 512x512x300 int16 CT: 60 MB instead of 71 MB with plain
-    # zstd 3 (the .nii.gz: 75 MB), written in 0.55 s instead of 1.6 s, patch reads as fast.
-    compressor = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=data.dtype.itemsize)
-    array = group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=(1, *chunks),
-        shards=(1, *shards),
-        compressors=[compressor, Crc32cCodec()],
-        fill_value=0,
-        overwrite=True,
-    )
-    array[...] = data
-    return array_checksum(data)
-
-
-def read_consolidated(root: zarr.Group) -> dict[str, Any] | None:
-    """The consolidated metadata entries of the store (``{node path: zarr.json document}``), or None.
-
-    A build reads them before it starts (which drops them: they would be stale
-    while it writes) and hands them to :func:`finalize_store` to update.
-    """
-    raw = sync(root.store.get(_key(root, "zarr.json"), prototype=_PROTOTYPE))
-    try:
-        consolidated = json.loads(raw.to_bytes()).get("consolidated_metadata") if raw is not None else None
-    except (ValueError, AttributeError):
-        return None
-    entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
-    return dict(entries) if isinstance(entries, dict) else None
-
-
-def _is_complete_case(doc: Any) -> bool:
-    meta = doc.get("attributes", {}).get(ATTRS_KEY) if isinstance(doc, dict) else None
-    return (
-        doc.get("node_type") == "group"
-        and isinstance(meta, dict)
-        and "source" in meta
-        and (meta.get("complete") is True)
-    )
-
-
-async def _node_entries(store: Any, root_path: str, path: str) -> dict[str, Any]:
-    """The zarr.json documents of ``path`` and every node below it (read from the store)."""
-    out: dict[str, Any] = {}
-    raw = await store.get(_join(root_path, path, "zarr.json"), prototype=_PROTOTYPE)
-    if raw is None:
-        return out
-    try:
-        out[path] = json.loads(raw.to_bytes())
-    except ValueError:
-        return out
-    if out[path].get("node_type") == "group":
-        children = [c async for c in store.list_dir(_join(root_path, path))]
-        for child in children:
-            if child != "zarr.json":
-                out.update(await _node_entries(store, root_path, f"{path}/{child}"))
-    return out
-
-
-def finalize_store(
-    root: zarr.Group,
-    path: str | os.PathLike,
-    *,
-    since: Mapping[str, Any] | None = None,
-    written: Mapping[str, Any] | None = None,
-    touched: Iterable[str] = (),
-) -> None:
-    """Record the list of complete cases in the root attributes and consolidate metadata.
-
-    Without ``since``, every node is read (zarr's ``consolidate_metadata``: ~1 s
-    for 504 cases on 2 busy cores). With ``since`` — the entries when this build
-    began (:func:`read_consolidated`), exact because every build holds the lock
-    and drops them while it writes — only what this build changed is applied:
-    ``written``, the documents of the cases it wrote (:class:`WrittenCase`),
-    and ``touched``, cases it deleted or may have left half-written (pruned,
-    failed), which are read again.
-    """
-    if since is None:
-        store = SkeletonStore(root, path)
-        meta = dict(root.attrs.get(ATTRS_KEY, {}))
-        meta["cases"] = store.case_ids
-        meta["updated"] = utc_now()
-        root.attrs.update({ATTRS_KEY: meta})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-            zarr.consolidate_metadata(root.store)
-        return
-    written = dict(written or {})
-    touched = set(touched)
-    replaced = touched | {k for k in written if "/" not in k or k.rsplit("/", 1)[0] not in written}
-    entries = {k: v for k, v in since.items() if not any(k == c or k.startswith(c + "/") for c in replaced)}
-    root_path = root.store_path.path
-
-    async def reread() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(_node_entries(root.store, root_path, c) for c in sorted(touched)))
-
-    for found in sync(reread()):
-        entries.update(found)
-    entries.update(written)
-    for key in list(entries):  # implicit groups above nested case ids
-        parts = key.split("/")
-        for i in range(1, len(parts)):
-            entries.setdefault("/".join(parts[:i]), json.loads(_json_bytes({}).to_bytes()))
-    for doc in entries.values():
-        if doc.get("node_type") == "group":
-            doc.setdefault(
-                "consolidated_metadata", {"kind": "inline", "must_understand": False, "metadata": {}}
-            )
-    meta = dict(root.attrs.get(ATTRS_KEY, {}))
-    meta["cases"] = sorted(k for k, v in entries.items() if _is_complete_case(v))
-    meta["updated"] = utc_now()
-    doc = {
-        "attributes": {**root.attrs.asdict(), ATTRS_KEY: meta},
-        "zarr_format": 3,
-        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": entries},
-        "node_type": "group",
-    }
-    indent = zarr.config.get("json_indent")
-    sync(
-        root.store.set(
-            _key(root, "zarr.json"),
-            _PROTOTYPE.buffer.from_bytes(json.dumps(doc, indent=indent, allow_nan=True).encode()),
-        )
-    )
 
 
 @dataclass(frozen=True)
@@ -783,7 +318,10 @@ class SkeletonStore(Mapping[str, CaseTargets]):
 
         async def read_all() -> list[Any]:
             return await asyncio.gather(
-                *(self.root.store.get(_join(root_path, c, "zarr.json"), prototype=_PROTOTYPE) for c in ids)
+                *(
+                    self.root.store.get(store_key(root_path, c, "zarr.json"), prototype=_PROTOTYPE)
+                    for c in ids
+                )
             )
 
         for case_id, raw in zip(ids, sync(read_all()), strict=True):

@@ -11,7 +11,7 @@ import zarr
 
 from skelprep.build import build
 from skelprep.io import read_image, read_mask
-from skelprep.store import write_array
+from skelprep.writer import write_array
 
 from .helpers import EXAMPLES, copy_cases, tubes_3d, write_png
 

@@ -7,15 +7,8 @@ import pytest
 import zarr
 
 from skelprep import open_store, skeleton_targets
-from skelprep.store import (
-    StoreError,
-    array_checksum,
-    chunk_shape,
-    open_root,
-    read_regions,
-    verify_case_data,
-    write_case,
-)
+from skelprep.store import StoreError, array_checksum, chunk_shape, open_root, read_regions, verify_case_data
+from skelprep.writer import write_case
 
 from .helpers import tubes_3d
 
@@ -114,7 +107,7 @@ def test_write_array_writes_the_bytes_zarr_writes(tmp_path, shape, dtype, slice_
     """The lean shard writer's files equal zarr's own, byte for byte, and read back equal."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    from skelprep.store import write_array
+    from skelprep.writer import write_array
 
     rng = np.random.default_rng(0)
     data = ((rng.random(shape) < 0.002) * 7).astype(dtype)

@@ -9,7 +9,7 @@ preprocessing rewrites the file, so the case becomes stale and the next build re
 
 The build is ``skelprep build``'s machinery: the store's lock and clean-up of killed writes
 (:mod:`skelprep._lock`), one task per case in process or on Dask (:mod:`skelprep.runner`), the crash-safe
-case write with CRC-32C chunks and checksums (:func:`skelprep.store.write_case`), and per-case one-line
+case write with CRC-32C chunks and checksums (:func:`skelprep.writer.write_case`), and per-case one-line
 failures.
 """
 
@@ -26,18 +26,8 @@ from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
-from skelprep.store import (
-    CaseState,
-    SkeletonStore,
-    StoreError,
-    case_state,
-    delete_case,
-    finalize_store,
-    label_counts,
-    open_for_writing,
-    open_root,
-    write_case,
-)
+from skelprep.store import CaseState, SkeletonStore, StoreError, case_state, label_counts, open_root
+from skelprep.writer import delete_case, finalize_store, open_for_writing, write_case
 
 __all__ = [
     "SidecarCase",
