@@ -31,6 +31,7 @@ from .common import (
     log,
     medians,
     reference_recipe,
+    sides_table,
     summary,
 )
 
@@ -77,22 +78,27 @@ def _cluster_probe() -> dict[str, Any]:
     }
 
 
-def bench_cluster(reps: int) -> dict[str, Any]:
-    """Start-up and shut-down of the 2-process LocalCluster that ``build`` creates, and a worker probe."""
+def start_cluster() -> tuple[Any, Any]:
+    """(cluster, client): the 2-process LocalCluster that ``build(workers=2)`` starts."""
     from dask.distributed import Client, LocalCluster
 
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        memory_limit=0,
+        silence_logs=logging.ERROR,
+    )
+    return cluster, Client(cluster)
+
+
+def bench_cluster(reps: int) -> dict[str, Any]:
+    """Start-up and shut-down of the 2-process LocalCluster that ``build`` creates, and a worker probe."""
     starts, closes, probes = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            memory_limit=0,
-            silence_logs=logging.ERROR,
-        )
-        client = Client(cluster)
+        cluster, client = start_cluster()
         starts.append(time.perf_counter() - t0)
         probes.append(list(client.run(_cluster_probe).values()))
         t1 = time.perf_counter()
@@ -131,18 +137,9 @@ def bench_build(ds: Dataset, cfg: Config, work: Path, arrays: list[np.ndarray]) 
             raise RuntimeError(f"build failed: {report.as_dict()['failed']}")
 
     def cluster_only() -> None:
-        from dask.distributed import Client, LocalCluster
-
         # what build(workers=2) starts and stops, without work: its fixed cost
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            memory_limit=0,
-            silence_logs=logging.ERROR,
-        )
-        Client(cluster).close()
+        cluster, client = start_cluster()
+        client.close()
         cluster.close()
 
     def setup(name: str) -> None:
@@ -258,6 +255,5 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         lines.append("")
     for key in [k for k in s if k.startswith("build ")]:
         b = s[key]
-        lines += [f"## {key.capitalize()} ({b['cases']} cases)", "", "| side | wall time |", "|---|---|"]
-        lines += [f"| {name} | {fmt_t(t)} |" for name, t in b["timings"].items()] + [""]
+        lines += [f"## {key.capitalize()} ({b['cases']} cases)", ""] + sides_table(b["timings"])
     return lines

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,10 @@ from .common import (
     Config,
     Dataset,
     Part,
-    fmt_t,
     interleaved,
     log,
     medians,
+    sides_table,
 )
 
 CLI_SIZES = {
@@ -202,26 +203,15 @@ def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
     ref = t["reference serial loop (nibabel/PIL read, recipe, np.save)"]
     target = CLI_TARGETS.get(name)
 
-    def row(
-        what: str, ours: str, baseline: str, ours_value: float, baseline_value: float, **kw: Any
-    ) -> Comparison:
-        return Comparison(
-            section="cli build",
-            what=what,
-            ours=ours,
-            baseline=baseline,
-            ours_value=ours_value,
-            baseline_value=baseline_value,
-            **kw,
-        )
+    row = partial(Comparison, section="cli build")
 
     rows = [
         row(
-            name,
-            f"skelprep build --workers {workers}",
-            "reference serial loop",
-            t[f"skelprep build --workers {workers}"],
-            ref,
+            what=name,
+            ours=f"skelprep build --workers {workers}",
+            baseline="reference serial loop",
+            ours_value=t[f"skelprep build --workers {workers}"],
+            baseline_value=ref,
             target=target if workers == 2 else None,
             target_text=f">= {target:g}x" if target and workers == 2 else "",
         )
@@ -230,20 +220,20 @@ def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
     ph = b["phases"]["1w"]
     rows += [
         row(
-            name + ": 2 workers vs 1",
-            "--workers 2",
-            "--workers 1",
-            t["skelprep build --workers 2"],
-            t["skelprep build --workers 1"],
+            what=name + ": 2 workers vs 1",
+            ours="--workers 2",
+            baseline="--workers 1",
+            ours_value=t["skelprep build --workers 2"],
+            baseline_value=t["skelprep build --workers 1"],
             target=1.0,
             target_text="never slower (>= 1x)",
         ),
         row(
-            name + ": writing vs core (1 worker)",
-            "encode + store",
-            "core",
-            ph.get("encode", 0.0) + ph.get("store", 0.0),
-            ph.get("core", 0.0),
+            what=name + ": writing vs core (1 worker)",
+            ours="encode + store",
+            baseline="core",
+            ours_value=ph.get("encode", 0.0) + ph.get("store", 0.0),
+            baseline_value=ph.get("core", 0.0),
             target=1.0,
             target_text="write <= core (>= 1x)",
         ),
@@ -255,20 +245,20 @@ def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
         book = (t["skelprep build --workers 1"] - ph["start"] - ph.get("core", 0.0) - ph.get("read", 0.0)) / n
         rows += [
             row(
-                f"crops: bookkeeping per case ({n} cases, 1 worker)",
-                "skelprep",
-                "target",
-                max(book, 1e-9),
-                CLI_BOOKKEEPING_TARGET_S,
+                what=f"crops: bookkeeping per case ({n} cases, 1 worker)",
+                ours="skelprep",
+                baseline="target",
+                ours_value=max(book, 1e-9),
+                baseline_value=CLI_BOOKKEEPING_TARGET_S,
                 target=1.0,
                 target_text="<= 2 ms",
             ),
             row(
-                f"crops: up-to-date rerun ({n} cases)",
-                "skelprep build (nothing to do)",
-                "target",
-                t["skelprep build, up-to-date rerun"],
-                CLI_RERUN_TARGET_S,
+                what=f"crops: up-to-date rerun ({n} cases)",
+                ours="skelprep build (nothing to do)",
+                baseline="target",
+                ours_value=t["skelprep build, up-to-date rerun"],
+                baseline_value=CLI_RERUN_TARGET_S,
                 target=1.0,
                 target_text="<= 0.5 s",
             ),
@@ -289,8 +279,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     for key in [k for k in s if k.startswith("cli build ")]:
         b = s[key]
         lines += [f"## {key[4:].capitalize()}: {b['note']} (CLI wall clock, new process per run)", ""]
-        lines += ["| side | wall time |", "|---|---|"]
-        lines += [f"| {name} | {fmt_t(t)} |" for name, t in b["timings"].items()] + [""]
+        lines += sides_table(b["timings"])
         lines += ["Where the seconds go (median; case phases summed over the cases):", ""]
         lines += [
             "| workers | " + " | ".join(CLI_PHASES) + " | run (wall) |",

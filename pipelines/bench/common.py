@@ -337,6 +337,15 @@ def fmt_t(s: dict[str, Any]) -> str:
     return f"{f(s['median'])} ({f(s['min'])}-{f(s['max'])})"
 
 
+def sides_table(timings: dict[str, dict[str, Any]], column: str = "wall time") -> list[str]:
+    """bench.md rows of an :func:`interleaved` result: one line per side, then a blank line."""
+    return (
+        [f"| side | {column} |", "|---|---|"]
+        + [f"| {name} | {fmt_t(t)} |" for name, t in timings.items()]
+        + [""]
+    )
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":

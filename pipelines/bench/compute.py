@@ -12,7 +12,7 @@ import numpy as np
 
 from skelprep.skeleton import skeleton_targets
 
-from .common import Comparison, Config, Part, fmt_t, interleaved, log, medians, reference_recipe
+from .common import Comparison, Config, Part, interleaved, log, medians, reference_recipe, sides_table
 
 DATASETS = ("real2d", "vessels3d")
 
@@ -75,8 +75,6 @@ def report_lines(s: dict[str, Any]) -> list[str]:
             f"## Per-case compute, {key[8:]} ({b['cases']} arrays, total per repetition; "
             f"identical output: {b['identical']}, fallback components: {b['fallback_components']})",
             "",
-            "| side | time |",
-            "|---|---|",
+            *sides_table(b["timings"], "time"),
         ]
-        lines += [f"| {name} | {fmt_t(t)} |" for name, t in b["timings"].items()] + [""]
     return lines

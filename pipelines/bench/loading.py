@@ -18,7 +18,18 @@ import numpy as np
 from skelprep.build import build
 from skelprep.skeleton import skeleton_targets
 
-from .common import Comparison, Config, Dataset, Part, fmt_t, log, medians, reference_recipe, summary
+from .common import (
+    Comparison,
+    Config,
+    Dataset,
+    Part,
+    fmt_t,
+    log,
+    medians,
+    reference_recipe,
+    sides_table,
+    summary,
+)
 
 LOAD_READ = "store read"
 LOAD_REF = "reference recipe on the patch"
@@ -192,6 +203,5 @@ def report_lines(s: dict[str, Any]) -> list[str]:
     if "concurrent reads" in s:
         cr = s["concurrent reads"]
         lines += [f"## Reading 3 arrays of a case at one {cr['patch']}^3 patch ({cr['samples']} samples)", ""]
-        lines += ["| side | per sample, median (min-max) |", "|---|---|"]
-        lines += [f"| {name} | {fmt_t(t)} |" for name, t in cr["timings"].items()] + [""]
+        lines += sides_table(cr["timings"], "per sample, median (min-max)")
     return lines

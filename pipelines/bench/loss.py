@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from .common import SCRIPT, Comparison, Config, Part, fmt_bytes, fmt_t, interleaved, log, medians
@@ -266,16 +267,7 @@ def comparisons(key: str, conf: dict[str, Any]) -> list[Comparison]:
     mem, fwd = conf["peak_bytes"], conf["peak_bytes_forward"]
     is3d, thirteen = key == "3D", key == "3D, 13 classes"
 
-    def row(what: str, baseline: str, ours_value: float, baseline_value: float, **kw: Any) -> Comparison:
-        return Comparison(
-            section="loss",
-            what=what,
-            ours=OURS,
-            baseline=baseline,
-            ours_value=ours_value,
-            baseline_value=baseline_value,
-            **kw,
-        )
+    row = partial(Comparison, section="loss", ours=OURS)
 
     # Headline memory row: peak memory beyond the logits gradient, which every loss must allocate.
     # Issue 12 retired "peak memory >= 3x less than the one-hot reference at 13 classes": both
@@ -284,10 +276,10 @@ def comparisons(key: str, conf: dict[str, Any]) -> list[Comparison]:
     grad = math.prod(conf["shape"]) * 4
     rows = [
         row(
-            f"{key} extra memory beyond the logits gradient ({fmt_bytes(grad)})",
-            "one-hot recall",
-            max(mem[OURS] - grad, 1),
-            max(mem[ONE_HOT] - grad, 1),
+            what=f"{key} extra memory beyond the logits gradient ({fmt_bytes(grad)})",
+            baseline="one-hot recall",
+            ours_value=max(mem[OURS] - grad, 1),
+            baseline_value=max(mem[ONE_HOT] - grad, 1),
             unit="B",
             target=3.0 if thirteen else None,
             target_text=">= 3x less" if thirteen else "",
@@ -296,18 +288,18 @@ def comparisons(key: str, conf: dict[str, Any]) -> list[Comparison]:
     if "soft-clDice 10 it" in t:
         rows += [
             row(
-                f"{key} time",
-                "soft-clDice 10 it",
-                t[OURS],
-                t["soft-clDice 10 it"],
+                what=f"{key} time",
+                baseline="soft-clDice 10 it",
+                ours_value=t[OURS],
+                baseline_value=t["soft-clDice 10 it"],
                 target=50.0 if is3d else None,
                 target_text="<= 2 % (>= 50x)" if is3d else "",
             ),
             row(
-                f"{key} peak memory",
-                "soft-clDice 10 it",
-                mem[OURS],
-                mem["soft-clDice 10 it"],
+                what=f"{key} peak memory",
+                baseline="soft-clDice 10 it",
+                ours_value=mem[OURS],
+                baseline_value=mem["soft-clDice 10 it"],
                 unit="B",
                 target=10.0 if is3d else None,
                 target_text="<= 10 % (>= 10x)" if is3d else "",
@@ -315,17 +307,35 @@ def comparisons(key: str, conf: dict[str, Any]) -> list[Comparison]:
         ]
     rows += [
         row(
-            f"{key} time",
-            "one-hot recall",
-            t[OURS],
-            t[ONE_HOT],
+            what=f"{key} time",
+            baseline="one-hot recall",
+            ours_value=t[OURS],
+            baseline_value=t[ONE_HOT],
             target=1.0 if thirteen else None,
             target_text="faster (> 1x)" if thirteen else "",
         ),
-        row(f"{key} peak memory", "one-hot recall", mem[OURS], mem[ONE_HOT], unit="B"),
-        row(f"{key} time", UNFUSED, t[OURS], t[UNFUSED]),
-        row(f"{key} peak memory", UNFUSED, mem[OURS], mem[UNFUSED], unit="B"),
-        row(f"{key} peak memory, forward only", "one-hot recall", fwd[OURS], fwd[ONE_HOT], unit="B"),
+        row(
+            what=f"{key} peak memory",
+            baseline="one-hot recall",
+            ours_value=mem[OURS],
+            baseline_value=mem[ONE_HOT],
+            unit="B",
+        ),
+        row(what=f"{key} time", baseline=UNFUSED, ours_value=t[OURS], baseline_value=t[UNFUSED]),
+        row(
+            what=f"{key} peak memory",
+            baseline=UNFUSED,
+            ours_value=mem[OURS],
+            baseline_value=mem[UNFUSED],
+            unit="B",
+        ),
+        row(
+            what=f"{key} peak memory, forward only",
+            baseline="one-hot recall",
+            ours_value=fwd[OURS],
+            baseline_value=fwd[ONE_HOT],
+            unit="B",
+        ),
     ]
     return rows
 
