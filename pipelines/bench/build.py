@@ -1,6 +1,8 @@
 """Build: ``skelprep.build.build`` (1 and 2 workers) against a serial loop of the reference recipe.
 
-Also the I/O floor (``read_mask`` + ``np.save`` of zeros), the serial thinning and the
+Also the I/O floor (``read_mask`` + ``np.save`` of zeros), the serial thinning (the public
+``skeletonize_mask``, as the build runs it: scikit-image's thinning plus the check that
+every component keeps a skeleton, about 2.2x the bare thinning on the quick vessels) and the
 Dask cluster's start-up, measured on its own with a probe of the numba state inside a
 worker. Each dataset's store then gives the storage rows (:mod:`bench.storage`).
 """
