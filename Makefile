@@ -7,7 +7,6 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.skelprep-installed
 DATA   ?=
 WORKERS ?= 2
-EXAMPLES := chase_vessels road_cracks octa3d
 
 .PHONY: install demo test build lint bench bench-full train clean
 
@@ -22,10 +21,10 @@ install: $(STAMP)
 
 ## make demo: build the bundled example datasets and write previews to examples/previews/
 demo: install
-	@for d in $(EXAMPLES); do \
-		echo "== skelprep build examples/$$d"; \
-		$(BIN)/skelprep build examples/$$d --workers $(WORKERS) || exit 1; \
-	done
+	$(BIN)/skelprep build examples/chase_vessels --workers $(WORKERS)
+	@echo "== with images: store format 2, what SkeletonDataset streams patches from"
+	$(BIN)/skelprep build examples/road_cracks --with-images --workers $(WORKERS)
+	$(BIN)/skelprep build examples/octa3d --with-images --workers $(WORKERS)
 	$(BIN)/skelprep info examples/road_cracks/skeletons.zarr
 	$(BIN)/skelprep verify examples/octa3d
 	$(BIN)/skelprep preview examples/chase_vessels/skeletons.zarr Image_11L_1stHO -o examples/previews/chase_Image_11L.png
