@@ -59,10 +59,10 @@ from skelprep.stats import (
 from skelprep.store import (
     SkeletonStore,
     StoreError,
-    array_checksum,
     default_store_path,
     label_counts,
     open_root,
+    read_checked,
     verify_case_data,
 )
 from skelprep.verify import check_case
@@ -254,9 +254,8 @@ def _stored_targets(out: str, case_id: str):
     if case_id not in store:
         return None
     case = store[case_id]
-    tube, thin = case.tube[...], case.thin[...]
-    sums = case.attrs.get("checksums") or {}
-    if sums.get("tube") != array_checksum(tube) or sums.get("thin") != array_checksum(thin):
+    (tube, tube_problem), (thin, thin_problem) = read_checked(case, "tube"), read_checked(case, "thin")
+    if tube_problem or thin_problem:
         return None
     from skelprep.skeleton import SkeletonTargets
 

@@ -66,6 +66,7 @@ __all__ = [
     "label_counts",
     "chunk_shape",
     "verify_case_data",
+    "read_checked",
     "read_regions",
 ]
 
@@ -455,26 +456,30 @@ def read_regions(arrays: Sequence[zarr.Array], selection: Any) -> list[np.ndarra
     return [np.asarray(r) for r in sync(read_all())]
 
 
+def read_checked(case: CaseTargets, name: str) -> tuple[np.ndarray | None, str]:
+    """(data, problem) of one stored array: ``problem`` is empty when the array reads, has the
+    recorded shape and matches its recorded checksum; ``data`` is None when it cannot be read.
+    """
+    expected = case.attrs.get("checksums", {}).get(name)
+    try:
+        data = case.group[name][...] if case.group is not None else getattr(case, name)[...]
+    except KeyError:
+        return None, f"{name}: missing"
+    except Exception as exc:  # the CRC-32C codec raises on altered chunk bytes
+        return None, f"{name}: unreadable data ({type(exc).__name__}: {exc})"
+    spatial = data.shape[1:] if name == "image" else data.shape
+    if name in ARRAY_NAMES + IMAGE_ARRAY_NAMES and list(spatial) != list(case.attrs.get("shape", [])):
+        return data, f"{name}: shape {data.shape} differs from recorded {case.attrs.get('shape')}"
+    if expected != array_checksum(data):
+        return data, f"{name}: data checksum mismatch (chunks altered or missing)"
+    return data, ""
+
+
 def verify_case_data(case: CaseTargets) -> list[str]:
     """Problems with a case's stored data: checksum or CRC failures, wrong shape. Empty if sound.
 
     Every array with a recorded checksum is read: the targets, and the image,
     label and sampling arrays of a case built with images.
     """
-    problems = []
-    for name in case.array_names():
-        expected = case.attrs.get("checksums", {}).get(name)
-        try:
-            data = case.group[name][...] if case.group is not None else getattr(case, name)[...]
-        except KeyError:
-            problems.append(f"{name}: missing")
-            continue
-        except Exception as exc:  # the CRC-32C codec raises on altered chunk bytes
-            problems.append(f"{name}: unreadable data ({type(exc).__name__}: {exc})")
-            continue
-        spatial = data.shape[1:] if name == "image" else data.shape
-        if name in ARRAY_NAMES + IMAGE_ARRAY_NAMES and list(spatial) != list(case.attrs.get("shape", [])):
-            problems.append(f"{name}: shape {data.shape} differs from recorded {case.attrs.get('shape')}")
-        elif expected != array_checksum(data):
-            problems.append(f"{name}: data checksum mismatch (chunks altered or missing)")
-    return problems
+    problems = (read_checked(case, name)[1] for name in case.array_names())
+    return [p for p in problems if p]
