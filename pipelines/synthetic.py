@@ -121,6 +121,16 @@ def vessel_tree_volume(
     return labels
 
 
+def _save_nifti(path: Path, data: np.ndarray) -> None:
+    """Write ``data`` as NIfTI (identity affine, its own dtype) under a temporary name, then rename:
+    an interrupted benchmark never leaves a truncated file that a later run would reuse."""
+    import nibabel as nib
+
+    tmp = path.with_name(path.name + ".tmp.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp)
+    os.replace(tmp, path)
+
+
 def write_vessel_dataset(
     folder: str | os.PathLike,
     *,
@@ -138,7 +148,6 @@ def write_vessel_dataset(
     Path
         The dataset folder.
     """
-    import nibabel as nib
 
     folder = Path(folder)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
@@ -146,12 +155,7 @@ def write_vessel_dataset(
         path = folder / "labels" / f"vessels_{i:03d}.nii.gz"
         if path.exists():
             continue
-        labels = vessel_tree_volume(shape, seed=seed + i, **kwargs)
-        image = nib.Nifti1Image(labels, np.eye(4))
-        image.set_data_dtype(np.uint8)
-        tmp = path.with_name(path.name + ".tmp.nii.gz")
-        nib.save(image, tmp)
-        os.replace(tmp, path)
+        _save_nifti(path, vessel_tree_volume(shape, seed=seed + i, **kwargs))  # uint8 labels
     return folder
 
 
@@ -230,8 +234,6 @@ def write_ct_dataset(
     """
     import json
 
-    import nibabel as nib
-
     folder = Path(folder)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -248,8 +250,6 @@ def write_ct_dataset(
         if label_path.exists() and image_path.exists():
             continue
         labels = vessel_tree_volume(shape, n_classes=2, target_fraction=0.004, seed=seed + i)
-        for path, data in ((image_path, ct_image_volume(labels, seed=seed + i)), (label_path, labels)):
-            tmp = path.with_name(path.name + ".tmp.nii.gz")
-            nib.save(nib.Nifti1Image(data, np.eye(4)), tmp)
-            os.replace(tmp, path)
+        _save_nifti(image_path, ct_image_volume(labels, seed=seed + i))
+        _save_nifti(label_path, labels)
     return folder
