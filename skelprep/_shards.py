@@ -3,8 +3,10 @@
 Contract: :func:`encode_shards` returns ``{key: bytes}`` for the chunk files of
 an array with fill value 0 and the codecs
 ``sharding_indexed(chunk_shape=chunks, codecs=[bytes(little), zstd(level),
-crc32c], index_codecs=[bytes(little), crc32c], index_location=end)`` — byte for
-byte what zarr 3 writes for that array with ``write_empty_chunks=False``: inner
+crc32c], index_codecs=[bytes(little), crc32c], index_location=end)`` and the
+chunk key encoding ``default`` with separator ``"."`` (keys ``c.0.0``: the shards
+of an array lie in its folder, no folder per index) — byte for byte what zarr 3
+writes for that array with ``write_empty_chunks=False``: inner
 chunks that are all zero are left out of their shard, and a shard without any
 chunk is not written (tests/test_store.py compares with zarr's own files).
 Reading stays zarr's job.
@@ -26,7 +28,12 @@ import crc32c
 import numpy as np
 from numcodecs import Zstd
 
-__all__ = ["encode_shards", "shard_keys"]
+__all__ = ["encode_shards", "shard_keys", "SEPARATOR", "CHUNK_KEY_ENCODING"]
+
+# Chunk keys ``c.i.j``: one folder per array instead of one per index level. A 512x512 case
+# then writes 3 folders instead of 7 (folder creation costs 0.1-0.3 ms each on ext4 here).
+SEPARATOR = "."
+CHUNK_KEY_ENCODING = {"name": "default", "separator": SEPARATOR}
 
 _EMPTY = np.uint64(2**64 - 1)  # the sharding spec's marker of a missing inner chunk
 
@@ -47,19 +54,23 @@ def _morton_order(counts: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def shard_keys(shape: tuple[int, ...], shards: tuple[int, ...]) -> list[str]:
-    """Keys (``c/i/j/k``) of every shard of an array, whether written or not.
+    """Keys (``c.i.j.k``) of every shard of an array, whether written or not.
 
     >>> shard_keys((600, 512), (512, 512))
-    ['c/0/0', 'c/1/0']
+    ['c.0.0', 'c.1.0']
     """
     grid = [range(math.ceil(s / n)) for s, n in zip(shape, shards, strict=True)]
-    return ["c/" + "/".join(map(str, idx)) for idx in itertools.product(*grid)]
+    return [_key(idx) for idx in itertools.product(*grid)]
+
+
+def _key(index: tuple[int, ...]) -> str:
+    return SEPARATOR.join(("c", *map(str, index)))
 
 
 def encode_shards(
     data: np.ndarray, chunks: tuple[int, ...], shards: tuple[int, ...], *, level: int = 3
 ) -> dict[str, bytes]:
-    """The shard files of ``data``: ``{"c/i/j": bytes}``, all-zero chunks and shards left out.
+    """The shard files of ``data``: ``{"c.i.j": bytes}``, all-zero chunks and shards left out.
 
     Parameters
     ----------
@@ -76,7 +87,7 @@ def encode_shards(
     >>> a = np.zeros((4, 6), np.uint8)
     >>> a[0, 0] = 1
     >>> sorted(encode_shards(a, (2, 2), (4, 4)))  # the shard at columns 4-5 is empty
-    ['c/0/0']
+    ['c.0.0']
     >>> encode_shards(np.zeros((4, 4), np.uint8), (2, 2), (4, 4))
     {}
     """
@@ -113,5 +124,5 @@ def encode_shards(
             offset += len(encoded)
         if parts:
             parts.append(_crc_suffixed(index.tobytes()))
-            out["c/" + "/".join(map(str, shard_idx))] = b"".join(parts)
+            out[_key(shard_idx)] = b"".join(parts)
     return out

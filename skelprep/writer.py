@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.core.group import GroupMetadata
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from skelprep._shards import encode_shards
+from skelprep import _files
+from skelprep._shards import CHUNK_KEY_ENCODING, encode_shards
 from skelprep._util import utc_now
 from skelprep.store import (
     ATTRS_KEY,
@@ -108,7 +108,7 @@ def delete_case(root: zarr.Group, case_id: str) -> None:
     deletion itself is not atomic, and a kill in the middle must not leave a
     group that still says ``complete: true`` over missing chunks.
     """
-    sync(_delete_node(root.store, _key(root, case_id)))
+    _delete_node(root.store, _key(root, case_id))
 
 
 def _key(group: zarr.Group, *parts: str) -> str:
@@ -116,28 +116,37 @@ def _key(group: zarr.Group, *parts: str) -> str:
     return store_key(group.store_path.path, *parts)
 
 
-def _json_bytes(attributes: Mapping[str, Any]) -> Buffer:
-    """A group's ``zarr.json`` with these attributes, as zarr writes it."""
-    return GroupMetadata(attributes=dict(attributes)).to_buffer_dict(_PROTOTYPE)["zarr.json"]
+def _group_document(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's ``zarr.json`` document with these attributes, as zarr's ``GroupMetadata.to_dict``."""
+    return {"attributes": dict(attributes), "zarr_format": 3, "node_type": "group"}
 
 
-async def _delete_node(store: Any, path: str) -> bool:
+def _json_bytes(document: Mapping[str, Any]) -> bytes:
+    """A ``zarr.json`` document encoded as zarr encodes it (its ``json_indent``): same bytes.
+
+    Built here rather than by ``GroupMetadata(...).to_buffer_dict``: 0.09 ms instead of
+    0.27 ms a case document, which a build of 504 small cases writes once each.
+    """
+    return json.dumps(document, indent=zarr.config.get("json_indent"), allow_nan=True).encode()
+
+
+def _delete_node(store: Any, path: str) -> bool:
     """Mark a case group incomplete if it says complete, then delete everything below ``path``.
 
     Returns whether a node was there.
     """
-    raw = await store.get(store_key(path, "zarr.json"), prototype=_PROTOTYPE)
+    raw = _files.get(store, store_key(path, "zarr.json"))
     try:
-        doc = json.loads(raw.to_bytes()) if raw is not None else None
+        doc = json.loads(raw) if raw is not None else None
     except ValueError:  # unreadable metadata: nothing can take it for complete
         doc = None
     if isinstance(doc, dict) and doc.get("node_type") == "group":
         meta = (doc.get("attributes") or {}).get(ATTRS_KEY)
         if isinstance(meta, dict) and meta.get("complete") is not False:
             attributes = {**doc["attributes"], ATTRS_KEY: {**meta, "complete": False}}
-            await store.set(store_key(path, "zarr.json"), _json_bytes(attributes))
+            _files.put(store, {store_key(path, "zarr.json"): _json_bytes(_group_document(attributes))})
     # also clears the leftovers of an interrupted deletion (folders without metadata)
-    await store.delete_dir(path)
+    _files.remove(store, path)
     return raw is not None
 
 
@@ -153,8 +162,9 @@ def _array_metadata(shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
         shards=shards,
         compressors=[ZstdCodec(level=_ZSTD_LEVEL), Crc32cCodec()],
         fill_value=0,
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
-    return sync(memory.get("zarr.json", prototype=_PROTOTYPE))
+    return sync(memory.get("zarr.json", prototype=_PROTOTYPE)).to_bytes()
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class EncodedArray:
     """A case array encoded for the store (:func:`encode_array`): its files and checksum."""
 
     name: str
-    files: dict[str, Buffer]  # key relative to the array -> bytes (``zarr.json`` and the shards)
+    files: dict[str, bytes]  # key relative to the array -> bytes (``zarr.json`` and the shards)
     checksum: str
 
 
@@ -203,22 +213,20 @@ def encode_array(
         shard_files = encode_shards(data, chunks, shards, level=_ZSTD_LEVEL)
         checksum = array_checksum(data)
     files = {"zarr.json": _array_metadata(data.shape, data.dtype.str, chunks, shards)}
-    files.update((k, _PROTOTYPE.buffer.from_bytes(v)) for k, v in shard_files.items())
+    files.update(shard_files)
     return EncodedArray(name, files, checksum)
 
 
-async def _put_arrays(store: Any, path: str, arrays: list[EncodedArray]) -> None:
-    """Write the files of encoded arrays below group ``path``, concurrently."""
-    await asyncio.gather(
-        *(store.set(store_key(path, a.name, k), v) for a in arrays for k, v in a.files.items())
-    )
+def _array_files(path: str, arrays: list[EncodedArray]) -> dict[str, bytes]:
+    """``{store key: bytes}`` of the files of encoded arrays below group ``path``."""
+    return {store_key(path, a.name, k): v for a in arrays for k, v in a.files.items()}
 
 
-async def _ensure_parents(store: Any, path: str) -> None:
+def _ensure_parents(store: Any, path: str) -> None:
     """Implicit groups above a nested case id (``left/img_07``), as zarr creates them."""
     parts = path.split("/")[:-1]
     for i in range(1, len(parts) + 1):
-        await store.set_if_not_exists("/".join(parts[:i]) + "/zarr.json", _json_bytes({}))
+        _files.put_absent(store, "/".join(parts[:i]) + "/zarr.json", _json_bytes(_group_document({})))
 
 
 def write_case(
@@ -301,7 +309,7 @@ def write_case(
         delete_case(root, case_id)
         group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
         encoded_at = time.perf_counter()
-        sync(_put_arrays(group.store, _key(group), encoded))
+        _files.put(group.store, _array_files(_key(group), encoded), whole=False)  # group: incomplete
         for a in encoded:
             meta["checksums"][a.name] = a.checksum
         if image is not None:
@@ -316,24 +324,20 @@ def write_case(
         group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
         return WrittenCase({}, {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at})
     path = _key(root, case_id)
-    first = {ATTRS_KEY: meta}
-    done = {ATTRS_KEY: {**meta, "checksums": {a.name: a.checksum for a in encoded}, "complete": True}}
-
-    async def replace(store: Any) -> None:
-        if await _delete_node(store, path):  # a replaced case reads as incomplete until done
-            await store.set(store_key(path, "zarr.json"), _json_bytes(first))
-        # A new case has no group until done: a kill leaves a folder without metadata, which
-        # is no case (missing) and is cleared when it is built; one file write less per case.
-        await _ensure_parents(store, path)
-        await _put_arrays(store, path, encoded)
-        await store.set(
-            store_key(path, "zarr.json"), _json_bytes(done)
-        )  # last write: the case now counts as built
-
+    store = root.store
+    done = _group_document(
+        {ATTRS_KEY: {**meta, "checksums": {a.name: a.checksum for a in encoded}, "complete": True}}
+    )
     encoded_at = time.perf_counter()
-    sync(replace(root.store))
-    documents = {case_id: json.loads(_json_bytes(done).to_bytes())}
-    documents.update((f"{case_id}/{a.name}", json.loads(a.files["zarr.json"].to_bytes())) for a in encoded)
+    if _delete_node(store, path):  # a replaced case reads as incomplete until done
+        _files.put(store, {store_key(path, "zarr.json"): _json_bytes(_group_document({ATTRS_KEY: meta}))})
+    # A new case has no group until done: a kill leaves a folder without metadata, which
+    # is no case (missing) and is cleared when it is built; one file write less per case.
+    _ensure_parents(store, path)
+    _files.put(store, _array_files(path, encoded), whole=False)  # the case is not complete yet
+    _files.put(store, {store_key(path, "zarr.json"): _json_bytes(done)})  # last: the case now counts as built
+    documents = {case_id: done}
+    documents.update((f"{case_id}/{a.name}", json.loads(a.files["zarr.json"])) for a in encoded)
     seconds = {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at}
     return WrittenCase(documents, seconds)
 
@@ -352,6 +356,7 @@ def write_small_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
         chunks=tuple(max(n, 1) for n in data.shape),
         compressors=[ZstdCodec(level=3), Crc32cCodec()],
         fill_value=0,
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
     if data.size:
         array[...] = data
@@ -377,11 +382,8 @@ def write_array(
     encoded = encode_array(name, data, slice_chunks=slice_chunks)
     path = _key(group)
 
-    async def put(store: Any) -> None:
-        await store.delete_dir(store_key(path, name))
-        await _put_arrays(store, path, [encoded])
-
-    sync(put(group.store))
+    _files.remove(group.store, store_key(path, name))
+    _files.put(group.store, _array_files(path, [encoded]))
     return encoded.checksum
 
 
@@ -401,6 +403,7 @@ def _write_image_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
         shards=(1, *shards),
         compressors=[compressor, Crc32cCodec()],
         fill_value=0,
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
         overwrite=True,
     )
     array[...] = data
@@ -493,7 +496,7 @@ def finalize_store(
     for key in list(entries):  # implicit groups above nested case ids
         parts = key.split("/")
         for i in range(1, len(parts)):
-            entries.setdefault("/".join(parts[:i]), json.loads(_json_bytes({}).to_bytes()))
+            entries.setdefault("/".join(parts[:i]), _group_document({}))
     for doc in entries.values():
         if doc.get("node_type") == "group":
             doc.setdefault(
@@ -508,10 +511,8 @@ def finalize_store(
         "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": entries},
         "node_type": "group",
     }
-    indent = zarr.config.get("json_indent")
-    sync(
-        root.store.set(
-            _key(root, "zarr.json"),
-            _PROTOTYPE.buffer.from_bytes(json.dumps(doc, indent=indent, allow_nan=True).encode()),
-        )
-    )
+    # Compact, unlike zarr's indented files: the root document holds the metadata of every
+    # case (~3 kB each), and Python's indenting encoder is pure Python: 0.30 s instead of
+    # 0.03 s for 504 cases, and every reader parses a third fewer bytes. Any JSON reader,
+    # zarr's included, reads both alike.
+    _files.put(root.store, {_key(root, "zarr.json"): json.dumps(doc, allow_nan=True).encode()})

@@ -52,6 +52,11 @@ def copy_cases(src: Path, dst: Path, case_ids: list[str]) -> Path:
     return dst
 
 
+def shard_files(array_folder: Path) -> list[Path]:
+    """The chunk (shard) files of a stored array: ``c.0.0``, ... beside its ``zarr.json``."""
+    return sorted(p for p in array_folder.iterdir() if p.is_file() and p.name.startswith("c."))
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from skelprep.io import read_mask
 from skelprep.layout import discover
 from skelprep.verify import verify
 
-from .helpers import write_png
+from .helpers import shard_files, write_png
 
 
 def _arrays(store_path):
@@ -129,7 +128,8 @@ def test_verify_reports_states(octa_dataset):
     (octa_dataset / "labelsTr" / "octa_000.nii.gz").write_bytes(
         (octa_dataset / "labelsTr" / "octa_001.nii.gz").read_bytes()
     )
-    shutil.rmtree(store / "octa_001" / "thin" / "c")  # all chunks of one array gone
+    for shard in shard_files(store / "octa_001" / "thin"):  # all chunks of one array gone
+        shard.unlink()
     (octa_dataset / "labelsTr" / "octa_003.nii.gz").unlink()
     states = {c.case_id: c.state for c in verify(octa_dataset)}
     assert states == {"octa_000": "stale", "octa_001": "corrupt", "octa_002": "ok", "octa_003": "orphan"}

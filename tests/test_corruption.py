@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from skelprep import open_store, skeleton_targets
 from skelprep.cli import cli
 
-from .helpers import write_png
+from .helpers import shard_files, write_png
 
 
 def _mask(seed: int) -> np.ndarray:
@@ -51,14 +51,13 @@ def test_verify_detects_damage_and_build_repairs_it(runner, tmp_path):
     store = root / "skeletons.zarr"
 
     # chunk bytes altered (the CRC-32C of the chunk no longer matches)
-    shard = store / "altered" / "tube" / "c" / "0" / "0"
+    shard = store / "altered" / "tube" / "c.0.0"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x5A
     shard.write_bytes(bytes(data))
     # chunks removed: reads give the fill value, only the SHA-256 of the array tells
-    for path in (store / "removed" / "thin" / "c").rglob("*"):
-        if path.is_file():
-            path.unlink()
+    for path in shard_files(store / "removed" / "thin"):
+        path.unlink()
     masks["stale"] = _mask(99)
     write_png(root / "labels" / "stale.png", masks["stale"])
     (root / "labels" / "vanished.png").unlink()

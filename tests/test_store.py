@@ -10,7 +10,7 @@ from skelprep import open_store, skeleton_targets
 from skelprep.store import StoreError, array_checksum, chunk_shape, open_root, read_regions, verify_case_data
 from skelprep.writer import write_case
 
-from .helpers import tubes_3d
+from .helpers import shard_files, tubes_3d
 
 
 def _new_store(path):
@@ -64,9 +64,7 @@ def test_altered_chunk_detected(tmp_path):
     tube = tubes_3d(shape=(20, 20, 20), seed=5)
     root = _new_store(tmp_path / "s.zarr")
     write_case(root, "c", tube=tube, thin=tube, attrs={"source": "c"})
-    chunk = next((tmp_path / "s.zarr" / "c" / "tube" / "c").rglob("*"))
-    while chunk.is_dir():
-        chunk = next(chunk.iterdir())
+    chunk = shard_files(tmp_path / "s.zarr" / "c" / "tube")[0]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 3] ^= 0xFF
     chunk.write_bytes(bytes(data))
@@ -125,6 +123,7 @@ def test_write_array_writes_the_bytes_zarr_writes(tmp_path, shape, dtype, slice_
         shards=lead_shard + shards,
         compressors=[ZstdCodec(level=3), Crc32cCodec()],
         fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "."},
     )
     theirs[...] = data
 

@@ -26,7 +26,7 @@ from skelprep.store import ATTRS_KEY, open_store, verify_case_data
 from skelprep.torch import SkeletonDataset
 from skelprep.verify import verify
 
-from .helpers import EXAMPLES, copy_cases, crop_padded, tubes_3d, write_png
+from .helpers import EXAMPLES, copy_cases, crop_padded, shard_files, tubes_3d, write_png
 
 CLI = [sys.executable, "-m", "skelprep.cli"]
 
@@ -285,9 +285,7 @@ def test_a_changed_image_makes_the_case_stale_and_only_its_images_are_rewritten(
 def test_verify_finds_a_corrupt_image_chunk_and_info_lists_images(octa_built, tmp_path):
     dataset = copy_cases(octa_built, tmp_path / "copy", ["octa_000", "octa_001"])
     shutil.copytree(octa_built / "skeletons.zarr", dataset / "skeletons.zarr")
-    shard = next(
-        p for p in (dataset / "skeletons.zarr" / "octa_001" / "image" / "c").rglob("*") if p.is_file()
-    )
+    shard = shard_files(dataset / "skeletons.zarr" / "octa_001" / "image")[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(data))

@@ -1,0 +1,124 @@
+"""Whole files of a zarr store, by key: written straight to a local folder, through zarr's event loop elsewhere.
+
+Contract: :func:`put` writes every key of a mapping so that each file appears
+whole or not at all (on a local folder: a temporary ``<name>.<uuid hex>.partial``
+renamed into place, as zarr's ``LocalStore`` names them, so
+:func:`skelprep._lock.remove_partial_files` clears the leftovers of a kill; an
+object store's PUT is atomic). No order holds among the keys of one call: a
+caller that needs one (data before the metadata that declares them complete)
+makes two calls. :func:`get` reads a key (None if absent), :func:`put_absent`
+writes a key that does not exist yet, :func:`remove` deletes everything below a
+prefix. Keys are relative to the store's root, as in zarr.
+
+Why a local path of its own: zarr's ``LocalStore`` sends every file to a
+thread of its event loop (``asyncio.to_thread``), creates its folder with
+``pathlib``, and the caller waits on the loop for each batch. For the 5 files of
+a 512x512 case (two arrays of one shard each, their ``zarr.json``, the group's)
+that cost 5.3 ms per case on 2 cores, more than computing the case; writing
+them from the calling thread costs ~0.5 ms (file I/O releases the GIL, so the
+build's worker threads still write in parallel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+__all__ = ["local_folder", "get", "put", "put_absent", "remove"]
+
+_PROTOTYPE = default_buffer_prototype()
+Data = bytes | bytearray | memoryview
+
+
+def local_folder(store: Any) -> str | None:
+    """The folder of a local zarr store, or None for any other store."""
+    return os.fspath(store.root) if isinstance(store, LocalStore) else None
+
+
+def get(store: Any, key: str) -> bytes | None:
+    """The bytes of ``key``, or None if there is no such file."""
+    folder = local_folder(store)
+    if folder is None:
+        raw = sync(store.get(key, prototype=_PROTOTYPE))
+        return None if raw is None else raw.to_bytes()
+    try:
+        with open(os.path.join(folder, key), "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:
+    """Write every ``{key: bytes}`` of ``files``, each file whole (see the module's contract).
+
+    ``whole=False`` writes a local file in place, without the temporary name: for
+    the files of a case that nothing counts as built yet (its group metadata is
+    absent or says incomplete), where a torn file is deleted with the case. Saves
+    a rename and a directory entry a file.
+    """
+    if not files:
+        return
+    folder = local_folder(store)
+    if folder is None:
+        sync(_put_remote(store, files))
+        return
+    made: set[str] = set()
+    for key, value in files.items():
+        path = os.path.join(folder, key)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        if whole:
+            _write_whole(path, value)
+        else:
+            with open(path, "wb") as f:
+                f.write(value)
+
+
+def put_absent(store: Any, key: str, value: Data) -> None:
+    """Write ``key`` unless a file of that key exists (zarr's ``set_if_not_exists``)."""
+    folder = local_folder(store)
+    if folder is None:
+        sync(store.set_if_not_exists(key, _PROTOTYPE.buffer.from_bytes(bytes(value))))
+    elif not os.path.exists(os.path.join(folder, key)):
+        put(store, {key: value})
+
+
+def remove(store: Any, prefix: str) -> None:
+    """Delete every file below ``prefix`` (nothing if there is none)."""
+    folder = local_folder(store)
+    if folder is None:
+        sync(store.delete_dir(prefix))
+    else:
+        path = os.path.join(folder, prefix)
+        if os.path.isdir(path):  # the build holds the store's lock: nothing else creates it meanwhile
+            shutil.rmtree(path)
+
+
+def _write_whole(path: str, value: Data) -> None:
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(partial, "wb") as f:
+            f.write(value)
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+async def _put_remote(store: Any, files: Mapping[str, Data]) -> None:
+    await asyncio.gather(
+        *(store.set(key, _PROTOTYPE.buffer.from_bytes(bytes(value))) for key, value in files.items())
+    )
