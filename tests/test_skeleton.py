@@ -246,3 +246,52 @@ def test_scattered_and_dense_dilation_agree(monkeypatch, radius, slice_axis):
     if slice_axis is not None:
         cross[:, 0], cross[:, 2] = False, False  # no neighbours along axis 1
     np.testing.assert_array_equal(dense, ndi.binary_dilation(thin, cross, iterations=radius))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+@pytest.mark.parametrize("slice_axis", [None, 1])
+def test_numba_and_numpy_scatter_give_the_same_targets(monkeypatch, radius, slice_axis):
+    """The numba ball scatter (kernels loaded) equals the numpy paths, sparse and dense."""
+    from skelprep import _numba
+
+    if not _numba.HAVE_NUMBA:
+        pytest.skip("needs numba")
+    labels = _sparse_volume(1)
+    labels[0, 0, :3] = labels[-1, -1, -3:] = 2  # skeleton voxels on the array corners: clipping
+    cases = [labels.astype(np.uint16), labels[25].astype(np.int32), labels[:, :, ::-1]]  # 3D, 2D, strided
+    for case in cases if slice_axis is None else cases[:1]:
+        jit = skeleton_targets(case, radius=radius, slice_axis=slice_axis)
+        for factor in (0, 10**9):  # numpy: scattered index arrays, then scipy's dense dilation
+            with monkeypatch.context() as m:
+                m.setattr(_numba, "jit_loaded", lambda: False)
+                m.setattr(skelprep.skeleton, "_SPARSE_DILATE_FACTOR", factor)
+                plain = skeleton_targets(case, radius=radius, slice_axis=slice_axis)
+            assert jit.tube.dtype == plain.tube.dtype == case.dtype
+            np.testing.assert_array_equal(jit.thin, plain.thin)
+            np.testing.assert_array_equal(jit.tube, plain.tube)
+
+
+def test_2d_components_the_thinning_deletes_get_the_fallback(monkeypatch):
+    """The 2D kernel's orphans (none in practice: Zhang-Suen keeps every component) get the fallback."""
+    from skelprep import _numba
+
+    if not _numba.HAVE_NUMBA:
+        pytest.skip("needs numba")
+    mask = np.zeros((20, 30), bool)
+    mask[3:6, 2:20] = True
+    mask[10:16, 5:25] = True
+    real = skelprep.skeleton.zhang_points
+    cut = 10 * 30  # flat index of row 10: the second component's pixels lie after it
+
+    def without_second(m):  # as if thinning had deleted the second component whole
+        skeleton, orphans = real(m)
+        assert orphans.size == 0
+        return skeleton[skeleton < cut], np.flatnonzero(m)[np.flatnonzero(m) >= cut]
+
+    monkeypatch.setattr(skelprep.skeleton, "zhang_points", without_second)
+    thin, n = skeletonize_mask(mask)
+    assert n == 1
+    expected = np.zeros_like(mask)
+    expected.reshape(-1)[real(mask)[0][real(mask)[0] < cut]] = True
+    expected[10:16, 5:25] = skelprep.skeleton._fallback_skeleton(mask[10:16, 5:25])
+    np.testing.assert_array_equal(thin, expected)
