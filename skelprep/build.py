@@ -21,6 +21,7 @@ and how many cases it holds; complete cases are kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -82,6 +83,7 @@ __all__ = [
 RECIPE_VERSION = 1
 # skelprep.skeleton.MODES; the core (scipy, numba: 0.37 s) is imported only where a case is computed.
 MODES: tuple[str, ...] = ("joint", "per-class")
+_NO_POOL = contextlib.nullcontext(None)
 # CaseOutcome.detail of a case that failed because the disk is full (the build then stops with one line).
 _DISK_FULL = "disk full"
 
@@ -107,6 +109,10 @@ class BuildParams:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready parameters, as recorded in the store (with the recipe version)."""
+        return dict(self._recorded)
+
+    @functools.cached_property
+    def _recorded(self) -> dict[str, Any]:  # dataclasses.asdict costs 0.2 ms; every case records it
         return {**asdict(self), "recipe_version": RECIPE_VERSION}
 
 
@@ -345,13 +351,16 @@ def build_case(
         read_at = time.perf_counter()
         if not job.with_images:
             _check_images(case, vol.array.shape)
-        with ThreadPoolExecutor(1, thread_name_prefix="skelprep-image") as pool:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="skelprep-image")
+            if job.with_images
+            else _NO_POOL as pool
+        ):
             # The image is read and summarized while the skeleton is computed: zlib, numpy and the
             # numba kernels (nogil) release the GIL, so the two overlap on a second core. On a
-            # 512x512x300 CT case this hid 1.6 s of the 2.2 s the image part takes.
-            images = (
-                pool.submit(_image_part, job, vol.array, fingerprint, params) if job.with_images else None
-            )
+            # 512x512x300 CT case this hid 1.6 s of the 2.2 s the image part takes. (No thread
+            # without images: its start and join cost 0.2 ms, a tenth of a 512x512 case.)
+            images = pool.submit(_image_part, job, vol.array, fingerprint, params) if pool else None
             targets = _stored_targets(out, case.case_id) if job.reuse_targets else None
             if targets is None:
                 targets = _skeleton_targets()(
@@ -378,6 +387,7 @@ def build_case(
                 image=image,
                 label=vol.array if job.with_images else None,
                 small=small,
+                labels=map(int, attrs["mask_label_counts"]),
             )
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
@@ -501,6 +511,7 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
 
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
+_MANY_2D_CASES = 64
 
 
 def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
@@ -508,8 +519,10 @@ def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
 
     Lee thinning in 3D almost always pays for numba's 0.6-1.2 s start (see
     :func:`skelprep._numba.use_jit`); loading it in a background thread while the
-    first masks are read and inflated hides part of that. 2D builds are left to
-    the policy (small ones never load numba); Dask workers load their own.
+    first masks are read and inflated hides part of that. So does a 2D build of
+    many cases (a few dozen 512x512 vessel crops reach the policy's threshold
+    anyway); small 2D builds are left to the policy (they never load numba).
+    Dask workers load their own.
     """
     from skelprep import _numba
     from skelprep.runner import execution
@@ -518,7 +531,8 @@ def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
         run_options.get("workers"), run_options.get("scheduler"), run_options.get("memory_limit"), len(jobs)
     )
     volumes = any(job.case.mask.name.lower().endswith(_VOLUME_SUFFIXES) for job in jobs)
-    if _numba.HAVE_NUMBA and volumes and how in ("serial", "threads") and not _numba.jit_loaded():
+    many = len(jobs) >= _MANY_2D_CASES
+    if _numba.HAVE_NUMBA and (volumes or many) and how in ("serial", "threads") and not _numba.jit_loaded():
         import threading
 
         threading.Thread(target=_load_kernels, name="skelprep-load-numba", daemon=True).start()

@@ -240,6 +240,7 @@ def write_case(
     image: np.ndarray | None = None,
     label: np.ndarray | None = None,
     small: Mapping[str, np.ndarray] | None = None,
+    labels: Iterable[int] | None = None,
 ) -> WrittenCase:
     """Write one case so that it is never seen as complete before all its data are.
 
@@ -265,6 +266,8 @@ def write_case(
     small : mapping of str to ndarray, optional
         Small per-case arrays (sampling coordinates, intensity samples), each
         stored as one chunk (:func:`write_small_array`).
+    labels : iterable of int, optional
+        The labels the targets can hold (the mask's), if known: counting them is then cheaper.
 
     Returns
     -------
@@ -300,7 +303,7 @@ def write_case(
     meta.update(
         shape=list(tube.shape),
         dtype=dtype.name,
-        label_counts={name: label_counts(arr) for name, arr in (("tube", tube), ("thin", thin))},
+        label_counts={name: label_counts(arr, labels) for name, arr in (("tube", tube), ("thin", thin))},
         checksums={},
         complete=False,
     )
