@@ -25,14 +25,14 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-__all__ = ["local_folder", "get", "put", "put_absent", "remove"]
+__all__ = ["local_folder", "get", "get_many", "put", "put_absent", "remove"]
 
 _PROTOTYPE = default_buffer_prototype()
 Data = bytes | bytearray | memoryview
@@ -54,6 +54,17 @@ def get(store: Any, key: str) -> bytes | None:
             return f.read()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+
+
+def get_many(store: Any, keys: Sequence[str]) -> list[bytes | None]:
+    """The bytes of each key (None where absent); an object store's reads run concurrently."""
+    if local_folder(store) is not None:
+        return [get(store, key) for key in keys]  # 20 us a small file; the event loop's hop costs 0.2 ms
+
+    async def read_all() -> list[Any]:
+        return await asyncio.gather(*(store.get(key, prototype=_PROTOTYPE) for key in keys))
+
+    return [None if raw is None else raw.to_bytes() for raw in sync(read_all())]
 
 
 def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:

@@ -420,14 +420,6 @@ def _source(case: Case, layout: DatasetLayout) -> str:
     return _relative(case.mask, layout.root)
 
 
-def _store_has_images(out: str) -> bool:
-    """Whether an existing store was built with images (then every build keeps writing them)."""
-    try:
-        return bool(SkeletonStore(open_root(out, mode="r"), out).attrs.get("with_images"))
-    except StoreError:
-        return False
-
-
 def _image_sources(case: Case, layout: DatasetLayout) -> tuple[str, ...]:
     """The case's image paths as recorded: relative to the dataset root where they lie below it."""
     return tuple(_relative(path, layout.root) for path in case.images)
@@ -676,13 +668,13 @@ def build(
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
     with store_lock(out) as lease:
         remove_partial_files(out)
-        with_images = with_images or _store_has_images(out)
+        store = _existing_store(out)  # opened once: each open parses the root document (80 ms at 504 cases)
+        with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
         if with_images and layout.cases and not any(c.images for c in layout.cases):
             raise BuildError(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
-        since = _consolidated_before(out)
-        store = _existing_store(out)
+        since = _consolidated_before(out) if store is None else read_consolidated(store.root)
         jobs = []
         if store is not None:
             store.prefetch_attrs(c.case_id for c in layout.cases)

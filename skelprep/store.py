@@ -44,6 +44,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from skelprep import _files
 from skelprep._fs import options_for
 from skelprep._util import first_line
 
@@ -327,23 +328,16 @@ class SkeletonStore(Mapping[str, CaseTargets]):
     def prefetch_attrs(self, case_ids: Iterable[str]) -> None:
         """Read the attributes of many cases at once, for the next :meth:`case_attrs` of each.
 
-        One round trip to zarr's event loop with the reads concurrent, instead of
-        a group open per case (0.3-1 ms each; a build plans 504 cases in 20 ms).
+        Direct reads from a local store, one round trip to zarr's event loop with
+        the reads concurrent from an object store, instead of a group open per case
+        (0.3-1 ms each; a build plans 504 cases in 20 ms).
         """
         ids = list(case_ids)
         root_path = self.root.store_path.path
-
-        async def read_all() -> list[Any]:
-            return await asyncio.gather(
-                *(
-                    self.root.store.get(store_key(root_path, c, "zarr.json"), prototype=_PROTOTYPE)
-                    for c in ids
-                )
-            )
-
-        for case_id, raw in zip(ids, sync(read_all()), strict=True):
+        keys = [store_key(root_path, c, "zarr.json") for c in ids]
+        for case_id, raw in zip(ids, _files.get_many(self.root.store, keys), strict=True):
             try:
-                doc = json.loads(raw.to_bytes()) if raw is not None else None
+                doc = json.loads(raw) if raw is not None else None
             except ValueError:
                 doc = None
             meta = doc.get("attributes", {}).get(ATTRS_KEY) if isinstance(doc, dict) else None

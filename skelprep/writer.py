@@ -419,9 +419,9 @@ def read_consolidated(root: zarr.Group) -> dict[str, Any] | None:
     A build reads them before it starts (which drops them: they would be stale
     while it writes) and hands them to :func:`finalize_store` to update.
     """
-    raw = sync(root.store.get(_key(root, "zarr.json"), prototype=_PROTOTYPE))
+    raw = _files.get(root.store, _key(root, "zarr.json"))
     try:
-        consolidated = json.loads(raw.to_bytes()).get("consolidated_metadata") if raw is not None else None
+        consolidated = json.loads(raw).get("consolidated_metadata") if raw is not None else None
     except (ValueError, AttributeError):
         return None
     entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
