@@ -168,9 +168,14 @@ def skeletonize_mask(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """
     mask = np.asarray(mask, dtype=bool)
     points, n_fallback = _skeleton_points(mask)
-    thin = np.zeros(mask.shape, dtype=bool)
-    thin.reshape(-1)[points] = True
-    return thin, n_fallback
+    return _points_mask(points, mask.shape), n_fallback
+
+
+def _points_mask(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The boolean array of ``shape`` that is True at the flat (C-order) indices ``points``."""
+    out = np.zeros(shape, dtype=bool)
+    out.reshape(-1)[points] = True
+    return out
 
 
 def _skeleton_points(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -181,14 +186,9 @@ def _skeleton_points(mask: np.ndarray) -> tuple[np.ndarray, int]:
         skeleton, orphans = zhang_points(mask)
         if orphans.size == 0:
             return skeleton, 0
-        thin = np.zeros(mask.shape, dtype=bool)
-        thin.reshape(-1)[skeleton] = True
-        orphan_mask = np.zeros(mask.shape, dtype=bool)
-        orphan_mask.reshape(-1)[orphans] = True
-        missing = _components_without(orphan_mask, thin)
-        for component_box, component in missing:
-            thin[component_box] |= _fallback_skeleton(component)
-        return np.flatnonzero(thin), len(missing)
+        thin = _points_mask(skeleton, mask.shape)
+        n_fallback = _add_fallbacks(thin, _points_mask(orphans, mask.shape))
+        return np.flatnonzero(thin), n_fallback
     thin, n_fallback = _skeletonize_checked(mask)
     return np.flatnonzero(thin), n_fallback
 
@@ -203,14 +203,25 @@ def _skeletonize_checked(mask: np.ndarray) -> tuple[np.ndarray, int]:
     # flood fill from the skeleton, O(foreground), where the numba kernels are loaded
     orphans = unreached(mask[box], thin_box) if _numba.jit_loaded() else None
     if orphans is None:  # no numba (yet): label every component instead
-        missing = _components_without(mask[box], thin_box)
-    else:  # the unreached voxels are exactly the components without a skeleton (usually none)
-        orphan_mask = np.zeros(thin_box.shape, dtype=bool)
-        orphan_mask[orphans] = True
-        missing = _components_without(orphan_mask, thin_box) if orphans[0].size else []
+        candidates = mask[box]
+    elif orphans[0].size == 0:  # the usual case: every voxel is reached from the skeleton
+        return thin, 0
+    else:  # the unreached voxels are exactly the components without a skeleton
+        candidates = np.zeros(thin_box.shape, dtype=bool)
+        candidates[orphans] = True
+    return thin, _add_fallbacks(thin_box, candidates)
+
+
+def _add_fallbacks(thin: np.ndarray, candidates: np.ndarray) -> int:
+    """Give each component of ``candidates`` without a ``thin`` voxel a fallback skeleton, in place.
+
+    ``candidates``: the foreground, or the part of it no skeleton voxel reaches.
+    Returns how many components needed it.
+    """
+    missing = _components_without(candidates, thin)
     for component_box, component in missing:
-        thin_box[component_box] |= _fallback_skeleton(component)
-    return thin, len(missing)
+        thin[component_box] |= _fallback_skeleton(component)
+    return len(missing)
 
 
 def _components_without(mask: np.ndarray, thin: np.ndarray) -> list[tuple[tuple[slice, ...], np.ndarray]]:
@@ -367,8 +378,7 @@ def _targets_from_points(
         seeds = np.unravel_index(points, labels.shape)
         tube = _labelled(_dilated_coords(seeds, labels.shape, radius, slice_axis), labels)
     else:
-        thin_mask = np.zeros(labels.shape, dtype=bool)
-        thin_mask.reshape(-1)[points] = True
+        thin_mask = _points_mask(points, labels.shape)
         tube = _dilate_l1(thin_mask, radius, slice_axis) * labels
     return thin, tube
 
