@@ -14,7 +14,9 @@ whole build of a few 2D masks, and ``skelprep --help`` needs none of it.
 :func:`use_jit` is the policy the thinning asks: scikit-image for the first few
 hundred thousand foreground voxels of a process, while the kernels load in a
 background thread; the kernels at once for an array that pays for them alone.
-Both give the same result, so the choice never changes the output.
+A caller that knows its work repays the start loads them up front with
+:func:`load_in_background` (a build does, see ``skelprep.build``). Both paths
+give the same result, so the choice never changes the output.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
+from collections.abc import Callable
 
-__all__ = ["HAVE_NUMBA", "njit", "load_jit", "jit_loaded", "use_jit", "JIT_AFTER_WORK"]
+__all__ = ["HAVE_NUMBA", "njit", "load_jit", "load_in_background", "jit_loaded", "use_jit", "JIT_AFTER_WORK"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -39,6 +42,7 @@ _lock = threading.Lock()
 _ready = threading.Event()
 _loading = False
 _work_without_jit = 0
+_awaited: threading.Event | None = None  # set by load_in_background: settled once the load ends
 
 
 def njit(func):
@@ -71,6 +75,34 @@ def load_jit() -> None:
         _ready.set()
 
 
+def load_in_background(then: Callable[[], None] | None = None) -> None:
+    """Load the kernels in a daemon thread, then call ``then`` there.
+
+    For a caller that knows the work ahead repays numba's start (a build of
+    volumes, or of many 2D masks): the import and the first calls then run
+    beside its first reads. Meanwhile :func:`use_jit` makes an array that pays
+    for the kernels alone wait for them, and gives smaller ones to
+    scikit-image (which releases the GIL: both run at once on two cores).
+    ``then`` (e.g. a first call of each kernel on a tiny array) runs after the
+    kernels are bound. If loading fails, :func:`use_jit` answers False.
+    """
+    global _awaited
+    with _lock:
+        if _awaited is not None or _ready.is_set():
+            return
+        _awaited = threading.Event()
+
+    def load() -> None:
+        try:
+            load_jit()
+        finally:
+            _awaited.set()
+        if then is not None:
+            then()
+
+    threading.Thread(target=load, name="skelprep-load-numba", daemon=True).start()
+
+
 def jit_loaded() -> bool:
     """Whether the kernels are bound (see :func:`load_jit`)."""
     return _ready.is_set()
@@ -90,8 +122,11 @@ def use_jit(work: int) -> bool:
     if _ready.is_set():
         return True
     if work >= JIT_AFTER_WORK // 4:
-        load_jit()
-        return True
+        if _awaited is None:
+            load_jit()
+        else:  # loading already (load_in_background): wait for it
+            _awaited.wait()
+        return _ready.is_set()
     with _lock:
         _work_without_jit += work
         start = not _loading and _work_without_jit >= JIT_AFTER_WORK

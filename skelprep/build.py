@@ -503,18 +503,21 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
 
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
-_MANY_2D_CASES = 64
+# Pixels of 2D masks worth numba's start (0.75 s on 2 cores: import 0.4 s, first call 0.35 s):
+# a CHASE_DB1 vessel mask of 960x999 thins in 85 ms with scikit-image and 12 ms with the
+# kernels, a 640x1024 road-crack map in 580 ms and 38 ms; eight vessel masks repay the start.
+_PREWARM_2D_PIXELS = 8_000_000
 
 
 def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
-    """Start loading the numba kernels now, beside the first reads, when volumes are to be built here.
+    """Start loading the numba kernels now, beside the plan's end and the first reads, when they pay.
 
-    Lee thinning in 3D almost always pays for numba's 0.6-1.2 s start (see
-    :func:`skelprep._numba.use_jit`); loading it in a background thread while the
-    first masks are read and inflated hides part of that. So does a 2D build of
-    many cases (a few dozen 512x512 vessel crops reach the policy's threshold
-    anyway); small 2D builds are left to the policy (they never load numba).
-    Dask workers load their own.
+    They pay for Lee thinning in 3D almost always, and for 2D masks of
+    :data:`_PREWARM_2D_PIXELS` or more in all (summed from the headers of the
+    first masks until reached). Loading runs each kernel once
+    (:func:`skelprep.skeleton.load_kernels`), so no case pays numba's start.
+    Smaller builds are left to :func:`skelprep._numba.use_jit`'s policy. Dask
+    workers load their own.
     """
     from skelprep import _numba
     from skelprep.runner import execution
@@ -522,19 +525,32 @@ def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
     how = execution(
         run_options.get("workers"), run_options.get("scheduler"), run_options.get("memory_limit"), len(jobs)
     )
+    if not _numba.HAVE_NUMBA or how not in ("serial", "threads") or _numba.jit_loaded():
+        return
     volumes = any(job.case.mask.name.lower().endswith(_VOLUME_SUFFIXES) for job in jobs)
-    many = len(jobs) >= _MANY_2D_CASES
-    if _numba.HAVE_NUMBA and (volumes or many) and how in ("serial", "threads") and not _numba.jit_loaded():
-        import threading
-
-        threading.Thread(target=_load_kernels, name="skelprep-load-numba", daemon=True).start()
+    if volumes or _pixels_reach(jobs, _PREWARM_2D_PIXELS):
+        _numba.load_in_background(then=_run_kernels_once)
 
 
-def _load_kernels() -> None:
-    import skelprep.skeleton  # noqa: F401  (defines every kernel: _thinning, _flood)
-    from skelprep import _numba
+def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
+    """Whether the masks of ``jobs`` hold at least ``pixels`` pixels (headers only, ~0.1 ms a PNG)."""
+    total = 0
+    for job in jobs:
+        if isinstance(job.case.mask, RemotePath):  # a header is a request: count cases of 512x512
+            return len(jobs) * 512 * 512 >= pixels
+        try:
+            total += int(np.prod(image_shape(job.case.mask)))
+        except InputError:  # the case fails on its own later
+            continue
+        if total >= pixels:
+            return True
+    return False
 
-    _numba.load_jit()
+
+def _run_kernels_once() -> None:
+    from skelprep.skeleton import load_kernels  # scipy's import (0.3 s) too runs in the loading thread
+
+    load_kernels()
 
 
 def _write_phase(

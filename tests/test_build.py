@@ -178,3 +178,16 @@ def test_up_to_date_rerun_writes_nothing(cracks_dataset, tmp_path):
     report = build(cracks_dataset, out, workers=2)
     assert not report.built and report.up_to_date
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_numba_prewarm_counts_pixels_from_headers(tmp_path):
+    """A 2D build loads numba up front once its masks' pixels (from headers) reach the threshold."""
+    from skelprep.build import CaseJob, _pixels_reach
+
+    for i in range(3):
+        write_png(tmp_path / "labels" / f"case_{i}.png", np.zeros((100, 100), np.uint8))
+    (tmp_path / "labels" / "broken.png").write_bytes(b"not a png")
+    jobs = [CaseJob(c, c.case_id) for c in discover(tmp_path).cases]
+    assert len(jobs) == 4
+    assert _pixels_reach(jobs, 30_000)  # the broken file is skipped, not an error
+    assert not _pixels_reach(jobs, 30_001)

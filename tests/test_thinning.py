@@ -351,6 +351,49 @@ def test_use_jit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not _numba.use_jit(10 * _numba.JIT_AFTER_WORK)
 
 
+def test_load_in_background_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a background load runs, small arrays go to scikit-image and a large one waits for it."""
+    import threading
+
+    from skelprep import _numba
+
+    gate, warmed = threading.Event(), threading.Event()
+
+    def slow_load() -> None:
+        gate.wait(5)
+        _numba._ready.set()
+
+    monkeypatch.setattr(_numba, "HAVE_NUMBA", True)
+    monkeypatch.setattr(_numba, "_ready", threading.Event())
+    monkeypatch.setattr(_numba, "_awaited", None)
+    monkeypatch.setattr(_numba, "_work_without_jit", 0)
+    monkeypatch.setattr(_numba, "load_jit", slow_load)
+    _numba.load_in_background(then=warmed.set)
+    _numba.load_in_background(then=warmed.set)  # a second request starts nothing
+    assert not _numba.use_jit(10)  # loading: a small array does not wait
+    assert [t.name for t in threading.enumerate()].count("skelprep-load-numba") == 1
+    threading.Timer(0.05, gate.set).start()
+    assert _numba.use_jit(_numba.JIT_AFTER_WORK)  # pays alone: waits for the load
+    assert warmed.wait(5) and _numba.use_jit(10)
+
+
+def test_load_in_background_failure_is_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from skelprep import _numba
+
+    def broken() -> None:
+        raise ImportError("numba is broken")
+
+    monkeypatch.setattr(_numba, "HAVE_NUMBA", True)
+    monkeypatch.setattr(_numba, "_ready", threading.Event())
+    monkeypatch.setattr(_numba, "_awaited", None)
+    monkeypatch.setattr(_numba, "load_jit", broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's traceback
+    _numba.load_in_background()
+    assert not _numba.use_jit(_numba.JIT_AFTER_WORK)  # scikit-image, no hang
+
+
 def test_both_thinnings_give_skeleton_targets_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whichever thinning use_jit picks, the targets are identical."""
     import skelprep
