@@ -294,6 +294,7 @@ def write_case(
     if label is not None and label.shape != tube.shape:
         raise ValueError(f"label shape {label.shape} differs from the targets' shape {tube.shape}")
     start = time.perf_counter()
+    labels = None if labels is None else list(labels)  # counted for both arrays: an iterator once
     dtype = _label_dtype(tube, thin)
     encoded = [
         encode_array(n, np.asarray(a, dtype=dtype), slice_chunks=slice_chunks)

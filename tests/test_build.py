@@ -191,3 +191,23 @@ def test_numba_prewarm_counts_pixels_from_headers(tmp_path):
     assert len(jobs) == 4
     assert _pixels_reach(jobs, 30_000)  # the broken file is skipped, not an error
     assert not _pixels_reach(jobs, 30_001)
+
+
+@pytest.mark.parametrize("mode", ["joint", "per-class"])
+def test_recorded_label_counts_match_the_arrays(cracks_dataset, tmp_path, mode):
+    """``label_counts`` of both targets and ``mask_label_counts`` are the arrays' own counts."""
+    out = tmp_path / "s.zarr"
+    assert build(cracks_dataset, out, params=BuildParams(mode=mode), workers=1).ok
+    store = open_store(out)
+    for case_id in store.case_ids:
+        case = store[case_id]
+
+        def counts(a):
+            values, n = np.unique(a, return_counts=True)
+            return {str(v): int(k) for v, k in zip(values, n, strict=True) if v}
+
+        recorded = case.attrs["label_counts"]
+        assert recorded["tube"] == counts(case.tube[...]) and recorded["thin"] == counts(case.thin[...])
+        assert recorded["thin"]  # a skeleton of a non-empty mask is not empty
+        mask = read_mask(cracks_dataset / case.attrs["source"]).array
+        assert case.attrs["mask_label_counts"] == counts(mask)
