@@ -184,9 +184,12 @@ def label_counts(array: np.ndarray, labels: Iterable[int] | None = None) -> dict
     directly (one label: ``count_nonzero``, 0.02 ms for 512x512 instead of 0.2 ms).
 
     >>> a = np.array([[0, 2, 2], [5, 0, 0]], np.uint8)
-    >>> label_counts(a), label_counts(a, labels=[2, 5, 7])
-    ({'2': 2, '5': 1}, {'2': 2, '5': 1})
+    >>> label_counts(a), label_counts(a, labels=[2, 5, 7]), label_counts(a.clip(0, 3))
+    ({'2': 2, '5': 1}, {'2': 2, '5': 1}, {'2': 2, '3': 1})
     """
+    if labels is None and array.size:  # a binary or few-label mask: its maximum bounds the labels
+        high = int(array.max())  # 0.02 ms for 512x512, where bincount takes 0.4 ms
+        labels = range(1, high + 1) if high <= 4 else None
     known = None if labels is None else sorted({int(v) for v in labels} - {0})
     if known is not None and len(known) <= 4:
         if len(known) == 1:
