@@ -248,18 +248,30 @@ def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
     ]
     if name == "crops":
         n = b["cases"]
-        # beyond the compute and the bytes written: plan, attrs, finalize and the store's
-        # per-file work, measured as the single-worker wall clock less start, read and core
-        book = (t["skelprep build --workers 1"] - ph["start"] - ph.get("core", 0.0) - ph.get("read", 0.0)) / n
+        # Issue 12: bookkeeping beyond the compute and the bytes written. The single-worker wall
+        # clock less the process start, the reads and the core (the compute), and encode + store
+        # (the bytes written: zstd, checksums, files) leaves plan, attrs, finalize, the imports
+        # and the per-case Python around them (a case waiting for numba's kernels counts in its
+        # core). The stricter figure that also counts encode + store is reported beside it,
+        # without a target.
+        rest = t["skelprep build --workers 1"] - ph["start"] - ph.get("core", 0.0) - ph.get("read", 0.0)
+        book = rest - ph.get("encode", 0.0) - ph.get("store", 0.0)
         rows += [
             row(
-                what=f"crops: bookkeeping per case ({n} cases, 1 worker)",
+                what=f"crops: bookkeeping per case beyond compute and bytes written ({n} cases, 1 worker)",
                 ours="skelprep",
                 baseline="target",
-                ours_value=max(book, 1e-9),
+                ours_value=max(book / n, 1e-9),
                 baseline_value=CLI_BOOKKEEPING_TARGET_S,
                 target=1.0,
                 target_text="<= 2 ms",
+            ),
+            row(
+                what=f"crops: all but read and core, per case, encode + store included ({n} cases, 1 worker)",
+                ours="skelprep",
+                baseline="2 ms",
+                ours_value=max(rest / n, 1e-9),
+                baseline_value=CLI_BOOKKEEPING_TARGET_S,
             ),
             row(
                 what=f"crops: up-to-date rerun ({n} cases)",
