@@ -6,6 +6,15 @@ the kernel releases it when the process dies, so a killed build never leaves a
 stale lock. An S3 store gets a lease object instead (:mod:`skelprep._lease`:
 conditional puts, renewed while the build runs). Other remote stores (``gs://``,
 ...) are not locked: one builder per store is then the user's job.
+
+The lock file also says how the last build into a local store ended: ``building``
+from when it takes the lock, ``clean <inode> <mtime>`` of the store's folder once
+the builder says it ended cleanly (:meth:`HeldLock.ended_cleanly`), recorded
+when it releases the lock. A build that was killed leaves ``building``, so the
+next one walks the store for the ``.partial`` files the kill left
+(:func:`remove_partial_files`); after a clean end it skips the walk, unless the
+store's folder was replaced or changed since (another inode or mtime). Nothing
+is fsynced: as for the store's own files, this survives kills, not power loss.
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from skelprep._lease import Lease, LeaseError, lease_holder, supports_lease
 from skelprep.runner import BuildError
 
-__all__ = ["is_local", "store_lock", "store_is_busy", "remove_partial_files"]
+__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "remove_partial_files"]
 
 
 def is_local(path: str) -> bool:
@@ -34,12 +44,46 @@ def _lock_path(path: str) -> Path:
     return folder.with_name(folder.name + ".lock")
 
 
+@dataclass
+class HeldLock:
+    """A held store lock (see :func:`store_lock`).
+
+    ``lease``: the :class:`skelprep._lease.Lease` of an S3 store (check its
+    ``lost`` before finishing the build), else None. ``unclean``: the last build
+    into this local store may have been killed, so ``.partial`` files may be
+    left (always True for other stores, and where the lock file says nothing).
+    """
+
+    path: str
+    lease: Lease | None = None
+    unclean: bool = True
+    clean_end: bool = False
+
+    def ended_cleanly(self) -> None:
+        """Record, on release, that this build ended cleanly: every write it started is done or undone.
+
+        Call it last, only when no case write of this build can have been cut short
+        (a failed case may be a killed worker's): the next build then skips the walk
+        of :func:`remove_partial_files`.
+        """
+        self.clean_end = True
+
+
+def _folder_state(folder: Path) -> str | None:
+    """``<inode> <mtime ns>`` of the store's folder, None if absent."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return f"{st.st_ino} {st.st_mtime_ns}"
+
+
 @contextlib.contextmanager
-def store_lock(path: str) -> Iterator[Lease | None]:
+def store_lock(path: str) -> Iterator[HeldLock]:
     """Hold an exclusive lock on a store; a second build on it refuses at once.
 
-    Yields the :class:`skelprep._lease.Lease` of an S3 store (check its ``lost``
-    before finishing the build), None otherwise.
+    Yields a :class:`HeldLock`: its ``lease`` for an S3 store, whether the last
+    build may have been killed (``unclean``), and :meth:`HeldLock.ended_cleanly`.
 
     Raises
     ------
@@ -48,7 +92,7 @@ def store_lock(path: str) -> Iterator[Lease | None]:
     """
     if not is_local(path):
         if not supports_lease(path):
-            yield None  # gs://, ...: no lease; one builder per store is the user's job
+            yield HeldLock(path)  # gs://, ...: no lease; one builder per store is the user's job
             return
         try:
             lease = Lease(path)
@@ -56,7 +100,7 @@ def store_lock(path: str) -> Iterator[Lease | None]:
         except LeaseError as exc:
             raise BuildError(str(exc)) from exc
         try:
-            yield lease
+            yield HeldLock(path, lease)
         finally:
             lease.release()
         return
@@ -78,12 +122,22 @@ def store_lock(path: str) -> Iterator[Lease | None]:
                     ) from exc
                 time.sleep(0.05)  # not a build, maybe: store_is_busy() probes with a brief shared lock
         handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        yield None
+        before = handle.read()
+        state = _folder_state(folder)
+        held = HeldLock(path, unclean=state is None or before != f"clean {state}\n")
+        _rewrite(handle, f"pid {os.getpid()} building\n")  # a kill from here on leaves this
+        yield held
+        if held.clean_end and (state := _folder_state(folder)) is not None:
+            _rewrite(handle, f"clean {state}\n")
     finally:
         handle.close()  # closing releases the lock, also when the process is killed
+
+
+def _rewrite(handle, text: str) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
 
 
 def store_is_busy(path: str | os.PathLike) -> bool:
@@ -107,14 +161,17 @@ def store_is_busy(path: str | os.PathLike) -> bool:
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
-def remove_partial_files(path: str) -> list[str]:
+def remove_partial_files(path: str, held: HeldLock | None = None) -> list[str]:
     """Delete the temporary files of writes that a killed build left in a local store.
 
     zarr's local store writes each file as ``<name>.<uuid hex>.partial`` and renames it
     into place; a kill in between leaves the temporary file, which zarr then warns
     about on every listing. Only call this under the store lock, when no one else writes.
+    With the ``held`` lock of a store whose last build ended cleanly, nothing is
+    walked: the walk costs 20-45 ms over the 1516 folders of 504 small cases, a
+    third of planning their up-to-date rerun.
     """
-    if not is_local(path):
+    if not is_local(path) or (held is not None and not held.unclean):
         return []
     removed = []
     for dirpath, _, filenames in os.walk(path.removeprefix("file://")):

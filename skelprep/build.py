@@ -682,8 +682,9 @@ def build(
     report = BuildReport(store=out)
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with store_lock(out) as lease:
-        remove_partial_files(out)
+    with store_lock(out) as held:
+        lease = held.lease
+        remove_partial_files(out, held)  # walks only if the last build may have been killed
         store = _existing_store(out)  # opened once: each open parses the root document (80 ms at 504 cases)
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
         if with_images and layout.cases and not any(c.images for c in layout.cases):
@@ -732,6 +733,11 @@ def build(
             _write_phase(
                 report, out, attrs, jobs, since, layout, params, prune, planned, lease, **run_options
             )
+        # A failed case may be a worker killed mid-write (memory limit): its .partial files stay
+        # until the next build walks the store. A built one's writes are done (an earlier attempt's
+        # leftovers went with its folder: write_case deletes the case first).
+        if not {j.case.case_id for j in jobs} & {o.case_id for o in report.failed}:
+            held.ended_cleanly()
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
     return report

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -120,6 +123,50 @@ def test_second_build_on_locked_store_refuses(octa_dataset):
     with store_lock(out):
         with pytest.raises(BuildError, match="another skelprep build"):
             build(octa_dataset, workers=1)
+
+
+def _store_walks(monkeypatch, out):
+    """The os.walk calls over the store ``out`` from now on (remove_partial_files' walk)."""
+    walks, walk = [], os.walk
+
+    def spy(top, *args, **kwargs):
+        if os.fspath(top) == os.fspath(out):
+            walks.append(top)
+        return walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(os, "walk", spy)
+    return walks
+
+
+def test_a_killed_builds_partial_files_are_removed_by_the_next_build(octa_dataset, monkeypatch):
+    out = octa_dataset / "skeletons.zarr"
+    assert build(octa_dataset, workers=1).ok  # ends cleanly: a rerun would not walk the store
+    partial = out / "octa_001" / "tube" / f"c.0.0.0.{'ab' * 16}.partial"
+    # a build killed between zarr's write of a temporary file and its rename into place
+    killed = (
+        "import os, signal\nfrom skelprep._lock import store_lock\n"
+        f"with store_lock({os.fspath(out)!r}):\n"
+        f"    open({os.fspath(partial)!r}, 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == -signal.SIGKILL
+    walks = _store_walks(monkeypatch, out)
+    report = build(octa_dataset, workers=1)
+    assert report.ok and len(report.up_to_date) == 4
+    assert walks and not partial.exists()
+
+
+def test_a_rerun_after_a_clean_build_does_not_walk_the_store(octa_dataset, monkeypatch):
+    out = octa_dataset / "skeletons.zarr"
+    walks = _store_walks(monkeypatch, out)
+    assert build(octa_dataset, workers=1).ok
+    assert len(walks) == 1  # a new store: no earlier build said it ended cleanly
+    for _ in range(2):
+        assert len(build(octa_dataset, workers=1).up_to_date) == 4
+    assert len(walks) == 1
+    (out.with_name(out.name + ".lock")).write_text("pid 1\n")  # as an older skelprep leaves it
+    assert len(build(octa_dataset, workers=1).up_to_date) == 4
+    assert len(walks) == 2
 
 
 def test_verify_reports_states(octa_dataset):
