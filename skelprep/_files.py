@@ -8,7 +8,9 @@ object store's PUT is atomic). No order holds among the keys of one call: a
 caller that needs one (data before the metadata that declares them complete)
 makes two calls. :func:`get` reads a key (None if absent), :func:`put_absent`
 writes a key that does not exist yet, :func:`remove` deletes everything below a
-prefix. Keys are relative to the store's root, as in zarr.
+prefix. Keys are relative to the store's root, as in zarr. ``store`` is a zarr
+store, or the path of a local store's folder (a ``str``): reading a local store
+then needs no zarr (planning an up-to-date rerun of 504 cases imports none, 0.2-0.3 s).
 
 Why a local path of its own: zarr's ``LocalStore`` sends every file to a
 thread of its event loop (``asyncio.to_thread``), creates its folder with
@@ -21,33 +23,45 @@ build's worker threads still write in parallel).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
-from zarr.storage import LocalStore
-
 __all__ = ["local_folder", "get", "get_many", "put", "put_absent", "remove"]
 
-_PROTOTYPE = default_buffer_prototype()
 Data = bytes | bytearray | memoryview
 
 
 def local_folder(store: Any) -> str | None:
-    """The folder of a local zarr store, or None for any other store."""
+    """The folder of a local store (a zarr ``LocalStore``, or a folder's path), or None for any other store."""
+    if isinstance(store, str):
+        return store
+    from zarr.storage import LocalStore  # imported already: the caller holds one of zarr's stores
+
     return os.fspath(store.root) if isinstance(store, LocalStore) else None
+
+
+@functools.cache
+def _prototype() -> Any:  # once, as zarr's own stores do
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+def _sync(coroutine: Any) -> Any:
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
 
 
 def get(store: Any, key: str) -> bytes | None:
     """The bytes of ``key``, or None if there is no such file."""
     folder = local_folder(store)
     if folder is None:
-        raw = sync(store.get(key, prototype=_PROTOTYPE))
+        raw = _sync(store.get(key, prototype=_prototype()))
         return None if raw is None else raw.to_bytes()
     try:
         with open(os.path.join(folder, key), "rb") as f:
@@ -61,10 +75,13 @@ def get_many(store: Any, keys: Sequence[str]) -> list[bytes | None]:
     if local_folder(store) is not None:
         return [get(store, key) for key in keys]  # 20 us a small file; the event loop's hop costs 0.2 ms
 
-    async def read_all() -> list[Any]:
-        return await asyncio.gather(*(store.get(key, prototype=_PROTOTYPE) for key in keys))
+    import asyncio
 
-    return [None if raw is None else raw.to_bytes() for raw in sync(read_all())]
+    async def read_all() -> list[Any]:
+        prototype = _prototype()
+        return await asyncio.gather(*(store.get(key, prototype=prototype) for key in keys))
+
+    return [None if raw is None else raw.to_bytes() for raw in _sync(read_all())]
 
 
 def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:
@@ -79,7 +96,7 @@ def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:
         return
     folder = local_folder(store)
     if folder is None:
-        sync(_put_remote(store, files))
+        _sync(_put_remote(store, files))
         return
     made: set[str] = set()
     for key, value in files.items():
@@ -99,7 +116,7 @@ def put_absent(store: Any, key: str, value: Data) -> None:
     """Write ``key`` unless a file of that key exists (zarr's ``set_if_not_exists``)."""
     folder = local_folder(store)
     if folder is None:
-        sync(store.set_if_not_exists(key, _PROTOTYPE.buffer.from_bytes(bytes(value))))
+        _sync(store.set_if_not_exists(key, _prototype().buffer.from_bytes(bytes(value))))
     elif not os.path.exists(os.path.join(folder, key)):
         put(store, {key: value})
 
@@ -108,7 +125,7 @@ def remove(store: Any, prefix: str) -> None:
     """Delete every file below ``prefix`` (nothing if there is none)."""
     folder = local_folder(store)
     if folder is None:
-        sync(store.delete_dir(prefix))
+        _sync(store.delete_dir(prefix))
     else:
         path = os.path.join(folder, prefix)
         if os.path.isdir(path):  # the build holds the store's lock: nothing else creates it meanwhile
@@ -130,6 +147,7 @@ def _write_whole(path: str, value: Data) -> None:
 
 
 async def _put_remote(store: Any, files: Mapping[str, Data]) -> None:
-    await asyncio.gather(
-        *(store.set(key, _PROTOTYPE.buffer.from_bytes(bytes(value))) for key, value in files.items())
-    )
+    import asyncio
+
+    buffer = _prototype().buffer
+    await asyncio.gather(*(store.set(key, buffer.from_bytes(bytes(value))) for key, value in files.items()))

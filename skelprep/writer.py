@@ -39,6 +39,7 @@ from skelprep.store import (
     StoreError,
     array_checksum,
     chunk_shape,
+    consolidated_entries,
     label_counts,
     open_root,
     store_key,
@@ -422,11 +423,9 @@ def read_consolidated(root: zarr.Group) -> dict[str, Any] | None:
     """
     raw = _files.get(root.store, _key(root, "zarr.json"))
     try:
-        consolidated = json.loads(raw).get("consolidated_metadata") if raw is not None else None
-    except (ValueError, AttributeError):
+        return consolidated_entries(json.loads(raw)) if raw is not None else None
+    except ValueError:
         return None
-    entries = consolidated.get("metadata") if isinstance(consolidated, dict) else None
-    return dict(entries) if isinstance(entries, dict) else None
 
 
 def _is_complete_case(doc: Any) -> bool:

@@ -16,12 +16,25 @@ import pytest
             "skelprep, skelprep.store, skelprep.build, skelprep.cli, skelprep.layout",
             ("torch", "distributed", "dask.distributed", "monai", "torchio"),
         ),
-        # skelprep --help and an up-to-date rerun's imports: not even the core's scipy and numba
-        ("skelprep.cli, skelprep.build", ("numba", "scipy", "skimage", "torch", "dask.distributed")),
+        # skelprep --help and an up-to-date rerun's imports: not even the core's scipy and numba, nor zarr
+        ("skelprep.cli, skelprep.build", ("numba", "scipy", "skimage", "torch", "dask.distributed", "zarr")),
     ],
 )
 def test_imports_stay_light(imports: str, heavy: tuple[str, ...]) -> None:
     code = f"import sys, {imports};heavy = [m for m in {heavy!r} if m in sys.modules];assert not heavy, heavy"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_up_to_date_rerun_of_a_local_store_imports_no_zarr(cracks_dataset):
+    from skelprep.build import build
+
+    assert build(cracks_dataset, workers=1).ok
+    code = (
+        "import sys; from skelprep.build import build\n"
+        f"report = build({str(cracks_dataset)!r}, workers=1)\n"
+        "assert report.ok and len(report.up_to_date) == 3 and not report.built, report.as_dict()\n"
+        "assert 'zarr' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
