@@ -7,7 +7,6 @@ command imports nnunetv2 when it runs (one line naming ``pip install skelprep[nn
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import click
@@ -18,6 +17,8 @@ MIN_NNUNET = (2, 8)
 
 
 def _nnunet_version() -> tuple[int, ...] | None:
+    from importlib import metadata  # 15-25 ms of import: not for every skelprep command
+
     try:
         version = metadata.version("nnunetv2")
     except metadata.PackageNotFoundError:
