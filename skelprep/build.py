@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
 from skelprep._fs import RemotePath, set_storage_options, storage_options
@@ -49,14 +48,6 @@ from skelprep.io import (
 )
 from skelprep.layout import Case, DatasetLayout, discover
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, guarded, run_cases
-from skelprep.stats import (
-    StatisticsError,
-    channel_statistics,
-    class_locations,
-    dataset_statistics,
-    foreground_sample,
-    seed_from_fingerprint,
-)
 from skelprep.store import (
     SkeletonStore,
     StoreError,
@@ -70,8 +61,11 @@ from skelprep.store import (
 )
 from skelprep.verify import check_case
 
-# skelprep.writer (and zarr, 0.2-0.3 s of import) is imported where something is written:
-# planning an up-to-date rerun of a local store reads its documents without zarr.
+# skelprep.writer (and zarr, 0.2-0.3 s of import) is imported where something is written,
+# numpy (60-80 ms) and skelprep.stats where a case is computed: planning an up-to-date rerun
+# of a local store needs neither (it reads the store's documents and hashes the masks).
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "BuildParams",
@@ -203,6 +197,8 @@ class CaseJob:
 def _case_attrs(
     job: CaseJob, fingerprint: str, params: BuildParams, vol: Volume, fallback: int
 ) -> dict[str, Any]:
+    import numpy as np
+
     return {
         "source": job.source,
         "fingerprint": fingerprint,
@@ -283,6 +279,8 @@ def _read_images(job: CaseJob, mask_shape: tuple[int, ...]) -> tuple[np.ndarray,
         No image files, a file missing or unreadable, of another shape than the
         mask, or of a rejected dtype: the message names the file.
     """
+    import numpy as np
+
     case = job.case
     if not case.images:
         raise InputError(case.mask, "no image files for this case (--with-images needs them)")
@@ -306,6 +304,14 @@ def _image_part(
     job: CaseJob, mask: np.ndarray, fingerprint: str, params: BuildParams
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
     """(image, its case attributes, the sampling arrays but the tube's) of a case built with images."""
+    from skelprep.stats import (
+        StatisticsError,
+        channel_statistics,
+        class_locations,
+        foreground_sample,
+        seed_from_fingerprint,
+    )
+
     image, image_fingerprints, files = _read_images(job, mask.shape)
     foreground = mask > 0
     if params.ignore_label is not None:
@@ -378,6 +384,8 @@ def build_case(
             attrs = _case_attrs(job, fingerprint, params, vol, targets.fallback_components)
             image, small = None, None
             if images is not None:
+                from skelprep.stats import class_locations, seed_from_fingerprint
+
                 image, attrs["images"], small = images.result()
                 small["tube_locations"] = class_locations(targets.tube, seed_from_fingerprint(fingerprint, 2))
         phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
@@ -442,6 +450,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def _dataset_statistics(store: SkeletonStore) -> list[dict[str, Any]] | None:
     """Intensity statistics over every complete case that carries images (None if none does or they differ)."""
+    from skelprep.stats import dataset_statistics
+
     cases, samples = [], []
     for case_id in store.case_ids:
         meta = store.case_attrs(case_id) or {}
@@ -562,7 +572,7 @@ def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
         if isinstance(job.case.mask, RemotePath):  # a header is a request: count cases of 512x512
             return len(jobs) * 512 * 512 >= pixels
         try:
-            total += int(np.prod(image_shape(job.case.mask)))
+            total += math.prod(image_shape(job.case.mask))
         except InputError:  # the case fails on its own later
             continue
         if total >= pixels:

@@ -23,11 +23,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from skelprep._fs import RemotePath, as_path, fetch, filesystem
 from skelprep._util import first_line, printable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "InputError",
@@ -283,6 +285,7 @@ def _read_file(path: str | os.PathLike, *, keep: bool) -> tuple[bytes, str]:
 
 
 def _read_png(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
+    import numpy as np
     from PIL import Image
 
     try:
@@ -400,6 +403,7 @@ def _gunzip_nifti(path: Path, raw: bytes) -> bytes:
 def _read_nifti(path: Path, raw: bytes) -> Volume:
     """Decode a NIfTI file from its bytes (``raw``: the file as stored, gzip-compressed or not)."""
     import nibabel as nib
+    import numpy as np
 
     try:
         if split_suffix(path.name)[1].lower() == ".nii.gz":
@@ -440,6 +444,7 @@ def _tiff_series(
 
     ``source`` is an open binary stream to read instead of ``path`` (which errors name).
     """
+    import numpy as np
     import tifffile
 
     # tifffile logs a warning before raising on a broken file; without a handler Python would
@@ -467,6 +472,8 @@ def _tiff_series(
 
 
 def _read_tiff(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
+    import numpy as np
+
     array, _, axes = _tiff_series(path, data=True, source=io.BytesIO(raw))
     if axes.endswith("S"):
         if as_mask:
@@ -603,6 +610,8 @@ def _c_order(array: np.ndarray, dtype: np.dtype, block: int = 32) -> np.ndarray:
     block x all x block slabs keeps both sides in cache (0.13 s), and casts on
     the way.
     """
+    import numpy as np
+
     if array.flags.c_contiguous or array.ndim != 3:
         return np.ascontiguousarray(array, dtype=dtype)
     out = np.empty(array.shape, dtype=dtype)
@@ -629,6 +638,8 @@ def read_mask(path: str | os.PathLike | RemotePath, *, raw: bytes | None = None)
         Unreadable file, unsupported type, wrong dimensionality, NaN,
         fractional or negative values, labels above 65535.
     """
+    import numpy as np
+
     path = as_path(path)
     vol = _squeeze_nifti(_read_any(path, as_mask=True, raw=raw))
     array = vol.array
@@ -675,6 +686,8 @@ def read_image(path: str | os.PathLike | RemotePath) -> Volume:
         Unreadable file, unsupported type, wrong dimensionality, or a dtype
         that is not a real number (complex, structured/RGB NIfTI, ...).
     """
+    import numpy as np
+
     path = as_path(path)
     vol = _read_any(path, as_mask=False)
     if vol.array.dtype.kind not in "biuf":
