@@ -27,9 +27,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from skelprep._lease import Lease, LeaseError, lease_holder, supports_lease
 from skelprep.runner import BuildError
+
+if TYPE_CHECKING:
+    from skelprep._lease import Lease
+
+# skelprep._lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
+# same again to compile it where no bytecode is cached) is imported for remote stores only.
 
 __all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "remove_partial_files"]
 
@@ -91,6 +97,8 @@ def store_lock(path: str) -> Iterator[HeldLock]:
         Another build holds the lock, or the lock file cannot be written.
     """
     if not is_local(path):
+        from skelprep._lease import Lease, LeaseError, supports_lease
+
         if not supports_lease(path):
             yield HeldLock(path)  # gs://, ...: no lease; one builder per store is the user's job
             return
@@ -144,6 +152,8 @@ def store_is_busy(path: str | os.PathLike) -> bool:
     """Whether a build holds the lock of a store right now (S3: a live lease; other URLs: False)."""
     path = os.fspath(path)
     if not is_local(path):
+        from skelprep._lease import lease_holder, supports_lease
+
         return supports_lease(path) and lease_holder(path) is not None
     try:
         handle = open(_lock_path(path))  # never creates it
