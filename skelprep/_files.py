@@ -90,7 +90,9 @@ def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:
     ``whole=False`` writes a local file in place, without the temporary name: for
     the files of a case that nothing counts as built yet (its group metadata is
     absent or says incomplete), where a torn file is deleted with the case. Saves
-    a rename and a directory entry a file.
+    a rename and a directory entry a file. Metadata documents (``zarr.json``) are
+    written whole all the same: zarr's listing parses every one, and a torn one
+    (a kill mid-write) made listing the store fail until the next build.
     """
     if not files:
         return
@@ -105,7 +107,7 @@ def put(store: Any, files: Mapping[str, Data], *, whole: bool = True) -> None:
         if parent not in made:
             os.makedirs(parent, exist_ok=True)
             made.add(parent)
-        if whole:
+        if whole or key.endswith("zarr.json"):
             _write_whole(path, value)
         else:
             with open(path, "wb") as f:

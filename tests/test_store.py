@@ -145,3 +145,20 @@ def test_read_regions_equals_one_read_per_array(tmp_path):
     tube, thin = read_regions([case.tube, case.thin], box)
     np.testing.assert_array_equal(tube, targets.tube[box])
     np.testing.assert_array_equal(thin, targets.thin[box])
+
+
+def test_in_place_writes_keep_metadata_documents_whole(tmp_path, monkeypatch):
+    """``put(whole=False)`` writes chunks in place but every ``zarr.json`` through a temporary name.
+
+    A kill while an array's ``zarr.json`` was written in place left it empty, and zarr's
+    listing of the store failed on it until the next build.
+    """
+    from skelprep import _files
+
+    whole = []
+    real = _files._write_whole
+    monkeypatch.setattr(_files, "_write_whole", lambda path, value: whole.append(path) or real(path, value))
+    _files.put(str(tmp_path), {"case/tube/zarr.json": b"{}", "case/tube/c.0.0": b"x"}, whole=False)
+    assert whole == [str(tmp_path / "case/tube/zarr.json")]
+    assert (tmp_path / "case/tube/c.0.0").read_bytes() == b"x"
+    assert not list(tmp_path.rglob("*.partial"))
