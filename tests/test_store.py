@@ -162,3 +162,12 @@ def test_in_place_writes_keep_metadata_documents_whole(tmp_path, monkeypatch):
     assert whole == [str(tmp_path / "case/tube/zarr.json")]
     assert (tmp_path / "case/tube/c.0.0").read_bytes() == b"x"
     assert not list(tmp_path.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("counts", [(1,), (5,), (2, 3), (4, 4), (1, 4, 4), (16, 1, 1), (3, 5, 7), (8, 8, 8)])
+def test_shard_chunk_order_is_zarrs(counts):
+    from zarr.core.indexing import morton_order_iter
+
+    from skelprep._shards import _morton_order
+
+    assert _morton_order(counts) == tuple(morton_order_iter(counts))
