@@ -164,6 +164,36 @@ def test_in_place_writes_keep_metadata_documents_whole(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+@pytest.mark.parametrize("dtype", ["|u1", "<u2", "|i1", "<i2", "<i4", "<u8"])
+@pytest.mark.parametrize(
+    ("shape", "chunks", "shards"),
+    [
+        ((512, 512), (256, 256), (512, 512)),  # 2D, one shard
+        ((600, 999), (256, 256), (1024, 1024)),  # 2D, edge chunks
+        ((5, 7), (5, 7), (5, 7)),  # tiny 2D
+        ((100, 300, 257), (64, 64, 64), (128, 128, 128)),  # 3D
+        ((40, 70, 90), (1, 70, 90), (16, 70, 90)),  # 3D as slices (slice_chunks)
+        ((3, 64, 64, 64), (1, 64, 64, 64), (1, 64, 64, 64)),  # channels first
+    ],
+)
+def test_array_documents_are_the_bytes_zarr_writes(shape, dtype, chunks, shards):
+    """A case array's zarr.json, built without zarr, equals zarr's own byte for byte."""
+    from skelprep.writer import _array_metadata, _zarr_array_metadata
+
+    _array_metadata.cache_clear()
+    assert _array_metadata(shape, dtype, chunks, shards) == _zarr_array_metadata(shape, dtype, chunks, shards)
+
+
+def test_group_documents_are_the_bytes_zarr_writes(tmp_path):
+    from skelprep.writer import _group_document, _json_bytes
+
+    attributes = {"skelprep": {"format_version": 2, "cases": ["a"], "spacing": [0.5, 1.0], "x": None}}
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="a", use_consolidated=False)
+    root.attrs.update(attributes)
+    assert (tmp_path / "s.zarr" / "zarr.json").read_bytes() == _json_bytes(_group_document(attributes))
+    assert zarr.config.get("json_indent") == 2
+
+
 @pytest.mark.parametrize("counts", [(1,), (5,), (2, 3), (4, 4), (1, 4, 4), (16, 1, 1), (3, 5, 7), (8, 8, 8)])
 def test_shard_chunk_order_is_zarrs(counts):
     from zarr.core.indexing import morton_order_iter
