@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
-from skelprep._fs import RemotePath, set_storage_options, storage_options
+from skelprep._fs import RemotePath, is_url, set_storage_options, storage_options
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
@@ -55,15 +55,18 @@ from skelprep.store import (
     default_store_path,
     label_counts,
     local_root_document,
+    new_local_store,
     open_root,
     read_checked,
+    root_group,
     verify_case_data,
 )
 from skelprep.verify import check_case
 
-# skelprep.writer (and zarr, 0.2-0.3 s of import) is imported where something is written,
-# numpy (60-80 ms) and skelprep.stats where a case is computed: planning an up-to-date rerun
-# of a local store needs neither (it reads the store's documents and hashes the masks).
+# skelprep.writer is imported where something is written, numpy (60-80 ms) and skelprep.stats
+# where a case is computed: planning an up-to-date rerun of a local store needs neither (it reads
+# the store's documents and hashes the masks). zarr (0.2-0.3 s of import) is not imported by a
+# build into a local store unless a case carries images or a pruned or failed case is read again.
 if TYPE_CHECKING:
     import numpy as np
 
@@ -249,9 +252,14 @@ def __getattr__(name: str):  # ``skelprep.build.skeleton_targets`` stays an attr
 
 
 @functools.lru_cache(maxsize=8)
-def _writable_root(out: str):
-    """The store's root group, opened once per process (thread-safe: only its store is used)."""
-    return open_root(out, mode="a")
+def _writable_root(out: str, group: bool = False):
+    """The root that cases are written through, once per process (:func:`skelprep.store.files_at`).
+
+    A local store's folder path (no zarr), or the root group (thread-safe: only
+    its store is used) of a store at a URL, or where ``group`` asks for it (zarr's
+    API writes the images).
+    """
+    return open_root(out, mode="a") if group or is_url(out) else out
 
 
 def _stored_targets(out: str, case_id: str):
@@ -393,7 +401,7 @@ def build_case(
 
         try:
             written = write_case(
-                _writable_root(out),
+                _writable_root(out, job.with_images),
                 case.case_id,
                 tube=targets.tube,
                 thin=targets.thin,
@@ -426,7 +434,7 @@ def _remove_partial_case(out: str, case_id: str) -> None:
     from skelprep.writer import delete_case
 
     try:
-        delete_case(open_root(out, mode="a"), case_id)
+        delete_case(_writable_root(out), case_id)
     except Exception:  # noqa: S110 - the disk is full: the next build replaces the incomplete group anyway
         pass
 
@@ -496,10 +504,10 @@ def _root_attrs(layout: DatasetLayout, params: BuildParams, with_images: bool) -
 
 
 def _open_for_build(out: str, attrs: dict[str, Any]):
-    from skelprep.writer import open_for_writing
+    from skelprep.writer import record_build
 
     try:
-        return open_for_writing(out, attrs)
+        return record_build(out, attrs)
     except StoreError as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:
@@ -519,6 +527,8 @@ def _existing_store(out: str) -> tuple[SkeletonStore | None, dict[str, Any] | No
     17 ms a parse, which zarr's open and the consolidated read each did).
     """
     doc = local_root_document(out)
+    if doc is None and new_local_store(out):  # nothing there yet: nothing to read (and no zarr)
+        return None, {}
     try:
         if doc is not None:
             return SkeletonStore(None, out, attributes=doc.get("attributes", {})), consolidated_entries(doc)
@@ -617,10 +627,10 @@ def _write_phase(
     if lease is not None and lease.lost:  # another build may be writing now: leave the rest to it
         raise BuildError(f"{out}: {lease.lost} while this build ran; rerun 'skelprep build' when it is done")
     if any(o.detail == _DISK_FULL for o in report.outcomes):
-        raise _disk_full(out, report, SkeletonStore(root, out))
+        raise _disk_full(out, report, SkeletonStore(root_group(root), out))
     if prune:
         wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-        store = SkeletonStore(root, out)
+        store = SkeletonStore(root_group(root), out)
         stored = set(store.case_ids) | set(store.incomplete_case_ids)
         for case_id in sorted(stored - wanted):
             delete_case(root, case_id)
@@ -635,13 +645,14 @@ def _write_phase(
     touched |= {o.case_id for o in report.built if not o.documents}
     try:
         if attrs.get("with_images"):
+            root = root_group(root)
             meta = dict(root.attrs["skelprep"])
             statistics = _dataset_statistics(SkeletonStore(root, out))
             root.attrs.update({"skelprep": {**meta, "intensity_statistics": statistics}})
         finalize_store(root, out, since=since, written=written, touched=touched)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise _disk_full(out, report, SkeletonStore(root, out)) from None
+            raise _disk_full(out, report, SkeletonStore(root_group(root), out)) from None
         raise
     report.plan_phases["finalize"] = time.perf_counter() - ran
 

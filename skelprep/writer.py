@@ -7,11 +7,21 @@ write every array, then rewrite the group's attributes with ``complete: true``
 at once: nothing can see the case before that file exists). The contract
 (format versions, chunking, checksums, the "is this case current" rule) and
 reading live in :mod:`skelprep.store`.
+
+A local store is written without zarr (its import costs 0.2-0.25 s on 2 cores,
+GIL-bound, on the critical path of a build of a few 2D masks): the root is its
+folder's path (:func:`skelprep.store.files_at`), the files go through
+:mod:`skelprep._files`, and the ``zarr.json`` documents are built here, byte for
+byte as zarr writes them (tests/test_store.py compares). zarr is imported where
+its API writes (images and small arrays, store format 2), where a case is read
+again (failed and pruned cases), for a store at a URL, and for a local path that
+holds something other than a new or skelprep store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import os
@@ -20,17 +30,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from skelprep import _files
 from skelprep._shards import CHUNK_KEY_ENCODING, encode_shards
-from skelprep._util import utc_now
+from skelprep._util import first_line, utc_now
 from skelprep.store import (
     ATTRS_KEY,
     FORMAT_VERSION,
@@ -40,12 +46,20 @@ from skelprep.store import (
     array_checksum,
     chunk_shape,
     consolidated_entries,
+    files_at,
     label_counts,
+    local_root_document,
+    new_local_store,
     open_root,
+    root_group,
     store_key,
 )
 
+if TYPE_CHECKING:
+    import zarr
+
 __all__ = [
+    "record_build",
     "open_for_writing",
     "write_case",
     "write_array",
@@ -59,7 +73,6 @@ __all__ = [
 ]
 
 _ZSTD_LEVEL = 3
-_PROTOTYPE = default_buffer_prototype()
 # zarr's default ``json_indent``, with which it writes every zarr.json (tests/test_store.py compares)
 _JSON_INDENT = 2
 # Hash in a second thread, beside the encoding, only where it pays for the thread's start.
@@ -71,47 +84,79 @@ def _label_dtype(*arrays: np.ndarray) -> np.dtype:
     return np.dtype(np.uint8 if high <= 255 else np.uint16)
 
 
-def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
-    """Open (or create) a store for a build and record this build's root ``attrs``.
+def record_build(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group | str:
+    """Open (or create) a store for a build and record this build's root ``attrs``; return its root.
 
     A new store gets ``format_version``, ``created`` and an empty case list; an
     existing one must be a skelprep store of a version this skelprep reads. A
     version-1 store is upgraded in place: its cases are valid version-2 cases
     (targets only), so only ``format_version`` changes (``upgraded_from``
-    records the old one).
+    records the old one). The root is the store's folder path where ``path`` is
+    local and new or a skelprep store (the root document is then written
+    without zarr, as zarr writes it: consolidated metadata dropped), else the
+    root group.
 
     Raises
     ------
     StoreError
         The path holds something else, or a store of a newer format version.
     """
-    root = open_root(path, mode="a")
-    meta = root.attrs.get(ATTRS_KEY)
-    if meta is None:
-        if any(True for _ in root.members()):
-            raise StoreError(
-                f"{os.fspath(path)}: exists and is not a skelprep store; choose another store path"
+    path = os.fspath(path)
+    doc = local_root_document(path)
+    attributes = doc.get("attributes", {}) if doc is not None else {}
+    if attributes.get(ATTRS_KEY) is not None or new_local_store(path):
+        meta = _root_meta(path, attributes.get(ATTRS_KEY), lambda: False)
+        try:
+            os.makedirs(path, exist_ok=True)  # zarr's local store creates parent folders too
+            _files.put(
+                path,
+                {"zarr.json": _json_bytes(_group_document({**attributes, ATTRS_KEY: {**meta, **attrs}}))},
             )
-        meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
-    elif meta.get("format_version") not in READABLE_VERSIONS:
-        raise StoreError(
-            f"{os.fspath(path)}: store format version {meta.get('format_version')}, this skelprep writes "
-            f"{FORMAT_VERSION}; build into a new store (--out) or upgrade skelprep"
-        )
-    elif meta["format_version"] != FORMAT_VERSION:
-        meta = {**meta, "format_version": FORMAT_VERSION, "upgraded_from": meta["format_version"]}
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            raise StoreError(f"{path}: cannot create the store ({first_line(exc, with_type=True)})") from exc
+        return path
+    root = open_root(path, mode="a")
+    meta = _root_meta(path, root.attrs.get(ATTRS_KEY), lambda: any(True for _ in root.members()))
     root.attrs.update({ATTRS_KEY: {**meta, **attrs}})
     return root
 
 
-def delete_case(root: zarr.Group, case_id: str) -> None:
+def open_for_writing(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Group:
+    """:func:`record_build`, returning the root group (zarr's API) in every case."""
+    return root_group(record_build(path, attrs))
+
+
+def _root_meta(path: str, meta: Any, has_members: Any) -> dict[str, Any]:
+    """The store's skelprep root attributes as a build starts, from those stored (``meta``; None if none).
+
+    ``has_members()`` tells whether a store without them holds nodes (then it is not ours).
+    """
+    if meta is None:
+        if has_members():
+            raise StoreError(f"{path}: exists and is not a skelprep store; choose another store path")
+        meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
+    elif meta.get("format_version") not in READABLE_VERSIONS:
+        raise StoreError(
+            f"{path}: store format version {meta.get('format_version')}, this skelprep writes "
+            f"{FORMAT_VERSION}; build into a new store (--out) or upgrade skelprep"
+        )
+    elif meta["format_version"] != FORMAT_VERSION:
+        meta = {**meta, "format_version": FORMAT_VERSION, "upgraded_from": meta["format_version"]}
+    return meta
+
+
+def delete_case(root: zarr.Group | str, case_id: str) -> None:
     """Remove a case group (no error if absent).
 
     The group is first marked incomplete (an atomic rewrite of its metadata): the
     deletion itself is not atomic, and a kill in the middle must not leave a
-    group that still says ``complete: true`` over missing chunks.
+    group that still says ``complete: true`` over missing chunks. ``root`` is
+    the root group, or a local store's folder path.
     """
-    _delete_node(root.store, _key(root, case_id))
+    files, root_path = files_at(root)
+    _delete_node(files, store_key(root_path, case_id))
 
 
 def _key(group: zarr.Group, *parts: str) -> str:
@@ -297,7 +342,7 @@ def _ensure_parents(store: Any, path: str) -> None:
 
 
 def write_case(
-    root: zarr.Group,
+    root: zarr.Group | str,
     case_id: str,
     *,
     tube: np.ndarray,
@@ -313,8 +358,8 @@ def write_case(
 
     Parameters
     ----------
-    root : zarr.Group
-        The store's root group, opened writable.
+    root : zarr.Group or str
+        The store's root group, opened writable, or a local store's folder path.
     case_id : str
         Group path of the case (may contain ``/``).
     tube, thin : ndarray
@@ -378,7 +423,7 @@ def write_case(
     if image is not None or label is not None or small:
         # format 2: zarr's API for every array (Blosc images); finalize_store reads the documents
         delete_case(root, case_id)
-        group = root.create_group(case_id, attributes={ATTRS_KEY: meta})
+        group = root_group(root).create_group(case_id, attributes={ATTRS_KEY: meta})
         encoded_at = time.perf_counter()
         _files.put(group.store, _array_files(_key(group), encoded), whole=False)  # group: incomplete
         for a in encoded:
@@ -394,8 +439,8 @@ def write_case(
         meta["complete"] = True
         group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
         return WrittenCase({}, {"encode": encoded_at - start, "store": time.perf_counter() - encoded_at})
-    path = _key(root, case_id)
-    store = root.store
+    store, root_path = files_at(root)
+    path = store_key(root_path, case_id)
     done = _group_document(
         {ATTRS_KEY: {**meta, "checksums": {a.name: a.checksum for a in encoded}, "complete": True}}
     )
@@ -419,6 +464,8 @@ def write_small_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
     One chunk: a reader loads it in one request (sampling coordinates are read
     whole, once per case and process).
     """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     data = np.ascontiguousarray(data)
     array = group.create_array(
         name,
@@ -460,6 +507,8 @@ def write_array(
 
 def _write_image_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
     """A channel-first image through zarr's API (Blosc is not in :mod:`skelprep._shards`)."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
     data = np.ascontiguousarray(data)
     chunks, shards = chunk_shape(data.shape[1:], image=True)
     # Images: Zstandard (level 1) inside Blosc, after a byte shuffle (the high bytes of CT
@@ -481,13 +530,14 @@ def _write_image_array(group: zarr.Group, name: str, data: np.ndarray) -> str:
     return array_checksum(data)
 
 
-def read_consolidated(root: zarr.Group) -> dict[str, Any] | None:
+def read_consolidated(root: zarr.Group | str) -> dict[str, Any] | None:
     """The consolidated metadata entries of the store (``{node path: zarr.json document}``), or None.
 
     A build reads them before it starts (which drops them: they would be stale
     while it writes) and hands them to :func:`finalize_store` to update.
     """
-    raw = _files.get(root.store, _key(root, "zarr.json"))
+    files, root_path = files_at(root)
+    raw = _files.get(files, store_key(root_path, "zarr.json"))
     try:
         return consolidated_entries(json.loads(raw)) if raw is not None else None
     except ValueError:
@@ -507,7 +557,9 @@ def _is_complete_case(doc: Any) -> bool:
 async def _node_entries(store: Any, root_path: str, path: str) -> dict[str, Any]:
     """The zarr.json documents of ``path`` and every node below it (read from the store)."""
     out: dict[str, Any] = {}
-    raw = await store.get(store_key(root_path, path, "zarr.json"), prototype=_PROTOTYPE)
+    from zarr.core.buffer import default_buffer_prototype
+
+    raw = await store.get(store_key(root_path, path, "zarr.json"), prototype=default_buffer_prototype())
     if raw is None:
         return out
     try:
@@ -523,7 +575,7 @@ async def _node_entries(store: Any, root_path: str, path: str) -> dict[str, Any]
 
 
 def finalize_store(
-    root: zarr.Group,
+    root: zarr.Group | str,
     path: str | os.PathLike,
     *,
     since: Mapping[str, Any] | None = None,
@@ -538,9 +590,15 @@ def finalize_store(
     and drops them while it writes — only what this build changed is applied:
     ``written``, the documents of the cases it wrote (:class:`WrittenCase`),
     and ``touched``, cases it deleted or may have left half-written (pruned,
-    failed), which are read again.
+    failed), which are read again. ``root`` is the root group, or a local
+    store's folder path: zarr is then imported only to read cases again, or
+    without ``since``.
     """
+    if since is None or touched:
+        root = root_group(root)
     if since is None:
+        import zarr
+
         store = SkeletonStore(root, path)
         meta = dict(root.attrs.get(ATTRS_KEY, {}))
         meta["cases"] = store.case_ids
@@ -554,13 +612,15 @@ def finalize_store(
     touched = set(touched)
     replaced = touched | {k for k in written if "/" not in k or k.rsplit("/", 1)[0] not in written}
     entries = {k: v for k, v in since.items() if not any(k == c or k.startswith(c + "/") for c in replaced)}
-    root_path = root.store_path.path
+    files, root_path = files_at(root)
+    if touched:
+        from zarr.core.sync import sync
 
-    async def reread() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(_node_entries(root.store, root_path, c) for c in sorted(touched)))
+        async def reread() -> list[dict[str, Any]]:
+            return await asyncio.gather(*(_node_entries(files, root_path, c) for c in sorted(touched)))
 
-    for found in sync(reread()):
-        entries.update(found)
+        for found in sync(reread()):
+            entries.update(found)
     entries.update(written)
     for key in list(entries):  # implicit groups above nested case ids
         parts = key.split("/")
@@ -571,11 +631,12 @@ def finalize_store(
             doc.setdefault(
                 "consolidated_metadata", {"kind": "inline", "must_understand": False, "metadata": {}}
             )
-    meta = dict(root.attrs.get(ATTRS_KEY, {}))
+    attributes = _root_attributes(root)
+    meta = dict(attributes.get(ATTRS_KEY, {}))
     meta["cases"] = sorted(k for k, v in entries.items() if _is_complete_case(v))
     meta["updated"] = utc_now()
     doc = {
-        "attributes": {**root.attrs.asdict(), ATTRS_KEY: meta},
+        "attributes": {**attributes, ATTRS_KEY: meta},
         "zarr_format": 3,
         "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": entries},
         "node_type": "group",
@@ -584,4 +645,14 @@ def finalize_store(
     # case (~3 kB each), and Python's indenting encoder is pure Python: 0.30 s instead of
     # 0.03 s for 504 cases, and every reader parses a third fewer bytes. Any JSON reader,
     # zarr's included, reads both alike.
-    _files.put(root.store, {_key(root, "zarr.json"): json.dumps(doc, allow_nan=True).encode()})
+    _files.put(files, {store_key(root_path, "zarr.json"): json.dumps(doc, allow_nan=True).encode()})
+
+
+def _root_attributes(root: zarr.Group | str) -> dict[str, Any]:
+    """The root group's attributes, as stored now (a local folder's read from its ``zarr.json``)."""
+    if not isinstance(root, str):
+        return root.attrs.asdict()
+    doc = local_root_document(root)
+    if doc is None:
+        raise StoreError(f"{root}: the store's root metadata vanished during the build")
+    return dict(doc.get("attributes", {}))

@@ -201,3 +201,28 @@ def test_shard_chunk_order_is_zarrs(counts):
     from skelprep._shards import _morton_order
 
     assert _morton_order(counts) == tuple(morton_order_iter(counts))
+
+
+def test_a_local_store_is_recorded_without_zarr_as_zarr_writes_it(tmp_path):
+    """record_build on a local path: the folder's path is the root, the root document zarr's."""
+    import shutil
+
+    from skelprep.writer import finalize_store, record_build
+
+    def by_zarr(path, attributes):  # what open_for_writing wrote through zarr's API before
+        zarr.open_group(str(path), mode="a", use_consolidated=False).attrs.update(attributes)
+        return (path / "zarr.json").read_bytes()
+
+    ours = record_build(tmp_path / "new.zarr", {"params": {"radius": 2}})  # a new store
+    assert ours == str(tmp_path / "new.zarr")
+    attributes = zarr.open_group(ours, mode="r").attrs.asdict()
+    assert (tmp_path / "new.zarr" / "zarr.json").read_bytes() == by_zarr(tmp_path / "z1.zarr", attributes)
+    finalize_store(ours, ours, since={})  # consolidated: the next build drops them, as zarr did
+    shutil.copytree(tmp_path / "new.zarr", tmp_path / "z2.zarr")
+    assert record_build(ours, {"params": {"radius": 3}}) == ours
+    attributes = zarr.open_group(ours, mode="r").attrs.asdict()
+    assert (tmp_path / "new.zarr" / "zarr.json").read_bytes() == by_zarr(tmp_path / "z2.zarr", attributes)
+    (tmp_path / "foreign.zarr").mkdir()
+    zarr.open_group(str(tmp_path / "foreign.zarr" / "node"), mode="w")
+    with pytest.raises(StoreError, match="not a skelprep store"):
+        record_build(tmp_path / "foreign.zarr", {})
