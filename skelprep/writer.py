@@ -390,11 +390,13 @@ def write_case(
 
     Notes
     -----
-    The arrays are encoded first, in this thread; then one round trip to
-    zarr's event loop deletes the old case (marking it incomplete first) and
-    writes the group with ``complete: false`` if there was one, the arrays'
-    files concurrently, and last the group with ``complete: true``. zarr's group and array API
-    cost ~18 ms per 512x512 case for the same files (5 of them); this ~1 ms.
+    The arrays are encoded first, in this thread. Then the old case is deleted
+    (marked incomplete first), the group is written with ``complete: false`` if
+    there was one, then the arrays' files, and last the group with
+    ``complete: true``: straight from this thread into a local folder, through
+    zarr's event loop (the files concurrently) into an object store
+    (:mod:`skelprep._files`). zarr's group and array API cost ~18 ms per 512x512
+    case for the same files (5 of them); this ~1 ms.
     With ``image``, ``label`` or ``small`` arrays (store format 2) the case is
     written through zarr's API as before (Blosc images, single-chunk small
     arrays) and its documents are left for :func:`finalize_store` to read.
