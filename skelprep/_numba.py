@@ -113,7 +113,8 @@ def use_jit(work: int) -> bool:
 
     False without numba. Otherwise True once the kernels are loaded, or for
     ``work`` of at least a quarter of :data:`JIT_AFTER_WORK` (loading them
-    first). Smaller arrays go to scikit-image until this process has given it
+    first, or waiting for :func:`load_in_background`'s load; False if that
+    failed). Smaller arrays go to scikit-image until this process has given it
     :data:`JIT_AFTER_WORK`; then the kernels start loading in a background thread.
     """
     global _loading, _work_without_jit

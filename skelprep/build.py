@@ -591,7 +591,7 @@ def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
 
 
 def _run_kernels_once() -> None:
-    from skelprep.skeleton import load_kernels  # scipy's import (0.3 s) too runs in the loading thread
+    from skelprep.skeleton import load_kernels  # the core's import too runs in the loading thread
 
     load_kernels()
 
