@@ -85,6 +85,12 @@ def load_in_background(then: Callable[[], None] | None = None) -> None:
     scikit-image (which releases the GIL: both run at once on two cores).
     ``then`` (e.g. a first call of each kernel on a tiny array) runs after the
     kernels are bound. If loading fails, :func:`use_jit` answers False.
+
+    The thread is not a daemon: the interpreter's exit waits for it. ``then``
+    compiles kernels whose cache is missing (after an install or an edit), and
+    LLVM still compiling in a daemon thread when the process exits aborts it: a
+    2D build that had written all 14 of its cases exited 134 or 139, 1 run in 3,
+    while the 3D kernels it never used compiled. Load only what the work needs.
     """
     global _awaited
     with _lock:
@@ -100,7 +106,7 @@ def load_in_background(then: Callable[[], None] | None = None) -> None:
         if then is not None:
             then()
 
-    threading.Thread(target=load, name="skelprep-load-numba", daemon=True).start()
+    threading.Thread(target=load, name="skelprep-load-numba", daemon=False).start()
 
 
 def jit_loaded() -> bool:
@@ -132,6 +138,6 @@ def use_jit(work: int) -> bool:
         _work_without_jit += work
         start = not _loading and _work_without_jit >= JIT_AFTER_WORK
         _loading = _loading or start
-    if start:
+    if start:  # a daemon: binding compiles nothing (the first call does, in its caller's thread)
         threading.Thread(target=load_jit, name="skelprep-load-numba", daemon=True).start()
     return False

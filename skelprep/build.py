@@ -552,7 +552,7 @@ _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
 _PREWARM_2D_PIXELS = 8_000_000
 
 
-def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
+def _prewarm_kernels(jobs: list[CaseJob], params: BuildParams, run_options: dict[str, Any]) -> None:
     """Start loading the numba kernels now, beside the plan's end and the first reads, when they pay.
 
     They pay for Lee thinning in 3D almost always, and for 2D masks of
@@ -572,7 +572,10 @@ def _prewarm_kernels(jobs: list[CaseJob], run_options: dict[str, Any]) -> None:
         return
     volumes = any(job.case.mask.name.lower().endswith(_VOLUME_SUFFIXES) for job in jobs)
     if volumes or _pixels_reach(jobs, _PREWARM_2D_PIXELS):
-        _numba.load_in_background(then=_run_kernels_once)
+        # Only the kernels the masks use: with their cache missing, the other dimension's
+        # would compile for seconds, and the build's exit waits for them (load_in_background).
+        ndims = (3,) if volumes and params.slice_axis is None else (2,)
+        _numba.load_in_background(then=functools.partial(_run_kernels_once, ndims))
 
 
 def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
@@ -590,10 +593,10 @@ def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
     return False
 
 
-def _run_kernels_once() -> None:
+def _run_kernels_once(ndims: tuple[int, ...]) -> None:
     from skelprep.skeleton import load_kernels  # the core's import too runs in the loading thread
 
-    load_kernels()
+    load_kernels(ndims)
 
 
 def _write_phase(
@@ -612,7 +615,7 @@ def _write_phase(
     """Record the build in the root, run the jobs, prune, and finalize the store."""
     from skelprep.writer import delete_case, finalize_store
 
-    _prewarm_kernels(jobs, run_options)
+    _prewarm_kernels(jobs, params, run_options)
     root = _open_for_build(out, {**attrs, "versions": _versions()})
     if jobs:
         report.outcomes.extend(

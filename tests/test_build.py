@@ -17,7 +17,7 @@ from skelprep.io import read_mask
 from skelprep.layout import discover
 from skelprep.verify import verify
 
-from .helpers import shard_files, write_png
+from .helpers import CLI, shard_files, write_png
 
 
 def _arrays(store_path):
@@ -238,6 +238,25 @@ def test_numba_prewarm_counts_pixels_from_headers(tmp_path):
     assert len(jobs) == 4
     assert _pixels_reach(jobs, 30_000)  # the broken file is skipped, not an error
     assert not _pixels_reach(jobs, 30_001)
+
+
+def test_a_2d_build_with_cold_kernels_compiles_only_2d_ones_and_exits_cleanly(tmp_path):
+    """A 2D build that preloads numba (>= 8 Mpx) compiles only the 2D kernels, and exits 0.
+
+    The loader used to compile the 3D kernels too, in a daemon thread: with no cache the
+    build exited while LLVM compiled them, and aborted (134/139) after writing every case.
+    """
+    mask = np.zeros((3000, 3000), np.uint8)  # 9 Mpx: past the preload threshold, a 20 kB PNG
+    mask[100:104, 100:2900] = 1
+    write_png(tmp_path / "data" / "labels" / "road.png", mask)
+    cache = tmp_path / "numba-cache"  # empty: every kernel the build runs compiles
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    args = [*CLI, "build", str(tmp_path / "data"), "--out", str(tmp_path / "s.zarr"), "--workers", "2"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    compiled = {p.name.split("-")[0] for p in cache.rglob("*.nbi")}
+    assert "_thinning._zhang_points" in compiled and "skeleton._ball_points" in compiled
+    assert "_thinning._thin_flat" not in compiled  # Lee's kernel: 3D only
 
 
 @pytest.mark.parametrize("mode", ["joint", "per-class"])
