@@ -8,9 +8,10 @@ imports numba and binds every registered kernel to its compiled dispatcher
 False, or while the kernels are not loaded (an uncompiled kernel would be far
 too slow to run).
 
-Why not at import: numba's import and first call cost 0.6-1.2 s per process
-on 2 busy cores (numba imports scipy.linalg for its BLAS check), more than a
-whole build of a few 2D masks, and ``skelprep --help`` needs none of it.
+Why not at import: numba's import and first call cost 0.5-0.8 s per process
+on 2 busy cores (with numba's BLAS probe skipped, see
+:func:`_import_arraymath_without_blas_probe`), more than a whole build of a few
+2D masks, and ``skelprep --help`` needs none of it.
 :func:`use_jit` is the policy the thinning asks: scikit-image for the first few
 hundred thousand foreground voxels of a process, while the kernels load in a
 background thread; the kernels at once for an array that pays for them alone.
@@ -68,11 +69,42 @@ def load_jit() -> None:
             return
         import numba
 
+        _import_arraymath_without_blas_probe()
         compile_ = numba.njit(cache=True, nogil=True)
         for module, name in list(_KERNELS):  # all bound before any compiles: kernels call kernels
             namespace = sys.modules[module]
             setattr(namespace, name, compile_(getattr(namespace, name)))
         _ready.set()
+
+
+def _import_arraymath_without_blas_probe() -> None:
+    """Import ``numba.np.arraymath`` with its BLAS probe answering "no BLAS".
+
+    Why: numba's first compile or cache load imports ``numba.np.arraymath``, whose
+    import probes for a BLAS by importing ``scipy.linalg.cython_blas``; scipy.linalg's
+    import (array-API shims, numpy.f2py) cost 0.18-0.25 s of the 0.7-1.0 s that numba's
+    start took on 2 busy cores, all under the GIL, more than the thinning of 14 real
+    2D masks. The probe's answer (``arraymath._HAVE_BLAS``) only picks the inner product
+    of numba's ``np.convolve`` and ``np.correlate``: a plain loop instead of ``np.dot``,
+    the same sums. Everything else that uses BLAS (``np.dot``, ``np.linalg``) checks
+    for it again when it is compiled, and still finds it. skelprep's kernels use none
+    of it. If arraymath is already imported (numba used before), nothing changes.
+    """
+    if "numba.np.arraymath" in sys.modules:
+        return
+    import numba.np.linalg as linalg
+
+    ensure_blas = linalg.ensure_blas
+
+    def no_blas_probe() -> None:
+        raise ImportError("skelprep skips numba's BLAS probe")
+
+    linalg.ensure_blas = no_blas_probe  # arraymath binds it with `from numba.np.linalg import`
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        linalg.ensure_blas = ensure_blas
+    arraymath.ensure_blas = ensure_blas
 
 
 def load_in_background(then: Callable[[], None] | None = None) -> None:
