@@ -65,3 +65,19 @@ def test_public_api():
     for name in skelprep.__all__:
         assert getattr(skelprep, name) is not None
     assert callable(skelprep.open_store)
+
+
+def test_loading_the_kernels_skips_numbas_blas_probe() -> None:
+    """numba's start imports no scipy.linalg (0.2-0.25 s), and numba's BLAS users still work."""
+    pytest.importorskip("numba")
+    code = (
+        "import sys, numpy as np, numba\n"
+        "from skelprep import skeleton\n"
+        "skeleton.load_kernels((2,))\n"
+        "assert 'scipy.linalg' not in sys.modules\n"
+        "f = numba.njit(lambda a, m: (np.convolve(a, a), np.dot(m, m), np.linalg.inv(m)))\n"
+        "a, m = np.arange(5.0), np.array([[2.0, 1.0], [1.0, 3.0]])\n"
+        "for got, want in zip(f(a, m), (np.convolve(a, a), m @ m, np.linalg.inv(m))):\n"
+        "    assert np.allclose(got, want), (got, want)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
