@@ -546,7 +546,7 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
 
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
-# Pixels of 2D masks worth numba's start (0.75 s on 2 cores: import 0.4 s, first call 0.35 s):
+# Pixels of 2D masks worth numba's start (0.5-0.75 s on 2 cores: import 0.3-0.4 s, first call 0.2-0.35 s):
 # a CHASE_DB1 vessel mask of 960x999 thins in 85 ms with scikit-image and 12 ms with the
 # kernels, a 640x1024 road-crack map in 580 ms and 38 ms; eight vessel masks repay the start.
 _PREWARM_2D_PIXELS = 8_000_000
@@ -613,9 +613,9 @@ def _write_phase(
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
+    _prewarm_kernels(jobs, params, run_options)  # first: the writer's imports take 0.15-0.2 s
     from skelprep.writer import delete_case, finalize_store
 
-    _prewarm_kernels(jobs, params, run_options)
     root = _open_for_build(out, {**attrs, "versions": _versions()})
     if jobs:
         report.outcomes.extend(

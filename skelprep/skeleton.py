@@ -479,8 +479,8 @@ def load_kernels(ndims: tuple[int, ...] = (2, 3)) -> None:
     """Load the numba kernels and run each once, so the next call of any size runs compiled.
 
     Loading binds the cached kernels (:func:`skelprep._numba.load_jit`); the first
-    call of each still costs numba's target set-up and cache reads: 0.35 s on a
-    512x512 mask, beside numba's 0.4 s import. A build calls this in a background
+    call of each still costs numba's target set-up and cache reads: 0.2-0.3 s on a
+    512x512 mask, beside numba's 0.3-0.4 s import. A build calls this in a background
     thread while its first masks are read. Without numba this does nothing: the
     scikit-image path needs no start.
 
