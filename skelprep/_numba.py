@@ -16,8 +16,9 @@ on 2 busy cores (with numba's BLAS probe skipped, see
 hundred thousand foreground voxels of a process, while the kernels load in a
 background thread; the kernels at once for an array that pays for them alone.
 A caller that knows its work repays the start loads them up front with
-:func:`load_in_background` (a build does, see ``skelprep.build``). Both paths
-give the same result, so the choice never changes the output.
+:func:`load_in_background` (a build does, see ``skelprep.build``), and every
+array then waits for them. Both paths give the same result, so the choice never
+changes the output.
 """
 
 from __future__ import annotations
@@ -108,15 +109,16 @@ def _import_arraymath_without_blas_probe() -> None:
 
 
 def load_in_background(then: Callable[[], None] | None = None) -> None:
-    """Load the kernels in a daemon thread, then call ``then`` there.
+    """Load the kernels in a background thread, then call ``then`` there.
 
     For a caller that knows the work ahead repays numba's start (a build of
     volumes, or of many 2D masks): the import and the first calls then run
-    beside its first reads. Meanwhile :func:`use_jit` makes an array that pays
-    for the kernels alone wait for them, and gives smaller ones to
-    scikit-image (which releases the GIL: both run at once on two cores).
-    ``then`` (e.g. a first call of each kernel on a tiny array) runs after the
-    kernels are bound. If loading fails, :func:`use_jit` answers False.
+    beside its first reads. Meanwhile :func:`use_jit` makes every array wait
+    for them. Why not give small ones to scikit-image meanwhile: its import
+    alone (0.45 s, under the GIL beside numba's) takes about as long as the load
+    from numba's cache (0.5-0.6 s). ``then`` (e.g. a first call of each kernel on
+    a tiny array) runs after the kernels are bound. If loading fails,
+    :func:`use_jit` answers False.
 
     The thread is not a daemon: the interpreter's exit waits for it. ``then``
     compiles kernels whose cache is missing (after an install or an edit), and
@@ -149,22 +151,23 @@ def jit_loaded() -> bool:
 def use_jit(work: int) -> bool:
     """Whether to run an array of this much work through the numba kernels now.
 
-    False without numba. Otherwise True once the kernels are loaded, or for
-    ``work`` of at least a quarter of :data:`JIT_AFTER_WORK` (loading them
-    first, or waiting for :func:`load_in_background`'s load; False if that
-    failed). Smaller arrays go to scikit-image until this process has given it
-    :data:`JIT_AFTER_WORK`; then the kernels start loading in a background thread.
+    False without numba. Otherwise True once the kernels are loaded; after
+    :func:`load_in_background`, once its load ends (every array waits for it;
+    False if it failed); or for ``work`` of at least a quarter of
+    :data:`JIT_AFTER_WORK` (loading them first). Smaller arrays go to
+    scikit-image until this process has given it :data:`JIT_AFTER_WORK`; then
+    the kernels start loading in a background thread.
     """
     global _loading, _work_without_jit
     if not HAVE_NUMBA:
         return False
     if _ready.is_set():
         return True
+    if _awaited is not None:  # load_in_background: the caller's work pays for the kernels
+        _awaited.wait()
+        return _ready.is_set()
     if work >= JIT_AFTER_WORK // 4:
-        if _awaited is None:
-            load_jit()
-        else:  # loading already (load_in_background): wait for it
-            _awaited.wait()
+        load_jit()
         return _ready.is_set()
     with _lock:
         _work_without_jit += work

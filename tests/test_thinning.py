@@ -352,7 +352,7 @@ def test_use_jit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_load_in_background_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """While a background load runs, small arrays go to scikit-image and a large one waits for it."""
+    """While a background load runs, every array waits for it, however small."""
     import threading
 
     from skelprep import _numba
@@ -370,12 +370,13 @@ def test_load_in_background_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_numba, "load_jit", slow_load)
     _numba.load_in_background(then=warmed.set)
     _numba.load_in_background(then=warmed.set)  # a second request starts nothing
-    assert not _numba.use_jit(10)  # loading: a small array does not wait
     loaders = [t for t in threading.enumerate() if t.name == "skelprep-load-numba"]
     assert len(loaders) == 1 and not loaders[0].daemon  # the exit waits for a compile (see its docstring)
+    assert not gate.is_set()
     threading.Timer(0.05, gate.set).start()
-    assert _numba.use_jit(_numba.JIT_AFTER_WORK)  # pays alone: waits for the load
-    assert warmed.wait(5) and _numba.use_jit(10)
+    assert _numba.use_jit(10)  # a small array too waits for the load: True once it is done
+    assert gate.is_set() and _numba._work_without_jit == 0  # no scikit-image meanwhile
+    assert warmed.wait(5) and _numba.use_jit(_numba.JIT_AFTER_WORK)
 
 
 def test_load_in_background_failure_is_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
