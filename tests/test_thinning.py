@@ -22,14 +22,30 @@ ROAD_CRACK_MASKS = sorted((SHARED_DATA / "nnunet/Dataset001_RoadCracks/labelsTr"
 
 
 def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
-    """``thin_3d`` or ``thin_2d`` (by dimension) equals scikit-image; returns our skeleton."""
+    """``thin_3d`` or ``thin_2d`` (by dimension) equals scikit-image; returns our skeleton.
+
+    In 2D, :func:`_thinning.zhang_points` also reports exactly the pixels of the
+    components that scikit-image deleted whole (none, so far, for any input tried).
+    """
     expected = skeletonize(mask.astype(bool))
     got = (thin_3d if mask.ndim == 3 else thin_2d)(mask)
     assert got.dtype == bool
     assert got.shape == mask.shape
     diff = np.argwhere(got != expected)
     assert diff.size == 0, f"{len(diff)} voxels differ, first at {diff[:5].tolist()}"
+    if mask.ndim == 2 and _thinning.HAVE_NUMBA:
+        assert (
+            _thinning.zhang_points(mask)[1].tolist() == unreached_pixels(mask.astype(bool), expected).tolist()
+        )
     return got
+
+
+def unreached_pixels(mask: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
+    """Flat indices of the foreground in 8-connected components of ``mask`` without a ``skeleton`` pixel."""
+    components, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[components[skeleton]] = True
+    return np.flatnonzero((components > 0) & ~kept[components])
 
 
 def random_blobs(shape: tuple[int, int, int], density: float, sigma: float, seed: int) -> np.ndarray:
@@ -314,6 +330,31 @@ def test_2d_hypothesis_small_images(mask: np.ndarray) -> None:
 @given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.95), st.tuples(st.integers(1, 30), st.integers(1, 30)))
 def test_2d_hypothesis_dense_noise(seed: int, density: float, shape: tuple[int, int]) -> None:
     assert_same_as_skimage(np.random.default_rng(seed).random(shape) < density)
+
+
+def test_zhang_points_floods_only_when_a_pass_strands_a_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orphan flood, run as Python: it finds a component deleted whole, and runs only when told to."""
+    mask = np.zeros((9, 12), bool)
+    mask[1:4, 1:6] = True  # thinned to a line
+    mask[6:8, 8:11] = True  # deleted whole by the stand-in thinning below
+    deleted = {}
+    _thinning.load_jit()
+    real = _thinning._zhang_suen_flat
+
+    def thinning(img: np.ndarray, todo: np.ndarray, ncols: int) -> bool:
+        real(img, todo, ncols)  # the compiled kernel, then delete the second block
+        block = np.zeros(img.size, bool)
+        block.reshape(-1, ncols)[6:8, 8:11] = True  # the crop starts at (1, 1), with a one-pixel margin
+        img[block & (img != 0)] = 2
+        return deleted.setdefault("strands", True)
+
+    kernel = _thinning._zhang_points.py_func  # the Python source; its callees stay compiled
+    monkeypatch.setattr(_thinning, "_zhang_suen_flat", thinning)
+    skeleton, orphans = kernel(mask.view(np.uint8), int(mask.sum()))
+    assert orphans.tolist() == np.flatnonzero(np.pad(np.ones((2, 3), bool), ((6, 1), (8, 1)))).tolist()
+    assert skeleton.tolist() == _thinning.zhang_points(mask[:5])[0].tolist()
+    deleted["strands"] = False  # no pixel stranded: the flood is skipped, whatever is left at 2
+    assert kernel(mask.view(np.uint8), int(mask.sum()))[1].size == 0
 
 
 @pytest.mark.parametrize("path", CHASE_MASKS + ROAD_CRACK_MASKS, ids=lambda p: p.name)
