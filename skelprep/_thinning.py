@@ -37,7 +37,15 @@ import numpy as np
 
 from skelprep._numba import HAVE_NUMBA, load_jit, njit
 
-__all__ = ["HAVE_NUMBA", "foreground_box", "thin_2d", "thin_3d", "thinning_work", "zhang_points"]
+__all__ = [
+    "HAVE_NUMBA",
+    "foreground_box",
+    "thin_2d",
+    "thin_3d",
+    "thin_3d_flagged",
+    "thinning_work",
+    "zhang_points",
+]
 
 
 def thinning_work(mask: np.ndarray) -> int:
@@ -199,8 +207,13 @@ def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offs
     -------
     n : int
         Number of surviving voxels.
+    stranded : bool
+        Whether a deleted voxel had no foreground neighbour left. If False, no
+        26-connected component was deleted whole: its last voxel would have been
+        one (all the others, its only possible neighbours, deleted before it).
     """
     n_fg = fg.shape[0]
+    stranded = False
     candidates = np.empty(n_fg, dtype=np.int64)
     num_borders = border_offsets.shape[0]
     unchanged_borders = 0
@@ -244,14 +257,17 @@ def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offs
                 if st >= _SIMPLE:
                     img[i] = _BG
                     changed = True
+                    alone = True
                     for k in range(27):
                         j = i + offsets[k]
                         if img[j] != _BG:
                             img[j] = _UNKNOWN
+                            alone = False
+                    stranded |= alone
             if not changed:
                 unchanged_borders += 1
     # The last round deleted nothing and its first pass compacted the list.
-    return n_fg
+    return n_fg, stranded
 
 
 def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
@@ -297,6 +313,11 @@ def _padded_crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | Non
 def thin_3d(mask: np.ndarray) -> np.ndarray:
     """Lee (1994) 3D thinning of a boolean volume.
 
+    >>> bar = np.zeros((5, 5, 9), bool)
+    >>> bar[2, 2, 1:8] = True             # a one-voxel line is its own skeleton
+    >>> bool((thin_3d(bar) == bar).all())
+    True
+
     Identical, voxel for voxel, to ``skimage.morphology.skeletonize(mask)`` for 3D
     input, but the work grows with the foreground rather than with the volume.
 
@@ -320,14 +341,32 @@ def thin_3d(mask: np.ndarray) -> np.ndarray:
     -----
     Without numba this calls ``skimage.morphology.skeletonize``.
     """
+    return thin_3d_flagged(mask)[0]
+
+
+def thin_3d_flagged(mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """:func:`thin_3d`, and whether it may have deleted a 26-connected component whole.
+
+    The flag is False only when no voxel lost its last foreground neighbour as
+    it was deleted, which a component deleted whole must do (its last voxel).
+    Then the search for such components can be skipped: on the benchmark's
+    sparse 160x320x320 vessel volumes it took as long as the thinning (87 ms
+    against 50-90 ms). Without numba (scikit-image) the flag is always True.
+
+    >>> bar = np.zeros((8, 8, 36), bool)
+    >>> bar[2:4, 2:4, 3:33] = True        # an even-width bar: Lee deletes it whole
+    >>> thin, flagged = thin_3d_flagged(bar)
+    >>> bool(thin.any()), flagged
+    (False, True)
+    """
     mask = _as_mask(mask, 3, "thin_3d")
     if not HAVE_NUMBA:
-        return _skimage_skeleton(mask)
+        return _skimage_skeleton(mask), True
     load_jit()
     out = np.zeros(mask.shape, dtype=bool)
     crop = _padded_crop(mask)
     if crop is None:
-        return out  # empty foreground: nothing to thin
+        return out, False  # empty foreground: nothing to thin
     box, work = crop
     # uint8 view of the crop: True == 1 == _UNKNOWN, the kernel's starting state.
     fg = np.flatnonzero(work).astype(np.int64, copy=False)  # ascending == raster order
@@ -341,11 +380,11 @@ def thin_3d(mask: np.ndarray) -> np.ndarray:
     steps = _BORDER_STEPS[:num_borders]
     border_offsets = np.array([dp * sp + dr * sr + dc for dp, dr, dc in steps], dtype=np.int64)
 
-    n_left = _thin_flat(flat, fg, offsets, border_offsets)
+    n_left, stranded = _thin_flat(flat, fg, offsets, border_offsets)
     # Scatter the survivors (cost ~ skeleton size, not volume).
     coords = np.unravel_index(fg[:n_left], work.shape)
     out[tuple(c - 1 + b.start for c, b in zip(coords, box, strict=True))] = True
-    return out
+    return out, stranded
 
 
 # --- 2D: Zhang-Suen thinning ---------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 from skelprep import _numba, _thinning
 from skelprep._flood import unreached
 from skelprep._numba import njit
-from skelprep._thinning import foreground_box, thin_2d, thin_3d, thinning_work, zhang_points
+from skelprep._thinning import foreground_box, thin_2d, thin_3d_flagged, thinning_work, zhang_points
 
 __all__ = [
     "SkeletonTargets",
@@ -85,20 +85,23 @@ def _check_labels(labels: np.ndarray, *, allow_ndim: tuple[int, ...] = (2, 3)) -
     return labels
 
 
-def _skeletonize_raw(mask: np.ndarray) -> np.ndarray:
+def _skeletonize_raw(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     """scikit-image's skeleton of a binary mask (Zhang 2D, Lee 3D), computed on its bounding box.
 
     Both thinnings treat the outside of the array as background and only look at
-    3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact.
+    3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact. The flag:
+    whether a component may have been deleted whole (False only where numba's Lee
+    thinning tells it was not, see :func:`skelprep._thinning.thin_3d_flagged`).
     """
     if _numba.use_jit(thinning_work(mask)):  # numba, once it pays (see _numba.use_jit)
-        thin = thin_3d if mask.ndim == 3 else thin_2d
-        return thin(mask)  # the numba thinnings crop to the foreground themselves
+        if mask.ndim == 3:
+            return thin_3d_flagged(mask)  # the numba thinnings crop to the foreground themselves
+        return thin_2d(mask), True
     out = np.zeros(mask.shape, dtype=bool)
     box = foreground_box(mask, margin=1)
     if box is not None:
         out[box] = _thinning._skimage_skeleton(mask[box])
-    return out
+    return out, True
 
 
 def _fallback_skeleton(component: np.ndarray) -> np.ndarray:
@@ -124,7 +127,7 @@ def _fallback_skeleton(component: np.ndarray) -> np.ndarray:
             eroded &= successor
         if not eroded.any():
             break
-        thin = _skeletonize_raw(eroded)
+        thin = _skeletonize_raw(eroded)[0]
         if thin.any():
             return thin
         current = eroded
@@ -202,9 +205,9 @@ def _skeleton_points(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _skeletonize_checked(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`skeletonize_mask` by thinning to an array, then checking every component (3D, no numba)."""
-    thin = _skeletonize_raw(mask)
+    thin, maybe_deleted = _skeletonize_raw(mask)
     box = foreground_box(mask, margin=0)
-    if box is None:
+    if box is None or not maybe_deleted:  # no component was deleted whole: nothing to check
         return thin, 0
     thin_box = thin[box]  # a view: writes land in ``thin``
     # flood fill from the skeleton, O(foreground), where the numba kernels are loaded
