@@ -25,7 +25,8 @@ def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
     """``thin_3d`` or ``thin_2d`` (by dimension) equals scikit-image; returns our skeleton.
 
     In 2D, :func:`_thinning.zhang_points` also reports exactly the pixels of the
-    components that scikit-image deleted whole (none, so far, for any input tried).
+    components that scikit-image deleted whole (none, so far, for any input tried);
+    in 3D, :func:`_thinning.thin_3d_flagged` flags every volume in which it did.
     """
     expected = skeletonize(mask.astype(bool))
     got = (thin_3d if mask.ndim == 3 else thin_2d)(mask)
@@ -33,16 +34,17 @@ def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
     assert got.shape == mask.shape
     diff = np.argwhere(got != expected)
     assert diff.size == 0, f"{len(diff)} voxels differ, first at {diff[:5].tolist()}"
+    deleted_whole = unreached_pixels(mask.astype(bool), expected)
     if mask.ndim == 2 and _thinning.HAVE_NUMBA:
-        assert (
-            _thinning.zhang_points(mask)[1].tolist() == unreached_pixels(mask.astype(bool), expected).tolist()
-        )
+        assert _thinning.zhang_points(mask)[1].tolist() == deleted_whole.tolist()
+    if mask.ndim == 3:  # unflagged: no component was deleted whole
+        assert _thinning.thin_3d_flagged(mask)[1] or not deleted_whole.size
     return got
 
 
 def unreached_pixels(mask: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
-    """Flat indices of the foreground in 8-connected components of ``mask`` without a ``skeleton`` pixel."""
-    components, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    """Flat indices of the foreground in 8- / 26-connected components of ``mask`` without a ``skeleton`` pixel."""
+    components, n = ndi.label(mask, structure=np.ones((3,) * mask.ndim, bool))
     kept = np.zeros(n + 1, dtype=bool)
     kept[components[skeleton]] = True
     return np.flatnonzero((components > 0) & ~kept[components])
