@@ -20,7 +20,6 @@ holds something other than a new or skelprep store.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import json
@@ -616,6 +615,8 @@ def finalize_store(
     entries = {k: v for k, v in since.items() if not any(k == c or k.startswith(c + "/") for c in replaced)}
     files, root_path = files_at(root)
     if touched:
+        import asyncio  # here, like zarr: asyncio's import is 30 ms of a local build's critical path
+
         from zarr.core.sync import sync
 
         async def reread() -> list[dict[str, Any]]:
