@@ -34,9 +34,10 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 # Work (foreground voxels; 3D ones count 4x, see skelprep._thinning.thinning_work) a process
 # gives scikit-image before the kernels pay. Measured on 2 busy cores: numba's import and first
-# call cost 0.6-1.2 s (0.5-0.8 s without its BLAS probe); the kernels save 1-3 us per foreground pixel of Zhang (a CHASE_DB1 mask,
-# 51k px: 65-107 ms -> 15-22 ms; a road-crack map, 310k px: 990 ms -> 39 ms) and more per voxel
-# of Lee. An array of a quarter of this alone is worth waiting for them.
+# call cost 0.6-1.2 s (0.5-0.8 s without its BLAS probe); the kernels save 1-3 us per foreground
+# pixel of Zhang (a CHASE_DB1 mask, 51k px: 65-107 ms -> 15-22 ms; a road-crack map, 310k px:
+# 990 ms -> 39 ms) and more per voxel of Lee. An array of a quarter of this alone is worth
+# waiting for them.
 JIT_AFTER_WORK = 500_000
 
 _KERNELS: list[tuple[str, str]] = []  # (module, function name) of every @njit function
