@@ -81,3 +81,14 @@ def test_loading_the_kernels_skips_numbas_blas_probe() -> None:
         "    assert np.allclose(got, want), (got, want)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loading_the_3d_kernels_loads_the_flood_too() -> None:
+    """A 3D build's preload leaves no kernel to load mid-build: the flood for components deleted whole included."""
+    pytest.importorskip("numba")
+    code = (
+        "from skelprep import _flood, _thinning, skeleton\n"
+        "skeleton.load_kernels((3,))\n"
+        "assert _thinning._thin_flat.signatures and _flood._flood.signatures\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
