@@ -2,25 +2,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch (a looser pin can pull a multi-GB CUDA build); the package itself asks only torch>=2.1.
-TORCH  ?= torch==2.13.0
+# Every package of the test environment is pinned in constraints.txt (the CPU build of torch among them: a
+# looser pin pulls a multi-GB CUDA build); the package itself asks only loose lower bounds (torch>=2.1).
+CONSTRAINTS := constraints.txt
 STAMP  := $(VENV)/.skelprep-installed
 DATA   ?=
 WORKERS ?= 2
 
-.PHONY: install demo test build lint bench bench-full train clean
+.PHONY: install lock demo test build lint bench bench-full train clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,torch,fast,nnunet,monai,torchio,s3]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,torch,fast,nnunet,monai,torchio,s3]"
 	@# An editable install leaves skelprep's own bytecode uncompiled (pip compiles what it installs);
 	@# where PYTHONDONTWRITEBYTECODE is set, every run compiled it again (70-80 ms a process).
 	$(BIN)/python -m compileall -q skelprep
 	touch $@
 
 install: $(STAMP)
+
+## make lock: re-pin constraints.txt from the installed environment (after a change of pyproject.toml)
+lock: install
+	{ sed -n '1,2p' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 ## make demo: build the bundled example datasets and write previews to examples/previews/
 demo: install
