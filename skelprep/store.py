@@ -85,6 +85,7 @@ __all__ = [
     "verify_case_data",
     "read_checked",
     "read_regions",
+    "checked_root_meta",
 ]
 
 FORMAT_VERSION = 2
@@ -403,6 +404,49 @@ class CaseTargets:
         return tuple(self.attrs["shape"])
 
 
+def checked_root_meta(path: str, meta: Any, *, writing: bool = False) -> dict[str, Any]:
+    """``meta``, a store's root ``attributes["skelprep"]``, if a skelprep of this version reads (or writes) it.
+
+    Raises
+    ------
+    StoreError
+        ``meta`` is not a JSON object, its ``format_version`` is not an integer
+        version (a string, bool, float or null: shown as stored), or a version
+        this skelprep does not know.
+
+    Examples
+    --------
+    >>> checked_root_meta("s.zarr", {"format_version": 2})
+    {'format_version': 2}
+    >>> checked_root_meta("s.zarr", {"format_version": "2"})
+    Traceback (most recent call last):
+    ...
+    skelprep.store.StoreError: s.zarr: invalid store format_version '2' (a str), not a version number; a skelprep store records an integer (2 for this skelprep)
+    """
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: not a skelprep store (attributes 'skelprep' is not an object)")
+    if "format_version" not in meta:
+        raise StoreError(f"{path}: not a skelprep store (its 'skelprep' attributes have no format_version)")
+    version = meta["format_version"]
+    # bool is an int, and True == 1, 1.0 == 1: only a plain int names a version
+    if type(version) is not int or version < 1:
+        raise StoreError(
+            f"{path}: invalid store format_version {version!r} (a {type(version).__name__}), not a version "
+            f"number; a skelprep store records an integer ({FORMAT_VERSION} for this skelprep)"
+        )
+    if version not in READABLE_VERSIONS:
+        known = " and ".join(map(str, READABLE_VERSIONS))
+        if writing:
+            raise StoreError(
+                f"{path}: store format version {version}, this skelprep writes {FORMAT_VERSION}; build into "
+                "a new store (--out) or upgrade skelprep"
+            )
+        raise StoreError(
+            f"{path}: store format version {version}, this skelprep reads {known}; upgrade skelprep"
+        )
+    return meta
+
+
 class SkeletonStore(Mapping[str, CaseTargets]):
     """A built store: a read-only mapping from case id to :class:`CaseTargets`.
 
@@ -421,15 +465,9 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         if root is None and (attributes is None or is_url(self.path)):
             raise ValueError("a SkeletonStore without its root group needs a local path and its attributes")
         meta = (attributes if root is None else root.attrs).get(ATTRS_KEY)
-        if not isinstance(meta, dict):
+        if meta is None:
             raise StoreError(f"{self.path}: not a skelprep store (no 'skelprep' attributes)")
-        version = meta.get("format_version")
-        if version not in READABLE_VERSIONS:
-            raise StoreError(
-                f"{self.path}: store format version {version}, this skelprep reads "
-                f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade skelprep"
-            )
-        self.attrs: dict[str, Any] = meta
+        self.attrs: dict[str, Any] = checked_root_meta(self.path, meta)
         self._case_ids: list[str] | None = None
         self._prefetched: dict[str, dict[str, Any] | None] = {}
 

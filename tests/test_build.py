@@ -277,3 +277,17 @@ def test_recorded_label_counts_match_the_arrays(cracks_dataset, tmp_path, mode):
         assert recorded["thin"]  # a skeleton of a non-empty mask is not empty
         mask = read_mask(cracks_dataset / case.attrs["source"]).array
         assert case.attrs["mask_label_counts"] == counts(mask)
+
+
+@pytest.mark.parametrize("meta", ["x", ["a"], 3])
+def test_a_root_whose_skelprep_attributes_are_no_object_is_refused_in_one_line(tmp_path, meta):
+    import json
+
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {"skelprep": meta}}
+    (out / "zarr.json").write_text(json.dumps(doc))
+    write_png(tmp_path / "ds" / "labels" / "a.png", np.eye(8, dtype=np.uint8))
+    with pytest.raises(BuildError, match=r"not a skelprep store \(attributes 'skelprep' is not an object\)"):
+        build(tmp_path / "ds", out, workers=1)
+    assert json.loads((out / "zarr.json").read_text()) == doc

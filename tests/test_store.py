@@ -226,3 +226,31 @@ def test_a_local_store_is_recorded_without_zarr_as_zarr_writes_it(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr" / "node"), mode="w")
     with pytest.raises(StoreError, match="not a skelprep store"):
         record_build(tmp_path / "foreign.zarr", {})
+
+
+@pytest.mark.parametrize("meta", ["x", ["a"], 3, 1.5])
+def test_skelprep_attributes_that_are_no_object_are_refused(tmp_path, meta):
+    from skelprep.writer import record_build
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    root.attrs["skelprep"] = meta
+    for opened in (lambda: open_store(tmp_path / "s.zarr"), lambda: record_build(tmp_path / "s.zarr", {})):
+        with pytest.raises(
+            StoreError, match=r"s.zarr: not a skelprep store \(attributes 'skelprep' is not an"
+        ):
+            opened()
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [("2", "'2' (a str)"), (True, "True (a bool)"), (1.0, "1.0 (a float)"), (None, "None")],
+)
+def test_a_format_version_that_is_no_integer_is_refused_with_its_value_and_type(tmp_path, version, shown):
+    from skelprep.writer import record_build
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    root.attrs["skelprep"] = {"format_version": version, "params": {}, "cases": []}
+    for opened in (lambda: open_store(tmp_path / "s.zarr"), lambda: record_build(tmp_path / "s.zarr", {})):
+        with pytest.raises(StoreError, match=r"invalid store format_version ") as caught:
+            opened()
+        assert shown in str(caught.value) and "this skelprep writes" not in str(caught.value)
