@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -481,6 +482,39 @@ class SkeletonStore(Mapping[str, CaseTargets]):
             self._root = open_root(self.path, mode="r")
         return self._root
 
+    @property
+    def dataset_path(self) -> str | None:
+        """Where the store's dataset lies now: a local path or a URL; None where the store does not say.
+
+        The root's ``dataset`` attribute is relative to the store (``..`` for
+        ``<dataset>/skeletons.zarr``), a URL, an absolute path (``--absolute-paths``,
+        and stores built before paths were recorded relative), or null (a local
+        dataset built into a store at a URL records no local path).
+        """
+        recorded = self.attrs.get("dataset")
+        if not isinstance(recorded, str) or not recorded:
+            return None
+        if is_url(recorded) or os.path.isabs(recorded):
+            return recorded
+        return _joined(self.path if is_url(self.path) else os.path.abspath(self.path), recorded)
+
+    def resolve(self, recorded: str | None) -> str | None:
+        """A path the store records for a dataset file (a case's ``source``, ``images.sources``) as it lies now.
+
+        Relative paths are taken from :attr:`dataset_path` (None where that is
+        unknown); URLs and absolute paths are returned as recorded.
+        """
+        if not isinstance(recorded, str) or not recorded:
+            return None
+        if is_url(recorded) or os.path.isabs(recorded):
+            return recorded
+        dataset = self.dataset_path
+        return None if dataset is None else _joined(dataset, recorded)
+
+    def source_path(self, case_id: str) -> str | None:
+        """The mask file a case was built from, as it lies now (see :meth:`resolve`); None if unknown."""
+        return self.resolve((self.case_attrs(case_id) or {}).get("source"))
+
     def _files_at(self) -> tuple[Any, str]:
         """(store for :mod:`skelprep._files`, path of the root in it): the folder itself when not opened."""
         return files_at(self.path if self._root is None else self._root)
@@ -568,6 +602,21 @@ class SkeletonStore(Mapping[str, CaseTargets]):
     def __contains__(self, case_id: object) -> bool:
         meta = self.case_attrs(case_id) if isinstance(case_id, str) else None
         return bool(meta and meta.get("complete") is True)
+
+
+def _joined(base: str, relative: str) -> str:
+    """``relative`` (``/``-separated, ``..`` allowed) below a local folder or a URL, normalized.
+
+    Lexical, as the path was computed: ``..`` of a store reached through a
+    symlink is the folder the store's path names, not the link target's parent.
+
+    >>> _joined("/data/ds/skeletons.zarr", ".."), _joined("s3://bkt/raw/ds", "../other/a.png")
+    ('/data/ds', 's3://bkt/raw/other/a.png')
+    """
+    if is_url(base):
+        scheme, _, rest = base.partition("://")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+    return os.path.normpath(os.path.join(base, *relative.split("/")))
 
 
 def open_store(path: str | os.PathLike) -> SkeletonStore:

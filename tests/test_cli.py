@@ -112,6 +112,25 @@ def test_library_errors_get_the_option_that_fixes_them(runner, tmp_path):
         assert result.stderr.rstrip().endswith("masks glob (option --masks)"), result.stderr
 
 
+def test_preview_finds_the_mask_of_a_store_moved_with_its_dataset(runner, cracks_dataset, tmp_path):
+    assert (
+        runner.invoke(cli, ["build", str(cracks_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
+    )
+    moved = tmp_path / "moved" / "cracks"
+    moved.parent.mkdir()
+    cracks_dataset.rename(moved)
+    store = str(moved / "skeletons.zarr")
+    out = tmp_path / "p.png"
+    result = runner.invoke(cli, ["preview", store, "crack_000", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note" not in result.stderr
+    rgb = np.asarray(Image.open(out))
+    assert (rgb == 70).all(axis=-1).any()  # the mask's grey: it was read from its new place
+    info = runner.invoke(cli, ["info", store])
+    assert f"dataset   {moved} (nnunet)" in info.stdout
+    assert json.loads(runner.invoke(cli, ["info", store, "--json"]).stdout)["dataset_path"] == str(moved)
+
+
 @pytest.mark.parametrize(
     ("meta", "message"),
     [
