@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
-from skelprep._fs import RemotePath, is_url, set_storage_options, storage_options
+from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
@@ -183,8 +183,8 @@ class CaseJob:
     """One case to build, as sent to a worker.
 
     ``source`` is the mask's path as recorded in the store (relative to the
-    dataset root where it lies below it), computed on the client; ``images``
-    likewise for the image files. ``with_images`` writes the image arrays;
+    dataset root, see :func:`_recorded_path`), computed on the client;
+    ``images`` likewise for the image files. ``with_images`` writes the image arrays;
     ``reuse_targets`` takes the stored targets instead of recomputing them
     (their mask and parameters are current, only the images need writing).
     """
@@ -439,21 +439,33 @@ def _remove_partial_case(out: str, case_id: str) -> None:
         pass
 
 
-def _source(case: Case, layout: DatasetLayout) -> str:
-    """The mask's path as recorded: relative to the dataset root where it lies below it."""
-    return _relative(case.mask, layout.root)
+def _source(case: Case, layout: DatasetLayout, absolute: bool = False) -> str:
+    """The mask's path as recorded (:func:`_recorded_path`)."""
+    return _recorded_path(case.mask, layout.root, absolute)
 
 
-def _image_sources(case: Case, layout: DatasetLayout) -> tuple[str, ...]:
-    """The case's image paths as recorded: relative to the dataset root where they lie below it."""
-    return tuple(_relative(path, layout.root) for path in case.images)
+def _image_sources(case: Case, layout: DatasetLayout, absolute: bool = False) -> tuple[str, ...]:
+    """The case's image paths as recorded (:func:`_recorded_path`)."""
+    return tuple(_recorded_path(path, layout.root, absolute) for path in case.images)
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
+def _recorded_path(path: AnyPath, root: AnyPath, absolute: bool) -> str:
+    """A dataset file's path as the store records it: relative to the dataset root, ``/``-separated.
+
+    A local file outside the root is recorded with ``..`` parts (``../other/a.png``):
+    a store shared with its dataset then tells nothing of the builder's folders.
+    A URL below a dataset URL is recorded relative to it, any other URL whole (a
+    URL names no local file system). ``absolute`` records local files by their
+    absolute path, URLs whole.
+    """
+    if isinstance(path, RemotePath):
+        if not absolute and isinstance(root, RemotePath):
+            with contextlib.suppress(ValueError):
+                return path.relative_to(root).as_posix()
+        return str(path)
+    if absolute:
+        return Path(os.path.abspath(path)).as_posix()
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def _dataset_statistics(store: SkeletonStore) -> list[dict[str, Any]] | None:
@@ -492,12 +504,34 @@ def _consolidated_before(out: str) -> dict[str, Any] | None:
         return {}
 
 
-def _root_attrs(layout: DatasetLayout, params: BuildParams, with_images: bool) -> dict[str, Any]:
+def _dataset_attrs(root: AnyPath, out: str, absolute: bool) -> dict[str, Any]:
+    """Where the store records its dataset: ``dataset`` and ``dataset_name`` (see docs/store-format.md).
+
+    ``dataset`` is the dataset URL, or a local dataset's path relative to a local
+    store (``..`` for the default store), or with ``absolute`` its absolute path;
+    null for a local dataset in a store at a URL (a local path there would only
+    tell the builder's folders). ``dataset_name`` is the dataset folder's name.
+    """
+    if isinstance(root, RemotePath):
+        return {"dataset": str(root), "dataset_name": root.name}
+    folder = os.path.abspath(root)
+    if absolute:
+        where = folder
+    elif is_url(out):
+        where = None
+    else:
+        where = Path(os.path.relpath(folder, os.path.abspath(out))).as_posix()
+    return {"dataset": where, "dataset_name": os.path.basename(folder)}
+
+
+def _root_attrs(
+    layout: DatasetLayout, params: BuildParams, with_images: bool, out: str, absolute: bool = False
+) -> dict[str, Any]:
     """What a build records in the store's root attributes (and ``versions``, when it writes)."""
     return {
         "with_images": with_images,
         "params": params.as_dict(),
-        "dataset": str(layout.root) if isinstance(layout.root, RemotePath) else os.path.abspath(layout.root),
+        **_dataset_attrs(layout.root, out, absolute),
         "layout": layout.kind,
         "label_names": {str(k): v for k, v in layout.label_names.items()},
     }
@@ -675,6 +709,7 @@ def build(
     progress: bool = False,
     repair: bool = False,
     with_images: bool = False,
+    absolute_paths: bool = False,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -708,6 +743,12 @@ def build(
     with_images : bool
         Also store each case's image, label and sampling statistics (format 2);
         a store that already carries images keeps doing so without it.
+    absolute_paths : bool
+        Record the dataset and the paths of the files of the cases this build
+        writes as absolute paths instead of relative to the dataset (and the
+        dataset relative to the store). Not a target parameter: cases that are
+        up to date keep the paths they were recorded with (``force`` rewrites
+        them all); the root's ``dataset`` follows every build.
 
     Returns
     -------
@@ -751,9 +792,9 @@ def build(
                 jobs.append(
                     CaseJob(
                         case,
-                        _source(case, layout),
+                        _source(case, layout, absolute_paths),
                         with_images=with_images,
-                        images=_image_sources(case, layout),
+                        images=_image_sources(case, layout, absolute_paths),
                     )
                 )
             elif check.state == "ok" and not force and not repair:
@@ -764,16 +805,16 @@ def build(
                 repair_only = check.state == "ok" and not force  # with --repair: rebuilt only if damaged
                 job = CaseJob(
                     case,
-                    _source(case, layout),
+                    _source(case, layout, absolute_paths),
                     repair=repair_only,
                     with_images=with_images,
-                    images=_image_sources(case, layout),
+                    images=_image_sources(case, layout, absolute_paths),
                     reuse_targets=check.images_only and not force,
                 )
                 jobs.append(job)
         planned = time.perf_counter()
         report.plan_phases["plan"] = planned - start
-        attrs = _root_attrs(layout, params, with_images)
+        attrs = _root_attrs(layout, params, with_images, out, absolute_paths)
         if not jobs and not prune and since is not None and store is not None and _recorded(store, attrs):
             # Nothing to write: the store, its case list and consolidated metadata stay as they are.
             report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0

@@ -143,6 +143,13 @@ def _echo_json(data: Any) -> None:
     metavar="SIZE",
     help="Per-worker memory limit, e.g. 4GB; a case that exceeds it fails alone, the others are built.",
 )
+@click.option(
+    "--absolute-paths",
+    is_flag=True,
+    help="Record the dataset and the files of the cases built as absolute paths [default: relative to the "
+    "dataset, so a shared store tells nothing of this machine's folders]. Up-to-date cases keep theirs "
+    "(--force rewrites them).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -163,6 +170,7 @@ def build(
     prune: bool,
     repair: bool,
     memory_limit: str | None,
+    absolute_paths: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -196,6 +204,7 @@ def build(
         progress=not no_progress and not as_json,
         repair=repair,
         with_images=with_images,
+        absolute_paths=absolute_paths,
     )
     exit_with_report(ctx, report, as_json)
 
@@ -249,14 +258,23 @@ def info(store: str, as_json: bool) -> None:
         )
     incomplete = opened.incomplete_case_ids
     if as_json:
-        _echo_json({"store": store, "attrs": opened.attrs, "cases": cases, "incomplete": incomplete})
+        _echo_json(
+            {
+                "store": store,
+                "dataset_path": opened.dataset_path,
+                "attrs": opened.attrs,
+                "cases": cases,
+                "incomplete": incomplete,
+            }
+        )
         return
     attrs = opened.attrs
     click.echo(f"store     {store}")
     click.echo(
         f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}"
     )
-    click.echo(f"dataset   {attrs.get('dataset')} ({attrs.get('layout')})")
+    dataset = opened.dataset_path or f"{attrs.get('dataset_name') or '?'} (its location is not recorded)"
+    click.echo(f"dataset   {dataset} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
     with_images = sum(1 for meta in cases.values() if meta["images"])
@@ -341,7 +359,6 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
     from PIL import Image
 
-    from skelprep._fs import join
     from skelprep.io import InputError, read_mask
     from skelprep.preview import render_preview
     from skelprep.store import open_store
@@ -352,13 +369,18 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
         _fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
     targets = opened[case]
     mask = None
-    dataset = opened.attrs.get("dataset")
-    source = targets.attrs.get("source", "")
-    mask_path = join(dataset or ".", source)
-    try:
-        mask = read_mask(mask_path).array
-    except InputError:
-        click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+    mask_path = opened.source_path(case)
+    if mask_path is None:
+        click.echo(
+            f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
+            "showing the skeleton only",
+            err=True,
+        )
+    else:
+        try:
+            mask = read_mask(mask_path).array
+        except InputError:
+            click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
     picture = Image.fromarray(render_preview(targets.tube[...], targets.thin[...], mask, axis=axis))
     scale = max(1, 512 // max(picture.size))  # small cases are enlarged, pixels kept square and sharp
     if scale > 1:

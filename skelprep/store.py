@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -85,6 +86,7 @@ __all__ = [
     "verify_case_data",
     "read_checked",
     "read_regions",
+    "checked_root_meta",
 ]
 
 FORMAT_VERSION = 2
@@ -403,6 +405,49 @@ class CaseTargets:
         return tuple(self.attrs["shape"])
 
 
+def checked_root_meta(path: str, meta: Any, *, writing: bool = False) -> dict[str, Any]:
+    """``meta``, a store's root ``attributes["skelprep"]``, if a skelprep of this version reads (or writes) it.
+
+    Raises
+    ------
+    StoreError
+        ``meta`` is not a JSON object, its ``format_version`` is not an integer
+        version (a string, bool, float or null: shown as stored), or a version
+        this skelprep does not know.
+
+    Examples
+    --------
+    >>> checked_root_meta("s.zarr", {"format_version": 2})
+    {'format_version': 2}
+    >>> checked_root_meta("s.zarr", {"format_version": "2"})
+    Traceback (most recent call last):
+    ...
+    skelprep.store.StoreError: s.zarr: invalid store format_version '2' (a str), not a version number; a skelprep store records an integer (2 for this skelprep)
+    """
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: not a skelprep store (attributes 'skelprep' is not an object)")
+    if "format_version" not in meta:
+        raise StoreError(f"{path}: not a skelprep store (its 'skelprep' attributes have no format_version)")
+    version = meta["format_version"]
+    # bool is an int, and True == 1, 1.0 == 1: only a plain int names a version
+    if type(version) is not int or version < 1:
+        raise StoreError(
+            f"{path}: invalid store format_version {version!r} (a {type(version).__name__}), not a version "
+            f"number; a skelprep store records an integer ({FORMAT_VERSION} for this skelprep)"
+        )
+    if version not in READABLE_VERSIONS:
+        known = " and ".join(map(str, READABLE_VERSIONS))
+        if writing:
+            raise StoreError(
+                f"{path}: store format version {version}, this skelprep writes {FORMAT_VERSION}; build into "
+                "a new store (--out) or upgrade skelprep"
+            )
+        raise StoreError(
+            f"{path}: store format version {version}, this skelprep reads {known}; upgrade skelprep"
+        )
+    return meta
+
+
 class SkeletonStore(Mapping[str, CaseTargets]):
     """A built store: a read-only mapping from case id to :class:`CaseTargets`.
 
@@ -421,15 +466,9 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         if root is None and (attributes is None or is_url(self.path)):
             raise ValueError("a SkeletonStore without its root group needs a local path and its attributes")
         meta = (attributes if root is None else root.attrs).get(ATTRS_KEY)
-        if not isinstance(meta, dict):
+        if meta is None:
             raise StoreError(f"{self.path}: not a skelprep store (no 'skelprep' attributes)")
-        version = meta.get("format_version")
-        if version not in READABLE_VERSIONS:
-            raise StoreError(
-                f"{self.path}: store format version {version}, this skelprep reads "
-                f"{' and '.join(map(str, READABLE_VERSIONS))}; upgrade skelprep"
-            )
-        self.attrs: dict[str, Any] = meta
+        self.attrs: dict[str, Any] = checked_root_meta(self.path, meta)
         self._case_ids: list[str] | None = None
         self._prefetched: dict[str, dict[str, Any] | None] = {}
 
@@ -442,6 +481,39 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         if self._root is None:
             self._root = open_root(self.path, mode="r")
         return self._root
+
+    @property
+    def dataset_path(self) -> str | None:
+        """Where the store's dataset lies now: a local path or a URL; None where the store does not say.
+
+        The root's ``dataset`` attribute is relative to the store (``..`` for
+        ``<dataset>/skeletons.zarr``), a URL, an absolute path (``--absolute-paths``,
+        and stores built before paths were recorded relative), or null (a local
+        dataset built into a store at a URL records no local path).
+        """
+        recorded = self.attrs.get("dataset")
+        if not isinstance(recorded, str) or not recorded:
+            return None
+        if is_url(recorded) or os.path.isabs(recorded):
+            return recorded
+        return _joined(self.path if is_url(self.path) else os.path.abspath(self.path), recorded)
+
+    def resolve(self, recorded: str | None) -> str | None:
+        """A path the store records for a dataset file (a case's ``source``, ``images.sources``) as it lies now.
+
+        Relative paths are taken from :attr:`dataset_path` (None where that is
+        unknown); URLs and absolute paths are returned as recorded.
+        """
+        if not isinstance(recorded, str) or not recorded:
+            return None
+        if is_url(recorded) or os.path.isabs(recorded):
+            return recorded
+        dataset = self.dataset_path
+        return None if dataset is None else _joined(dataset, recorded)
+
+    def source_path(self, case_id: str) -> str | None:
+        """The mask file a case was built from, as it lies now (see :meth:`resolve`); None if unknown."""
+        return self.resolve((self.case_attrs(case_id) or {}).get("source"))
 
     def _files_at(self) -> tuple[Any, str]:
         """(store for :mod:`skelprep._files`, path of the root in it): the folder itself when not opened."""
@@ -530,6 +602,21 @@ class SkeletonStore(Mapping[str, CaseTargets]):
     def __contains__(self, case_id: object) -> bool:
         meta = self.case_attrs(case_id) if isinstance(case_id, str) else None
         return bool(meta and meta.get("complete") is True)
+
+
+def _joined(base: str, relative: str) -> str:
+    """``relative`` (``/``-separated, ``..`` allowed) below a local folder or a URL, normalized.
+
+    Lexical, as the path was computed: ``..`` of a store reached through a
+    symlink is the folder the store's path names, not the link target's parent.
+
+    >>> _joined("/data/ds/skeletons.zarr", ".."), _joined("s3://bkt/raw/ds", "../other/a.png")
+    ('/data/ds', 's3://bkt/raw/other/a.png')
+    """
+    if is_url(base):
+        scheme, _, rest = base.partition("://")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+    return os.path.normpath(os.path.join(base, *relative.split("/")))
 
 
 def open_store(path: str | os.PathLike) -> SkeletonStore:

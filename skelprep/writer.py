@@ -39,10 +39,10 @@ from skelprep._util import first_line, utc_now
 from skelprep.store import (
     ATTRS_KEY,
     FORMAT_VERSION,
-    READABLE_VERSIONS,
     SkeletonStore,
     StoreError,
     array_checksum,
+    checked_root_meta,
     chunk_shape,
     consolidated_entries,
     files_at,
@@ -136,12 +136,7 @@ def _root_meta(path: str, meta: Any, has_members: Any) -> dict[str, Any]:
         if has_members():
             raise StoreError(f"{path}: exists and is not a skelprep store; choose another store path")
         meta = {"format_version": FORMAT_VERSION, "created": utc_now(), "cases": []}
-    elif meta.get("format_version") not in READABLE_VERSIONS:
-        raise StoreError(
-            f"{path}: store format version {meta.get('format_version')}, this skelprep writes "
-            f"{FORMAT_VERSION}; build into a new store (--out) or upgrade skelprep"
-        )
-    elif meta["format_version"] != FORMAT_VERSION:
+    elif checked_root_meta(path, meta, writing=True)["format_version"] != FORMAT_VERSION:
         meta = {**meta, "format_version": FORMAT_VERSION, "upgraded_from": meta["format_version"]}
     return meta
 

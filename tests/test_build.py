@@ -277,3 +277,66 @@ def test_recorded_label_counts_match_the_arrays(cracks_dataset, tmp_path, mode):
         assert recorded["thin"]  # a skeleton of a non-empty mask is not empty
         mask = read_mask(cracks_dataset / case.attrs["source"]).array
         assert case.attrs["mask_label_counts"] == counts(mask)
+
+
+def _zarr_documents(store_path) -> str:
+    """Every ``zarr.json`` of a local store, concatenated."""
+    return "\n".join(p.read_text() for p in sorted(store_path.rglob("zarr.json")))
+
+
+def test_store_attributes_record_paths_relative_to_the_dataset(tmp_path):
+    """No store document names the builder's folders, unless asked with ``absolute_paths``."""
+    rng = np.random.default_rng(0)
+    ds = tmp_path / "ds"
+    for folder in (ds, tmp_path / "elsewhere"):
+        write_png(folder / "labels" / "a.png", (rng.random((32, 32)) > 0.6).astype(np.uint8))
+        write_png(folder / "images" / "a.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    default = ds / "skeletons.zarr"
+    assert build(ds, workers=1, with_images=True).ok
+    store = open_store(default)
+    assert (store.attrs["dataset"], store.attrs["dataset_name"]) == ("..", "ds")
+    assert store["a"].attrs["source"] == "labels/a.png"
+    assert store["a"].attrs["images"]["sources"] == ["images/a.png"]
+    assert store.source_path("a") == str(ds / "labels" / "a.png")
+
+    apart = tmp_path / "stores" / "s.zarr"
+    assert build(ds, apart, workers=1).ok
+    assert open_store(apart).attrs["dataset"] == "../../ds"
+    assert open_store(apart).source_path("a") == str(ds / "labels" / "a.png")
+
+    # Files outside the dataset root (absolute globs): recorded with '..' parts.
+    outside = tmp_path / "glob.zarr"
+    elsewhere = tmp_path / "elsewhere"
+    globs = dict(masks=f"{elsewhere}/labels/*.png", images=f"{elsewhere}/images/*.png")
+    assert build(ds, outside, workers=1, with_images=True, **globs).ok
+    store = open_store(outside)
+    assert store["a"].attrs["source"] == "../elsewhere/labels/a.png"
+    assert store["a"].attrs["images"]["sources"] == ["../elsewhere/images/a.png"]
+    assert store.source_path("a") == str(elsewhere / "labels" / "a.png")
+    for path in (default, apart, outside):
+        assert str(tmp_path) not in _zarr_documents(path), path
+
+    # Only the option names them; up-to-date cases keep what they recorded, --force rewrites them.
+    again = build(ds, outside, workers=1, absolute_paths=True, **globs)
+    assert len(again.up_to_date) == 1
+    store = open_store(outside)
+    assert store.attrs["dataset"] == str(ds) and store["a"].attrs["source"] == "../elsewhere/labels/a.png"
+    assert build(ds, outside, workers=1, absolute_paths=True, force=True, **globs).built
+    store = open_store(outside)
+    assert store["a"].attrs["source"] == str(elsewhere / "labels" / "a.png")
+    assert store["a"].attrs["images"]["sources"] == [str(elsewhere / "images" / "a.png")]
+    assert store.source_path("a") == str(elsewhere / "labels" / "a.png")
+
+
+@pytest.mark.parametrize("meta", ["x", ["a"], 3])
+def test_a_root_whose_skelprep_attributes_are_no_object_is_refused_in_one_line(tmp_path, meta):
+    import json
+
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {"skelprep": meta}}
+    (out / "zarr.json").write_text(json.dumps(doc))
+    write_png(tmp_path / "ds" / "labels" / "a.png", np.eye(8, dtype=np.uint8))
+    with pytest.raises(BuildError, match=r"not a skelprep store \(attributes 'skelprep' is not an object\)"):
+        build(tmp_path / "ds", out, workers=1)
+    assert json.loads((out / "zarr.json").read_text()) == doc

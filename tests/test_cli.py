@@ -110,3 +110,46 @@ def test_library_errors_get_the_option_that_fixes_them(runner, tmp_path):
         result = runner.invoke(cli, ["build", str(tmp_path), "--no-progress", *args])
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.rstrip().endswith("masks glob (option --masks)"), result.stderr
+
+
+def test_preview_finds_the_mask_of_a_store_moved_with_its_dataset(runner, cracks_dataset, tmp_path):
+    assert (
+        runner.invoke(cli, ["build", str(cracks_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
+    )
+    moved = tmp_path / "moved" / "cracks"
+    moved.parent.mkdir()
+    cracks_dataset.rename(moved)
+    store = str(moved / "skeletons.zarr")
+    out = tmp_path / "p.png"
+    result = runner.invoke(cli, ["preview", store, "crack_000", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note" not in result.stderr
+    rgb = np.asarray(Image.open(out))
+    assert (rgb == 70).all(axis=-1).any()  # the mask's grey: it was read from its new place
+    info = runner.invoke(cli, ["info", store])
+    assert f"dataset   {moved} (nnunet)" in info.stdout
+    assert json.loads(runner.invoke(cli, ["info", store, "--json"]).stdout)["dataset_path"] == str(moved)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ("x", "not a skelprep store (attributes 'skelprep' is not an object)"),
+        ({"format_version": "2"}, "invalid store format_version '2' (a str)"),
+    ],
+)
+def test_a_store_root_of_the_wrong_types_gives_one_line(runner, tmp_path, meta, message):
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    (out / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"skelprep": meta}})
+    )
+    write_png(tmp_path / "ds" / "labels" / "a.png", np.eye(8, dtype=np.uint8))
+    dataset = str(tmp_path / "ds")
+    for args in (["build", dataset, "--out", str(out), "--no-progress"], ["info", str(out)]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, args
+        assert result.stderr.startswith(f"skelprep: error: {out}: "), result.stderr
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    result = runner.invoke(cli, ["verify", dataset, "--out", str(out)])
+    assert result.exit_code == 1 and message in result.stderr and result.stderr.count("\n") == 1

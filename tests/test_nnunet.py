@@ -436,4 +436,7 @@ def test_numpy_format_preprocessing_is_read_too(built, tmp_path, monkeypatch):
     for case_id in reference:
         assert np.array_equal(ours[case_id].tube[...], reference[case_id].tube[...])
         assert ours[case_id].attrs["source"] == f"nnUNetPlans_3d_fullres/{case_id}.npz"
+        seg = ours.source_path(case_id)  # recorded relative to the dataset, found from the store
+        assert seg == str(pre / OCTA / "nnUNetPlans_3d_fullres" / f"{case_id}.npz")
+    assert ours.attrs["dataset"] == "../.."
     require_current(locate(OCTA, "3d_fullres"))

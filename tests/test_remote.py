@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ._servers import base_env, s3_server, store_objects
-from .helpers import CLI, EXAMPLES
+from .helpers import CLI, EXAMPLES, copy_dataset
 
 BUCKET = "skel-data"
 
@@ -92,6 +92,32 @@ def test_build_from_and_into_s3_equals_a_local_build(s3, tmp_path):
     verify = run_cli("verify", f"s3://{BUCKET}/raw/octa3d", "--out", url)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "4 ok, 0 with problems" in verify.stdout
+
+
+def test_a_local_dataset_built_into_s3_records_no_local_path(s3, tmp_path):
+    dataset = copy_dataset(EXAMPLES / "road_cracks", tmp_path / "cracks")
+    url = f"s3://{BUCKET}/stores/from-local.zarr"
+    result = run_cli("build", str(dataset), "--out", url, "--workers", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    documents = {p: s3.fs.cat_file(p).decode() for p in s3.fs.find(url) if p.endswith("zarr.json")}
+    assert len(documents) > 3
+    for path, text in documents.items():
+        assert str(tmp_path) not in text, path
+    from skelprep.store import open_store
+
+    store = open_store(url)
+    assert store.attrs["dataset"] is None and store.attrs["dataset_name"] == "cracks"
+    assert store["crack_000"].attrs["source"] == "labelsTr/crack_000.png"
+    info = run_cli("info", url)
+    assert info.returncode == 0, info.stderr
+    assert "dataset   cracks (its location is not recorded) (nnunet)" in info.stdout
+
+    # Asked for, the absolute paths are recorded.
+    result = run_cli("build", str(dataset), "--out", url, "--absolute-paths", "--force", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    store = open_store(url)
+    assert store.attrs["dataset"] == str(dataset)
+    assert store["crack_000"].attrs["source"] == str(dataset / "labelsTr" / "crack_000.png")
 
 
 def test_verify_finds_a_corrupted_chunk_and_repair_mends_it(s3, tmp_path):

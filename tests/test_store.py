@@ -226,3 +226,50 @@ def test_a_local_store_is_recorded_without_zarr_as_zarr_writes_it(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr" / "node"), mode="w")
     with pytest.raises(StoreError, match="not a skelprep store"):
         record_build(tmp_path / "foreign.zarr", {})
+
+
+@pytest.mark.parametrize("meta", ["x", ["a"], 3, 1.5])
+def test_skelprep_attributes_that_are_no_object_are_refused(tmp_path, meta):
+    from skelprep.writer import record_build
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    root.attrs["skelprep"] = meta
+    for opened in (lambda: open_store(tmp_path / "s.zarr"), lambda: record_build(tmp_path / "s.zarr", {})):
+        with pytest.raises(
+            StoreError, match=r"s.zarr: not a skelprep store \(attributes 'skelprep' is not an"
+        ):
+            opened()
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [("2", "'2' (a str)"), (True, "True (a bool)"), (1.0, "1.0 (a float)"), (None, "None")],
+)
+def test_a_format_version_that_is_no_integer_is_refused_with_its_value_and_type(tmp_path, version, shown):
+    from skelprep.writer import record_build
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    root.attrs["skelprep"] = {"format_version": version, "params": {}, "cases": []}
+    for opened in (lambda: open_store(tmp_path / "s.zarr"), lambda: record_build(tmp_path / "s.zarr", {})):
+        with pytest.raises(StoreError, match=r"invalid store format_version ") as caught:
+            opened()
+        assert shown in str(caught.value) and "this skelprep writes" not in str(caught.value)
+
+
+def test_recorded_paths_resolve_from_the_store_and_its_dataset(tmp_path):
+    from skelprep.store import SkeletonStore
+
+    def store(path, dataset):
+        return SkeletonStore(None, path, attributes={"skelprep": {"format_version": 2, "dataset": dataset}})
+
+    here = store(tmp_path / "ds" / "skeletons.zarr", "..")
+    assert here.dataset_path == str(tmp_path / "ds")
+    assert here.resolve("labels/a.png") == str(tmp_path / "ds" / "labels" / "a.png")
+    assert here.resolve("../other/a.png") == str(tmp_path / "other" / "a.png")
+    assert here.resolve("/abs/a.png") == "/abs/a.png" and here.resolve("s3://b/a.png") == "s3://b/a.png"
+    old = store(tmp_path / "s.zarr", "/data/ds")  # stores that recorded absolute paths read as they did
+    assert old.dataset_path == "/data/ds" and old.resolve("labels/a.png") == "/data/ds/labels/a.png"
+    unknown = store(tmp_path / "s.zarr", None)  # a local dataset of a remote store
+    assert unknown.dataset_path is None and unknown.resolve("labels/a.png") is None
+    remote = store(tmp_path / "s.zarr", "s3://b/raw/ds")
+    assert remote.resolve("../x/a.png") == "s3://b/raw/x/a.png"

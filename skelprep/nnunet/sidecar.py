@@ -16,8 +16,10 @@ failures.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
@@ -193,7 +195,8 @@ def build_sidecar(
                 {
                     "params": params.as_dict(),
                     "versions": _versions(),
-                    "dataset": str(config.dataset_folder),
+                    # relative, as skelprep build records it: the store tells nothing of this machine's folders
+                    "dataset": Path(os.path.relpath(config.dataset_folder, config.sidecar)).as_posix(),
                     "layout": LAYOUT,
                     "nnunet": {
                         "configuration": config.configuration,
