@@ -4,7 +4,9 @@ The store's :class:`~skelprep.store.CaseTargets` exposes ``tube`` and ``thin``;
 a store built with images (format v2, ``skelprep build --with-images``) also
 holds ``image`` (channel-first) and ``label`` per case. The adapters read them
 by name through this module, opening the case group once (``store[case_id]``
-also opens ``tube`` and ``thin``, a few ms per item on small cases).
+also opens ``tube`` and ``thin``, a few ms per item on small cases). Their reads
+follow the store's reader protocol (:meth:`skelprep.store.SkeletonStore.checked`):
+the case as :func:`case_group` read its attributes, or StoreError "being rebuilt".
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ def case_group(store: SkeletonStore, case_id: str) -> tuple[zarr.Group, dict[str
         The case is incomplete.
     """
     try:
-        group = store.root[case_id]
+        group = store.group(case_id)
     except Exception:  # absent or unreadable: "not built", as SkeletonStore says
-        raise KeyError(case_id) from None
+        raise store.absent(case_id) from None
     meta = group.attrs.get(ATTRS_KEY) if isinstance(group, zarr.Group) else None
     if not isinstance(meta, dict):
-        raise KeyError(case_id)
+        raise store.absent(case_id)
     state = case_state(meta)
     if not state.ok:  # the store's one rule: here only "incomplete" can remain
         raise StoreError(f"{store.path}: case '{case_id}' is {state.state} ({state.reason})")
@@ -79,10 +81,10 @@ def stored_array(store: SkeletonStore, case_id: str, name: str) -> tuple[np.ndar
     KeyError
         No complete case ``case_id``.
     StoreError
-        The case is incomplete, or has no array ``name``.
+        The case is incomplete, has no array ``name``, or a build rewrote it during the read.
     """
     group, attrs = case_group(store, case_id)
-    return read_array(group, name, store.path), attrs
+    return store.checked(case_id, attrs, lambda: read_array(group, name, store.path)), attrs
 
 
 def read_array(group: zarr.Group, name: str, store_path: str = "") -> np.ndarray:

@@ -52,6 +52,7 @@ from skelprep.store import (
     SkeletonStore,
     StoreError,
     consolidated_entries,
+    damaged_root,
     default_store_path,
     label_counts,
     local_root_document,
@@ -227,9 +228,12 @@ def _check_images(case: Case, mask_shape: tuple[int, ...]) -> None:
 
 
 def _stored_case_intact(out: str, case_id: str) -> bool:
-    """The stored case is complete and its arrays match their checksums."""
+    """The stored case is complete and its arrays match their checksums (a damaged one is not)."""
     store = SkeletonStore(open_root(out, mode="r"), out)
-    return case_id in store and not verify_case_data(store[case_id])
+    try:
+        return case_id in store and not verify_case_data(store[case_id])
+    except StoreError:  # an array or its metadata is missing or unreadable
+        return False
 
 
 def _skeleton_targets():
@@ -265,9 +269,10 @@ def _writable_root(out: str, group: bool = False):
 def _stored_targets(out: str, case_id: str):
     """The stored targets of a case, if they are complete and pass their checksums; else None."""
     store = SkeletonStore(open_root(out, mode="r"), out)
-    if case_id not in store:
+    try:
+        case = store[case_id]
+    except (KeyError, StoreError):  # absent, incomplete or damaged: computed anew
         return None
-    case = store[case_id]
     (tube, tube_problem), (thin, thin_problem) = read_checked(case, "tube"), read_checked(case, "thin")
     if tube_problem or thin_problem:
         return None
@@ -556,13 +561,16 @@ def _open_for_build(out: str, attrs: dict[str, Any]):
 def _existing_store(out: str) -> tuple[SkeletonStore | None, dict[str, Any] | None]:
     """(the store as it is, opened for reading; its consolidated metadata, as :func:`_consolidated_before`).
 
-    The store is None if there is none (or not one of ours). A local store's root
+    The store is None if there is none (or not one of ours); one whose root document is
+    damaged is read from its case groups (:meth:`SkeletonStore.of_cases`). A local store's root
     document is read and parsed once, without zarr, for both (1.1 MB at 504 cases:
     17 ms a parse, which zarr's open and the consolidated read each did).
     """
     doc = local_root_document(out)
     if doc is None and new_local_store(out):  # nothing there yet: nothing to read (and no zarr)
         return None, {}
+    if doc is None and damaged_root(out) is not None:  # its cases are read from their groups
+        return SkeletonStore.of_cases(out), None  # None: the new root consolidates every case
     try:
         if doc is not None:
             return SkeletonStore(None, out, attributes=doc.get("attributes", {})), consolidated_entries(doc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +26,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _fail(message: str, code: int = EXIT_FAILED) -> None:
     click.echo(f"skelprep: error: {message}", err=True)
     sys.exit(code)
+
+
+def _reader_gone() -> None:
+    """stdout's reader closed the pipe (``skelprep verify | head -1``): exit quietly, as ``cat`` does.
+
+    Later writes (the interpreter's flush at exit) go to /dev/null instead of raising again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (a test runner's buffer)
+        pass
+    sys.exit(EXIT_FAILED)
 
 
 def _with_option(exc: Exception) -> str:
@@ -43,6 +57,8 @@ class _Cli(click.Group):
             raise
         except KeyboardInterrupt:
             _fail("interrupted; cases already written are kept, rerun to finish", 130)
+        except BrokenPipeError:
+            _reader_gone()
         except Exception as exc:
             if ctx.meta.get("skelprep.debug"):
                 raise
@@ -311,9 +327,10 @@ def verify(
     """Check that the store of DATASET is complete, current and intact (exit 1 if not).
 
     States: missing, incomplete, stale (mask changed), params-changed (rebuild
-    with 'skelprep build'); corrupt (chunks altered or removed: 'skelprep build
-    --repair'); orphan (mask gone: 'skelprep build --prune'); failed-input (fix
-    the file).
+    with 'skelprep build'); corrupt (chunks altered or removed, an array or its
+    metadata gone: 'skelprep build --repair'); corrupt-root (the store's root
+    metadata, rebuilt from the cases by 'skelprep build --repair'); orphan (mask
+    gone: 'skelprep build --prune'); failed-input (fix the file).
     """
     from skelprep._lock import store_is_busy
     from skelprep.store import default_store_path
@@ -340,6 +357,11 @@ def verify(
             click.echo(f"to fix: 'skelprep build {target}' builds what is missing or out of date")
         if "corrupt" in states:
             click.echo(f"to fix: 'skelprep build {target} --repair' rebuilds the corrupt cases")
+        if "corrupt-root" in states:
+            click.echo(
+                f"to fix: 'skelprep build {target} --repair' rebuilds the root metadata from the cases "
+                "(and the corrupt cases)"
+            )
         if "orphan" in states:
             click.echo(f"to fix: 'skelprep build {target} --prune' deletes the orphans")
     sys.exit(EXIT_FAILED if bad else EXIT_OK)
@@ -503,6 +525,8 @@ def main() -> None:
     """Console-script entry point."""
     try:
         cli(prog_name="skelprep")
+    except BrokenPipeError:  # raised outside a command (click's own output)
+        _reader_gone()
     finally:
         # The interpreter's exit collects garbage over every object still alive: 0.26 s once
         # numba's kernels are loaded (a quarter of a 14-mask build). Frozen objects are skipped;

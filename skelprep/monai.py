@@ -221,13 +221,19 @@ class LoadSkeletonTargetsd(MapTransform):
         ref = None
         if self.ref_key is not None and self.ref_key not in self.keys and self.ref_key in d:
             ref = _reference_geometry(d[self.ref_key], self.ref_key)
-        for key in self.keys:
-            try:
-                array = read_array(group, str(key), self.store.path)
-            except StoreError:
-                if self.allow_missing_keys:
-                    continue
-                raise
+
+        def read_all() -> dict[Hashable, np.ndarray]:
+            arrays = {}
+            for key in self.keys:
+                try:
+                    arrays[key] = read_array(group, str(key), self.store.path)
+                except StoreError:
+                    if not self.allow_missing_keys:
+                        raise
+            return arrays
+
+        # confirmed once for all keys: the case as case_group read it, or StoreError "being rebuilt"
+        for key, array in self.store.checked(case_id, attrs, read_all).items():
             d[key] = self._meta_tensor(array, attrs, geometry, ref, case_id, key)
         remap = attrs.get("label_remap") or {}
         for key in self.remap_keys:

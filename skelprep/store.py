@@ -23,6 +23,19 @@ A case without ``complete: true`` is never reported as built. Chunks carry a
 CRC-32C checksum, and the attributes a SHA-256 of each array's bytes, so that
 altered or missing chunks are detected by :func:`verify_case_data`.
 
+Reading a case while a build may rewrite it (the reader's protocol of
+``docs/store-format.md``): its attributes are read first (they must say
+complete), then its arrays, then its attributes again; every write of a case
+records a new ``generation`` token, so the data read are the case as first read
+exactly when the second read finds the same token, still complete
+(:meth:`SkeletonStore.confirm`). Otherwise the read raises :class:`StoreError`
+("being rebuilt"); an array or chunk file gone during the read is the same
+rewrite. :class:`CaseTargets` checks every read of its arrays so.
+
+Cases are listed from the group documents alone (:func:`_walk`): an array's
+damaged metadata makes its own case fail to open (:class:`StoreError` naming
+it, mended by ``skelprep build --repair``), never the listing of the others.
+
 Reading needs nothing but zarr: ``zarr.open_group(out)["case_001/tube"][...]``.
 
 Here, a local store's root and case ``zarr.json`` documents are read straight
@@ -41,15 +54,14 @@ small 2D masks).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import posixpath
-import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from skelprep import _files
@@ -71,9 +83,11 @@ __all__ = [
     "READABLE_VERSIONS",
     "StoreError",
     "CaseTargets",
+    "CheckedArray",
     "SkeletonStore",
     "open_store",
     "open_root",
+    "damaged_root",
     "local_root_document",
     "consolidated_entries",
     "store_key",
@@ -338,6 +352,112 @@ def root_group(root: zarr.Group | str) -> zarr.Group:
     return open_root(root, mode="a") if isinstance(root, str) else root
 
 
+# Case ids nest a few folders deep (``left/img_07``); the walk stops at this depth (a symlink loop).
+_MAX_DEPTH = 32
+
+
+def _walk(files: Any, root_path: str) -> tuple[list[str], list[str]]:
+    """(complete, incomplete) case ids below ``root_path`` of a store, from the group documents alone.
+
+    A case's arrays are never opened: one damaged array document cannot hide the
+    other cases (zarr's listing parses every node). Incomplete are case groups
+    without ``complete: true``, nodes whose ``zarr.json`` does not parse, and
+    folders of arrays without group metadata (a build killed before it wrote the
+    case's metadata). ``files``, ``root_path``: as :func:`files_at` gives them.
+    """
+    complete: list[str] = []
+    incomplete: set[str] = set()
+    level: list[tuple[str, bool]] = [("", False)]  # (folder, whether it lacks group metadata)
+    for _ in range(_MAX_DEPTH):
+        if not level:
+            break
+        listed = _files.list_many(files, [store_key(root_path, folder) for folder, _ in level])
+        children = [
+            (store_key(folder, name), bare)
+            for (folder, bare), names in zip(level, listed, strict=True)
+            for name in names
+            if name != "zarr.json" and not name.endswith(".partial")
+        ]
+        raws = _files.get_many(files, [store_key(root_path, child, "zarr.json") for child, _ in children])
+        level = []
+        for (child, in_bare), raw in zip(children, raws, strict=True):
+            if raw is None:  # a folder without metadata (or a file): look inside
+                level.append((child, True))
+                continue
+            doc = _parse(raw)
+            kind = doc.get("node_type") if isinstance(doc, dict) else None
+            meta = _case_meta(doc)
+            if kind == "array":
+                if in_bare:  # arrays in a folder without group metadata: a case a kill cut short
+                    incomplete.add(child.rpartition("/")[0])
+            elif kind != "group":  # metadata that does not parse: a damaged node
+                incomplete.add(child)
+            elif meta is not None and "source" in meta:
+                if meta.get("complete") is True:
+                    complete.append(child)
+                else:
+                    incomplete.add(child)
+            else:  # a group above nested case ids
+                level.append((child, False))
+    return sorted(complete), sorted(incomplete)
+
+
+def damaged_root(path: str | os.PathLike) -> str | None:
+    """Why a local store's root ``zarr.json`` cannot be read although skelprep cases lie below it.
+
+    The reason names the file (``the root metadata zarr.json is not valid JSON (...)``).
+    None where the root document is sound, for a URL, and for a folder that holds
+    no skelprep case (that is no store of ours). A build rebuilds such a root from
+    the case groups, which hold everything a case needs.
+    """
+    path = os.fspath(path)
+    if is_url(path) or local_root_document(path) is not None or not os.path.isdir(path):
+        return None
+    try:
+        raw = _files.get(path, "zarr.json")
+    except OSError as exc:
+        why = f"unreadable ({first_line(exc, with_type=True)})"
+    else:
+        if raw is None:
+            why = "missing"
+        else:
+            try:
+                json.loads(raw)
+                why = "not a zarr v3 group document"
+            except ValueError as exc:
+                why = f"not valid JSON ({first_line(exc)})"
+    if not any(_walk(path, "")):
+        return None
+    return f"the root metadata zarr.json is {why}"
+
+
+def _same_write(now: Mapping[str, Any], then: Mapping[str, Any]) -> bool:
+    """Whether two reads of a case's attributes see one write of it (its ``generation`` token).
+
+    Cases written without a token are compared whole (as JSON: a NaN equals itself there).
+    """
+    if now.get("generation") is not None or then.get("generation") is not None:
+        return now.get("generation") == then.get("generation")
+    return json.dumps(now, sort_keys=True) == json.dumps(then, sort_keys=True)
+
+
+def _checked(confirm: Callable[[], None] | None, read: Callable[[], Any]) -> Any:
+    """``read()``, then ``confirm()``; an exception of the read is confirmed first.
+
+    A file gone under the read (KeyError, FileNotFoundError) or chunks read as the
+    fill value mean a build rewrote the case: ``confirm`` then raises StoreError.
+    """
+    if confirm is None:
+        return read()
+    try:
+        data = read()
+    except Exception:
+        confirm()
+        raise
+    confirm()
+    return data
+
+
 def new_local_store(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a local path with nothing there yet (absent, or an empty folder).
 
@@ -355,6 +475,42 @@ def new_local_store(path: str | os.PathLike) -> bool:
         return False
 
 
+class CheckedArray:
+    """A stored array of a case, read as the case was opened or not at all.
+
+    ``a[selection]`` gives a numpy array and reads only the chunks it needs, then
+    confirms that no build rewrote the case meanwhile (:meth:`SkeletonStore.confirm`:
+    :class:`StoreError` "being rebuilt" otherwise). Every other attribute is the
+    zarr array's (``shape``, ``dtype``, ``chunks``, ...); ``array`` is the zarr
+    array itself, whose reads are not checked.
+    """
+
+    __slots__ = ("array", "confirm")
+
+    def __init__(self, array: zarr.Array, confirm: Callable[[], None] | None) -> None:
+        self.array = array
+        self.confirm = confirm
+
+    def __getitem__(self, selection: Any) -> Any:
+        return _checked(self.confirm, lambda: self.array[selection])
+
+    def __getattr__(self, name: str) -> Any:
+        if name in CheckedArray.__slots__:  # not set yet (copy, unpickling): no recursion into the array
+            raise AttributeError(name)
+        return getattr(self.array, name)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(self[...], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __repr__(self) -> str:
+        return f"CheckedArray({self.array!r})"
+
+
 @dataclass(frozen=True)
 class CaseTargets:
     """The stored targets of one case.
@@ -362,24 +518,38 @@ class CaseTargets:
     Attributes
     ----------
     case_id : str
-    tube, thin : zarr.Array
+    tube, thin : CheckedArray (a zarr.Array where built by hand)
         Lazily read label maps; ``case.tube[...]`` gives a numpy array,
-        ``case.tube[10:74, 0:64, 0:64]`` reads only the chunks it needs.
+        ``case.tube[10:74, 0:64, 0:64]`` reads only the chunks it needs. A read
+        while a build rewrites the case raises StoreError ("being rebuilt"),
+        never gives torn data.
     attrs : dict
         The case's provenance attributes.
-    image, label : zarr.Array or None
+    image, label : CheckedArray or None
         The channel-first image and the mask (cases built ``--with-images``).
     group : zarr.Group or None
         The case's group (its small arrays: :meth:`read`).
+    confirm : callable or None
+        Raises StoreError when a build has rewritten the case since it was opened
+        (:meth:`SkeletonStore.confirm`); :meth:`checked` calls it after a read.
     """
 
     case_id: str
-    tube: zarr.Array
-    thin: zarr.Array
+    tube: Any
+    thin: Any
     attrs: dict[str, Any]
-    image: zarr.Array | None = None
-    label: zarr.Array | None = None
+    image: Any = None
+    label: Any = None
     group: zarr.Group | None = None
+    confirm: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def checked(self, read: Callable[[], Any]) -> Any:
+        """``read()`` (reads of this case's arrays), confirmed: StoreError if a build rewrote the case meanwhile.
+
+        For several reads at one confirmation, through the arrays' unchecked
+        ``array`` attributes (one metadata read instead of one per array).
+        """
+        return _checked(self.confirm, read)
 
     @property
     def has_images(self) -> bool:
@@ -390,7 +560,8 @@ class CaseTargets:
         """A whole array of the case by name (e.g. ``"tube_locations"``)."""
         if self.group is None:
             raise KeyError(name)
-        return self.group[name][...]
+        group = self.group
+        return self.checked(lambda: group[name][...])
 
     def array_names(self) -> list[str]:
         """Names of the case's arrays that carry a checksum (every array a build wrote)."""
@@ -471,6 +642,22 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         self.attrs: dict[str, Any] = checked_root_meta(self.path, meta)
         self._case_ids: list[str] | None = None
         self._prefetched: dict[str, dict[str, Any] | None] = {}
+        self._cases_only = False  # opened by of_cases: the root group is not read
+
+    @classmethod
+    def of_cases(cls, path: str | os.PathLike) -> SkeletonStore:
+        """The cases of a local store whose root metadata is damaged (:func:`damaged_root`).
+
+        Read from their own groups; ``attrs`` hold only the format version and
+        ``with_images`` (the build's parameters and the rest were in the lost root).
+        """
+        store = cls(None, path, attributes={ATTRS_KEY: {"format_version": FORMAT_VERSION}})
+        store._cases_only = True
+        # a store built with images keeps them (the root said so): any case that carries them tells
+        store.attrs["with_images"] = any(
+            "image" in ((store.case_attrs(c) or {}).get("checksums") or {}) for c in store.case_ids
+        )
+        return store
 
     def __repr__(self) -> str:
         return f"SkeletonStore({self.path!r}, cases={len(self)})"
@@ -536,6 +723,9 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         """The case's attributes, complete or not; None if the group is absent or unreadable."""
         if case_id in self._prefetched:
             return self._prefetched.pop(case_id)
+        return self._read_attrs(case_id)
+
+    def _read_attrs(self, case_id: str) -> dict[str, Any] | None:
         files, root_path = self._files_at()
         try:  # the group's zarr.json, as zarr would read it (a v3 group has no other metadata file)
             raw = _files.get(files, store_key(root_path, case_id, "zarr.json"))
@@ -544,30 +734,14 @@ class SkeletonStore(Mapping[str, CaseTargets]):
         return _case_meta(_parse(raw))
 
     def _scan(self) -> tuple[list[str], list[str]]:
-        """(complete, incomplete) case ids, found by walking the group tree."""
-        import zarr
-
-        complete, incomplete = [], []
-        for attempt in range(3):
-            try:
-                with warnings.catch_warnings():
-                    # a folder without metadata is a write in progress, or one a kill interrupted
-                    warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
-                    members = list(self.root.members(max_depth=None))
-                break
-            except Exception as exc:
-                if attempt == 2:
-                    raise StoreError(
-                        f"{self.path}: cannot list the store ({type(exc).__name__}: {exc})"
-                    ) from exc
-                time.sleep(0.1)  # a build deleted a node while we listed it: list again
-        for name, node in members:
-            if not isinstance(node, zarr.Group):
-                continue
-            meta = node.attrs.get(ATTRS_KEY)
-            if isinstance(meta, dict) and "source" in meta:
-                (complete if meta.get("complete") is True else incomplete).append(name)
-        return sorted(complete), sorted(incomplete)
+        """(complete, incomplete) case ids, found by walking the group tree (:func:`_walk`)."""
+        files, root_path = self._files_at()
+        try:
+            return _walk(files, root_path)
+        except Exception as exc:  # the object store failed a listing
+            raise StoreError(
+                f"{self.path}: cannot list the store ({first_line(exc, with_type=True)})"
+            ) from exc
 
     @property
     def case_ids(self) -> list[str]:
@@ -578,19 +752,77 @@ class SkeletonStore(Mapping[str, CaseTargets]):
 
     @property
     def incomplete_case_ids(self) -> list[str]:
-        """Ids of case groups whose writing did not finish."""
+        """Ids of case groups whose writing did not finish (and case folders without group metadata)."""
         return self._scan()[1]
+
+    def _rebuilt(self, case_id: str) -> StoreError:
+        return StoreError(
+            f"{self.path}: case '{case_id}' is being rebuilt; read it again when the build is done"
+        )
+
+    def absent(self, case_id: str) -> Exception:
+        """What to raise for a case without group metadata: KeyError, or StoreError ("being rebuilt")
+        where this store listed it complete (a build is rewriting, or pruning, it)."""
+        return self._rebuilt(case_id) if case_id in (self._case_ids or ()) else KeyError(case_id)
+
+    def confirm(self, case_id: str, attrs: Mapping[str, Any]) -> None:
+        """The reader's last step: raise StoreError unless the case is still the write ``attrs`` were read from.
+
+        ``attrs``: the case's attributes as read before its arrays (complete).
+        Equal ``generation`` tokens, still complete, mean no build touched the
+        case in between: a rewrite marks it incomplete before it deletes anything.
+        """
+        now = self._read_attrs(case_id)
+        if now is None or now.get("complete") is not True or not _same_write(now, attrs):
+            raise self._rebuilt(case_id)
+
+    def checked(self, case_id: str, attrs: Mapping[str, Any], read: Callable[[], Any]) -> Any:
+        """``read()`` of a case's arrays, then :meth:`confirm` (see :meth:`CaseTargets.checked`)."""
+        return _checked(functools.partial(self.confirm, case_id, attrs), read)
+
+    def group(self, case_id: str) -> zarr.Group:
+        """The zarr group of a case (opened on its own where the root is damaged: :meth:`of_cases`)."""
+        if not self._cases_only:
+            return self.root[case_id]
+        import zarr
+
+        return zarr.open_group(os.path.join(self.path, case_id), mode="r", use_consolidated=False)
 
     def __getitem__(self, case_id: str) -> CaseTargets:
         meta = self.case_attrs(case_id)
         if meta is None:
-            raise KeyError(case_id)
+            raise self.absent(case_id)
         if meta.get("complete") is not True:
             raise StoreError(f"{self.path}: case '{case_id}' is incomplete (its build did not finish)")
-        group = self.root[case_id]
-        images = {name: group[name] for name in IMAGE_ARRAY_NAMES if name in meta.get("checksums", {})}
+        confirm = functools.partial(self.confirm, case_id, meta)
+        names = [*ARRAY_NAMES, *(n for n in IMAGE_ARRAY_NAMES if n in meta.get("checksums", {}))]
+        arrays: dict[str, Any] = {}
+        group = None
+        try:
+            group = self.group(case_id)
+            for name in names:
+                arrays[name] = CheckedArray(group[name], confirm)
+        except Exception as exc:
+            confirm()  # a build replaced the case while it was opened
+            what = "its group" if group is None else f"array '{names[len(arrays)]}'"
+            problem = (
+                "is missing"
+                if isinstance(exc, KeyError)
+                else f"cannot be read ({first_line(exc, with_type=True)})"
+            )
+            raise StoreError(
+                f"{self.path}: case '{case_id}' is damaged: {what} {problem}; "
+                "'skelprep build --repair' rebuilds it"
+            ) from exc
         return CaseTargets(
-            case_id, group["tube"], group["thin"], meta, images.get("image"), images.get("label"), group
+            case_id,
+            arrays["tube"],
+            arrays["thin"],
+            meta,
+            arrays.get("image"),
+            arrays.get("label"),
+            group,
+            confirm,
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -645,7 +877,16 @@ def open_store(path: str | os.PathLike) -> SkeletonStore:
     doc = local_root_document(path)
     if doc is not None:
         return SkeletonStore(None, path, attributes=doc.get("attributes", {}))
-    return SkeletonStore(open_root(path, mode="r"), path)
+    try:
+        return SkeletonStore(open_root(path, mode="r"), path)
+    except StoreError:
+        damage = damaged_root(path)
+        if damage is None:
+            raise
+        raise StoreError(
+            f"{path}: {damage}; its cases are intact: 'skelprep build DATASET --out {path}' rebuilds it "
+            "from them"
+        ) from None
 
 
 def read_regions(arrays: Sequence[zarr.Array], selection: Any) -> list[np.ndarray]:
@@ -673,10 +914,18 @@ def read_regions(arrays: Sequence[zarr.Array], selection: Any) -> list[np.ndarra
 
     from zarr.core.sync import sync
 
-    async def read_all() -> list[Any]:
-        return await asyncio.gather(*(a.async_array.getitem(selection) for a in arrays))
+    plain = [a.array if isinstance(a, CheckedArray) else a for a in arrays]
+    confirms = list({id(a.confirm): a.confirm for a in arrays if isinstance(a, CheckedArray)}.values())
 
-    return [np.asarray(r) for r in sync(read_all())]
+    async def read_all() -> list[Any]:
+        return await asyncio.gather(*(a.async_array.getitem(selection) for a in plain))
+
+    def confirm_all() -> None:
+        for confirm in confirms:
+            if confirm is not None:
+                confirm()
+
+    return [np.asarray(r) for r in _checked(confirm_all, lambda: sync(read_all()))]
 
 
 def read_checked(case: CaseTargets, name: str) -> tuple[np.ndarray | None, str]:

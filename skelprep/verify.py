@@ -11,12 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from skelprep._fs import RemotePath
 from skelprep.io import InputError, file_sha256
 from skelprep.layout import Case, discover
 from skelprep.store import (
     SkeletonStore,
     StoreError,
     case_state,
+    damaged_root,
     default_store_path,
     open_root,
     verify_case_data,
@@ -34,7 +36,9 @@ class CaseCheck:
     """
 
     case_id: str
-    state: str  # ok, missing, incomplete, stale, params-changed, corrupt, orphan, failed-input
+    # ok, missing, incomplete, stale, params-changed, corrupt, orphan, failed-input; and corrupt-root
+    # (case id "zarr.json", the root document: never a case id)
+    state: str
     reason: str = ""
     images_only: bool = False
 
@@ -83,6 +87,23 @@ def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None)
     return CaseCheck(case.case_id, "corrupt", "; ".join(problems))
 
 
+def _unbuilt(case: Case, check: CaseCheck, incomplete: set[str]) -> CaseCheck:
+    """A case that is not built: ``failed-input`` if its mask cannot be read (a build would fail it),
+    ``incomplete`` where a folder of it lies in the store without group metadata (a killed build)."""
+    if not isinstance(case.mask, RemotePath):  # a URL's mask is read when it is built, not fetched here
+        try:
+            file_sha256(case.mask)
+        except InputError as exc:
+            return CaseCheck(case.case_id, "failed-input", str(exc))
+    if check.state == "missing" and case.case_id in incomplete:
+        return CaseCheck(
+            case.case_id,
+            "incomplete",
+            "its folder has no readable group metadata (a build killed before it wrote it)",
+        )
+    return check
+
+
 def verify(
     dataset: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -95,24 +116,38 @@ def verify(
 
     Reports, per case: ``missing``, ``incomplete``, ``stale`` (mask or image changed, or a
     store built with images lacks the case's images),
-    ``params-changed``, ``corrupt`` (chunk bytes altered or removed; needs
-    ``check_data``), ``failed-input`` (a discovery problem), ``orphan`` (stored,
-    but its mask is gone) or ``ok``. Parameters are compared with those of the
-    store's last build.
+    ``params-changed``, ``corrupt`` (chunk bytes altered or removed, an array or
+    its metadata gone; needs ``check_data``), ``failed-input`` (a discovery
+    problem, or a mask that cannot be read), ``orphan`` (stored, but its mask is
+    gone) or ``ok``. Parameters are compared with those of the store's last
+    build. A local store whose root metadata is damaged gets one ``corrupt-root``
+    check (case id ``zarr.json``), its cases checked from their own groups.
     """
     layout = discover(dataset, masks=masks, images=images)
     out = os.fspath(out) if out is not None else default_store_path(dataset)
-    store = SkeletonStore(open_root(out, mode="r"), out)
+    checks = [CaseCheck(p.case_id, "failed-input", str(p)) for p in layout.problems]
+    try:
+        store = SkeletonStore(open_root(out, mode="r"), out)
+    except StoreError:
+        damage = damaged_root(out)
+        if damage is None:
+            raise
+        store = SkeletonStore.of_cases(out)
+        checks.append(
+            CaseCheck("zarr.json", "corrupt-root", f"{damage}; the cases were checked from their groups")
+        )
     params = store.attrs.get("params")
     with_images = bool(store.attrs.get("with_images"))
-    checks = [CaseCheck(p.case_id, "failed-input", str(p)) for p in layout.problems]
+    incomplete = set(store.incomplete_case_ids)
     for case in layout.cases:
         check = check_case(store, case, params, with_images=with_images)
         if check.state == "ok" and check_data:
             check = _check_data(store, case, params)
+        elif check.state in ("missing", "incomplete"):
+            check = _unbuilt(case, check, incomplete)
         checks.append(check)
     known = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-    for case_id in sorted(set(store.case_ids) | set(store.incomplete_case_ids)):
+    for case_id in sorted(set(store.case_ids) | incomplete):
         if case_id not in known:
             checks.append(CaseCheck(case_id, "orphan", "stored, but its mask is no longer in the dataset"))
     return sorted(checks, key=lambda c: c.case_id)

@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from skelprep.store import (
     checked_root_meta,
     chunk_shape,
     consolidated_entries,
+    damaged_root,
     files_at,
     label_counts,
     local_root_document,
@@ -93,7 +95,9 @@ def record_build(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Grou
     records the old one). The root is the store's folder path where ``path`` is
     local and new or a skelprep store (the root document is then written
     without zarr, as zarr writes it: consolidated metadata dropped), else the
-    root group.
+    root group. A local store whose root
+    document is damaged over intact cases (:func:`skelprep.store.damaged_root`)
+    gets a new root document: the next consolidation lists its cases again.
 
     Raises
     ------
@@ -103,7 +107,8 @@ def record_build(path: str | os.PathLike, attrs: Mapping[str, Any]) -> zarr.Grou
     path = os.fspath(path)
     doc = local_root_document(path)
     attributes = doc.get("attributes", {}) if doc is not None else {}
-    if attributes.get(ATTRS_KEY) is not None or new_local_store(path):
+    # a damaged root over intact cases is written anew: the case groups hold everything they need
+    if attributes.get(ATTRS_KEY) is not None or new_local_store(path) or damaged_root(path) is not None:
         meta = _root_meta(path, attributes.get(ATTRS_KEY), lambda: False)
         try:
             os.makedirs(path, exist_ok=True)  # zarr's local store creates parent folders too
@@ -415,6 +420,7 @@ def write_case(
         label_counts={name: label_counts(arr, labels) for name, arr in (("tube", tube), ("thin", thin))},
         checksums={},
         complete=False,
+        generation=uuid.uuid4().hex,  # this write's token: a reader's second look tells a rewrite by it
     )
     if image is not None or label is not None or small:
         # format 2: zarr's API for every array (Blosc images); finalize_store reads the documents

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from skelprep.cli import cli
 
-from .helpers import CLI, write_png
+from .helpers import CLI, drop_dac_capabilities, permissions_enforceable, write_png
 
 
 @pytest.fixture
@@ -153,3 +154,41 @@ def test_a_store_root_of_the_wrong_types_gives_one_line(runner, tmp_path, meta, 
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     result = runner.invoke(cli, ["verify", dataset, "--out", str(out)])
     assert result.exit_code == 1 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def _store_with_unbuilt_cases(runner, tmp_path, n_unbuilt: int):
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "built.png", np.eye(8, dtype=np.uint8))
+    assert runner.invoke(cli, ["build", str(root), "--no-progress"]).exit_code == 0
+    for i in range(n_unbuilt):
+        write_png(root / "labels" / f"new_{i:03d}.png", np.eye(8, dtype=np.uint8))
+    return root
+
+
+def test_verify_into_a_closed_pipe_exits_quietly(runner, tmp_path):
+    """``skelprep verify ... | head -1``: the reader goes away before the output is written."""
+    root = _store_with_unbuilt_cases(runner, tmp_path, 200)
+    for args in (["verify", str(root)], ["verify", str(root), "--json"]):
+        proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # as head does once it has its line: every write then meets a closed pipe
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 1
+        assert stderr == "", stderr
+
+
+def test_verify_names_an_unreadable_mask_instead_of_missing(runner, tmp_path):
+    if not permissions_enforceable():
+        pytest.skip("this process cannot be made to obey file permissions")
+    root = _store_with_unbuilt_cases(runner, tmp_path, 1)
+    (root / "labels" / "new_000.png").chmod(0)
+    result = subprocess.run(
+        CLI + ["verify", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=drop_dac_capabilities if os.geteuid() == 0 else None,
+    )
+    assert result.returncode == 1, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "new_000" in line)
+    assert line.startswith("failed-input") and str(root / "labels" / "new_000.png") in line, line
+    assert "ermission denied" in line, line

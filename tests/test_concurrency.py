@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,110 @@ def test_two_builds_started_at_once(crash_dataset, tmp_path):
     assert check_store(out, expected) == (N_CASES, 0)
     assert all(c.state == "ok" for c in verify(dataset, out))
     assert sorted(open_store(out).attrs["cases"]) == sorted(expected)
+
+
+# --- readers during rebuilds: the whole case as built, or StoreError "being rebuilt" -------------
+
+_REBUILDS = 6  # --force rebuilds of the whole store while the readers read
+_REBUILD_LOOP = """
+import sys
+from pathlib import Path
+from skelprep.build import build
+dataset, out, stop = sys.argv[1:4]
+for i in range(int(sys.argv[4])):
+    if Path(stop).exists():
+        break
+    report = build(dataset, out, force=True, workers=1)
+    assert report.ok, report.as_dict()
+    print(i, flush=True)
+"""
+
+
+def _plain_reader():
+    """``read_case`` of docs/store-format.md ("Reading while a build runs"), as documented."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "store-format.md").read_text()
+    block = text.split("## Reading while a build runs", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(block.split("\nroot = ", 1)[0], namespace)  # the example's own store is not built here
+    return namespace["read_case"]
+
+
+def test_readers_during_rebuilds_get_whole_cases_or_a_store_error(tmp_path):
+    import numpy as np
+    import zarr
+
+    from skelprep import skeleton_targets
+    from skelprep.build import build
+    from skelprep.store import StoreError, array_checksum
+    from skelprep.torch.dataset import SkeletonDataset
+
+    from .helpers import write_png
+
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    expected = {}
+    for i in range(6):
+        mask = np.zeros((96, 128), np.uint8)
+        for row in rng.integers(4, 92, size=4):
+            mask[row - 1 : row + 2, 4:124] = 1
+        image = rng.integers(0, 255, mask.shape).astype(np.uint8)
+        write_png(root / "labels" / f"c{i}.png", mask)
+        write_png(root / "images" / f"c{i}.png", image)
+        targets = skeleton_targets(mask)
+        expected[f"c{i}"] = {"tube": targets.tube, "thin": targets.thin, "label": mask, "image": image[None]}
+    out = tmp_path / "s.zarr"
+    assert build(root, out, workers=1, with_images=True).ok
+    read_case = _plain_reader()
+    stop = tmp_path / "stop"
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _REBUILD_LOOP, str(root), str(out), str(stop), str(_REBUILDS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    counts = {"whole": 0, "rebuilding": 0}
+
+    def whole(case_id: str, arrays: dict) -> None:
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(
+                np.asarray(array), expected[case_id][name], err_msg=f"{case_id}/{name}"
+            )
+        counts["whole"] += 1
+
+    deadline = time.monotonic() + 240  # a bound, not a measurement: the builder ends the loop first
+    try:
+        for _ in range(2000):
+            if builder.poll() is not None or time.monotonic() > deadline:
+                break
+            try:  # open_store: arrays read whole, against the checksums the case says
+                store = open_store(out)
+                for case_id in store.case_ids:
+                    case = store[case_id]
+                    tube, thin = case.tube[...], case.thin[...]
+                    assert array_checksum(tube) == case.attrs["checksums"]["tube"]
+                    whole(case_id, {"tube": tube, "thin": thin, "label": case.label[...]})
+            except StoreError:
+                counts["rebuilding"] += 1
+            try:  # the torch dataset of the store alone, whole cases
+                dataset = SkeletonDataset.from_store(out, include_thin=True, normalization="none")
+                for index in range(len(dataset)):
+                    item = dataset[index]
+                    whole(
+                        item["case_id"],
+                        {n: item[n][0] for n in ("tube", "thin", "label")} | {"image": item["image"]},
+                    )
+            except StoreError:
+                counts["rebuilding"] += 1
+            plain = zarr.open_group(str(out), mode="r", use_consolidated=False)
+            for case_id in expected:  # plain zarr, following the documented protocol
+                arrays = read_case(plain, case_id, names=("tube", "thin", "label", "image"))
+                if arrays is None:
+                    counts["rebuilding"] += 1
+                else:
+                    whole(case_id, arrays)
+    finally:
+        stop.touch()
+        stdout, stderr = builder.communicate(timeout=240)
+    assert builder.returncode == 0, stderr.decode()
+    assert len(stdout.split()) >= 2, "the builder must rebuild the store while the readers read"
+    assert counts["whole"] > 0, counts

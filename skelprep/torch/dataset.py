@@ -366,7 +366,12 @@ class SkeletonDataset(Dataset):
         store, _ = self._process()
         targets = self._opened.get(case_id)
         if targets is None:
-            targets = self._opened[case_id] = store[case_id]
+            try:
+                targets = self._opened[case_id] = store[case_id]
+            except KeyError:  # complete when the dataset was made: a build is rewriting (or pruning) it
+                raise StoreError(
+                    f"{self.store_path}: case '{case_id}' is being rebuilt; read it again when the build is done"
+                ) from None
         case = self._sources_by_id[case_id]
         if self.check_fingerprints and case is not None and case_id not in self._verified:
             images = [file_sha256(p) for p in case.images] if targets.has_images else None
@@ -485,8 +490,8 @@ class SkeletonDataset(Dataset):
             size = self.patch_size
             box = _inside(start, size, shape)  # slicing a zarr array decodes only the chunks it touches
 
-        def labels(array) -> np.ndarray:
-            return _pad_to(array[box], start, size, shape).astype(np.int64)
+        def labels(array) -> np.ndarray:  # a CheckedArray's zarr array: the item is confirmed once
+            return _pad_to(array.array[box], start, size, shape).astype(np.int64)
 
         if not targets.has_images:
             image, label = self._read_sources(self._sources_by_id[targets.case_id], shape)
@@ -498,7 +503,8 @@ class SkeletonDataset(Dataset):
             )
 
         def image() -> np.ndarray:
-            return _pad_to(self._normalize(targets.image[(slice(None), *box)], targets), start, size, shape)
+            raw = targets.image.array[(slice(None), *box)]
+            return _pad_to(self._normalize(raw, targets), start, size, shape)
 
         # Reading, decoding, normalizing and casting run side by side (zarr, zstd and numpy release
         # the GIL): on a CT-size case a 128^3 item took 52 ms done in turn, 35-40 ms so. Small
@@ -516,8 +522,15 @@ class SkeletonDataset(Dataset):
         case_id = self._case_ids[index]
         _, rng = self._process()
         targets = self._targets(case_id)
-        start = None if self.patch_size is None else self._patch_start(targets, targets.shape, rng)
-        image, label, stored = self._region(targets, start)
+        try:
+            start = None if self.patch_size is None else self._patch_start(targets, targets.shape, rng)
+            # the item's reads, confirmed once: the case as opened, or StoreError "being rebuilt"
+            image, label, stored = targets.checked(lambda: self._region(targets, start))
+        except StoreError:  # the case changed since it was opened: the next item opens it again
+            self._opened.pop(case_id, None)
+            self._coords.pop(case_id, None)
+            self._verified.discard(case_id)
+            raise
         item: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(label)[None],
