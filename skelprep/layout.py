@@ -207,6 +207,33 @@ def _pair(
     return cases, problems
 
 
+def _label_entries(meta_path: AnyPath, labels: dict) -> tuple[dict[int, str], int | None]:
+    """(label names by value, the ignore label or None) of dataset.json's ``labels``.
+
+    A value is a label (an integer >= 0) or a region (a list of labels, which names
+    no single label). Anything else is refused: JSON's ``true`` would pass for 1.
+    """
+    names: dict[int, str] = {}
+    for name, value in labels.items():
+        # type() and not isinstance(): bool is an int subclass
+        is_label = type(value) is int and value >= 0
+        is_region = isinstance(value, list) and all(type(v) is int and v > 0 for v in value)
+        if not (is_label or is_region):
+            raise LayoutError(
+                f"{meta_path}: invalid dataset.json (label '{name}' is {json.dumps(value)}; "
+                "expected a label value >= 0 or a list of them for a region)"
+            )
+        if is_label:
+            names[value] = name
+    ignore = labels.get("ignore")
+    if ignore is not None and not (type(ignore) is int and ignore > 0):
+        raise LayoutError(
+            f"{meta_path}: invalid dataset.json (the 'ignore' label is {json.dumps(ignore)}; it must be a "
+            "positive label value, 0 is the background)"
+        )
+    return names, ignore
+
+
 def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     meta_path = root / "dataset.json"
     if not meta_path.is_file():  # a FIFO would block read_text(); a folder gives a vague error
@@ -227,13 +254,7 @@ def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
         raise LayoutError(f"{labels_dir}: labels folder named by the nnU-Net layout is missing")
-    label_names: dict[int, str] = {}
-    ignore_label = None
-    for name, value in (meta.get("labels") or {}).items():
-        if isinstance(value, int):  # region-based entries (lists) name no single label
-            label_names[value] = name
-            if name == "ignore":
-                ignore_label = value
+    label_names, ignore_label = _label_entries(meta_path, meta.get("labels") or {})
     channels = meta.get("channel_names") or meta.get("modality")
     n_channels = len(channels) if isinstance(channels, dict) else None
     mask_files = _walk_files(labels_dir, (ending,))

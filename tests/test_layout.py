@@ -107,3 +107,31 @@ def test_dataset_errors_name_the_parameter_not_a_cli_option(tmp_path):
         discover(tmp_path, images="*.png")
     assert raised.value.param == "masks" and "--" not in str(raised.value)
     assert LayoutError("x").param is None
+
+
+@pytest.mark.parametrize(
+    "labels, reason",
+    [
+        ({"background": 0, "vessel": 1, "ignore": True}, "label 'ignore' is true"),
+        ({"background": 0, "vessel": True}, "label 'vessel' is true"),
+        ({"background": 0, "vessel": 1.5}, "label 'vessel' is 1.5"),
+        ({"background": 0, "vessel": "1"}, "label 'vessel' is \"1\""),
+        ({"background": 0, "vessel": -1}, "label 'vessel' is -1"),
+        ({"background": 0, "vessel": 1, "ignore": 0}, "'ignore' label is 0; it must be a positive"),
+        ({"background": 0, "a": 1, "b": 2, "ignore": [1, 2]}, "'ignore' label is \\[1, 2\\]"),
+    ],
+)
+def test_nnunet_label_values_that_are_no_labels_are_refused(tmp_path, labels, reason):
+    """JSON's true would pass an int check as label 1 (as an ignore label: every tube empty)."""
+    root = _nnunet(tmp_path, labels)
+    write_png(root / "labelsTr" / "a.png", MASK)
+    with pytest.raises(LayoutError, match=reason) as raised:
+        discover(root)
+    assert str(raised.value).startswith(f"{root / 'dataset.json'}: invalid dataset.json")
+
+
+def test_nnunet_region_entries_name_no_label(tmp_path):
+    root = _nnunet(tmp_path, {"background": 0, "a": 1, "b": 2, "whole": [1, 2], "ignore": 3})
+    write_png(root / "labelsTr" / "a.png", MASK)
+    layout = discover(root)
+    assert layout.label_names == {0: "background", 1: "a", 2: "b", 3: "ignore"} and layout.ignore_label == 3
