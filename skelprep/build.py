@@ -124,6 +124,7 @@ class BuildReport:
     store: str
     outcomes: list[CaseOutcome] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> why discovery left it out
     seconds: float = 0.0
     plan_phases: dict[str, float] = field(default_factory=dict)  # client side: plan, run, finalize
 
@@ -154,6 +155,7 @@ class BuildReport:
             "up_to_date": [o.case_id for o in self.up_to_date],
             "failed": {o.case_id: o.reason for o in self.failed},
             "pruned": self.pruned,
+            "skipped": self.skipped,
             "fallback_components": sum(o.fallback_components for o in self.built),
             "phases": self.phases,
         }
@@ -728,7 +730,7 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
-    report = BuildReport(store=out)
+    report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
     with store_lock(out) as held:

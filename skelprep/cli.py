@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from skelprep import __version__
+from skelprep._util import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -201,19 +202,25 @@ def build(
 
 
 def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
-    """Print a build report (summary on stdout, one line per failed case on stderr) and exit 0 or 1."""
+    """Print a build report (summary on stdout, one line per failed case or skipped file on stderr).
+
+    Exits 0 or 1; skipped files (not masks) do not fail the build.
+    """
     if as_json:
         _echo_json(report.as_dict())
     else:
         fallback = sum(o.fallback_components for o in report.built)
+        skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
         click.echo(
             f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
-            f" in {report.seconds:.1f} s -> {report.store}"
+            f"{skipped} in {report.seconds:.1f} s -> {report.store}"
         )
         if fallback:
             click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
         if report.pruned:
             click.echo(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
+        for path, reason in report.skipped.items():
+            click.echo(f"skipped: {printable(path)}: {reason}", err=True)
         for outcome in report.failed:
             click.echo(f"failed: {outcome.reason}", err=True)
             if ctx.meta.get("skelprep.debug") and outcome.detail:

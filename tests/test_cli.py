@@ -110,3 +110,23 @@ def test_library_errors_get_the_option_that_fixes_them(runner, tmp_path):
         result = runner.invoke(cli, ["build", str(tmp_path), "--no-progress", *args])
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.rstrip().endswith("masks glob (option --masks)"), result.stderr
+
+
+def test_files_that_are_no_masks_are_named_as_skipped(runner, tmp_path):
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "ok.png", np.eye(20, dtype=np.uint8))
+    (root / "labels" / "x.jpg").write_bytes(b"\xff\xd8 not a mask")
+    (root / "labels" / "notes.txt").write_text("annotator notes")
+    result = runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output  # skipping fails no case
+    assert "1 built, 0 up to date, 0 failed, 2 skipped in" in result.stdout
+    reason = "not a mask file (.nii.gz, .nii, .png, .tif, .tiff)"
+    assert result.stderr.splitlines() == [
+        f"skipped: {root / 'labels' / 'notes.txt'}: {reason}",
+        f"skipped: {root / 'labels' / 'x.jpg'}: {reason}",
+    ]
+    summary = json.loads(runner.invoke(cli, ["build", str(root), "--json"]).stdout)
+    assert summary["skipped"] == {
+        str(root / "labels" / "notes.txt"): reason,
+        str(root / "labels" / "x.jpg"): reason,
+    }

@@ -135,3 +135,27 @@ def test_nnunet_region_entries_name_no_label(tmp_path):
     write_png(root / "labelsTr" / "a.png", MASK)
     layout = discover(root)
     assert layout.label_names == {0: "background", 1: "a", 2: "b", 3: "ignore"} and layout.ignore_label == 3
+
+
+def test_files_of_a_label_folder_that_are_no_masks_are_listed_as_skipped(tmp_path):
+    root = tmp_path / "g"
+    write_png(root / "labels" / "a.png", MASK)
+    (root / "labels" / "x.jpg").write_bytes(b"x")
+    (root / "labels" / "sub").mkdir()
+    (root / "labels" / "sub" / "notes.txt").write_text("x")
+    (root / "labels" / ".DS_Store").write_text("x")  # hidden: not an input
+    (root / "labels" / "old.zarr").mkdir()  # a store: not walked
+    (root / "labels" / "old.zarr" / "zarr.json").write_text("{}")
+    layout = discover(root)
+    assert [c.case_id for c in layout.cases] == ["a"]
+    reason = "not a mask file (.nii.gz, .nii, .png, .tif, .tiff)"
+    assert [str(s) for s in layout.skipped] == [
+        f"{root / 'labels' / 'sub' / 'notes.txt'}: {reason}",
+        f"{root / 'labels' / 'x.jpg'}: {reason}",
+    ]
+    nn = _nnunet(tmp_path, {"background": 0, "a": 1})
+    write_png(nn / "labelsTr" / "a.png", MASK)
+    write_png(nn / "labelsTr" / "b.tif", MASK)
+    assert [(s.path.name, s.reason) for s in discover(nn).skipped] == [
+        ("b.tif", "not a '.png' mask (the file_ending of dataset.json)")
+    ]
