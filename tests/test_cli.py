@@ -130,3 +130,20 @@ def test_files_that_are_no_masks_are_named_as_skipped(runner, tmp_path):
         str(root / "labels" / "notes.txt"): reason,
         str(root / "labels" / "x.jpg"): reason,
     }
+
+
+def test_case_ids_with_control_characters_are_printed_escaped(runner, tmp_path):
+    """A mask named 'a\\nb.png' is a valid case; no output line may break at its newline."""
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "a\nb.png", np.eye(20, dtype=np.uint8))
+    write_png(root / "labels" / "ok.png", np.eye(20, dtype=np.uint8))
+    assert runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"]).exit_code == 0
+    info = runner.invoke(cli, ["info", str(root / "skeletons.zarr")])
+    assert info.exit_code == 0 and "a\nb" not in info.stdout
+    assert [line.split()[0] for line in info.stdout.splitlines()[-2:]] == ["a\\nb", "ok"]
+    (root / "labels" / "a\nb.png").unlink()
+    verify = runner.invoke(cli, ["verify", str(root), "--no-data"])
+    assert verify.exit_code == 1 and "a\nb" not in verify.stdout
+    assert verify.stdout.splitlines()[0].startswith("orphan          a\\nb: ")
+    prune = runner.invoke(cli, ["build", str(root), "--prune", "--no-progress"])
+    assert prune.exit_code == 0 and "pruned 1: a\\nb\n" in prune.stdout
