@@ -226,3 +226,25 @@ def test_a_local_store_is_recorded_without_zarr_as_zarr_writes_it(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr" / "node"), mode="w")
     with pytest.raises(StoreError, match="not a skelprep store"):
         record_build(tmp_path / "foreign.zarr", {})
+
+
+def test_non_json_numbers_are_never_written(tmp_path):
+    """NaN and Infinity are not JSON: a strict reader would refuse the whole store."""
+    import json
+
+    from skelprep.writer import finalize_store, record_build
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+
+    out = str(tmp_path / "s.zarr")
+    root = record_build(out, {"params": {}})
+    tube = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_case(root, "c", tube=tube, thin=tube, attrs={"source": "c.png", "spacing": [1.0, float("nan")]})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        record_build(out, {"ratio": float("inf")})
+    nan_group = {"zarr_format": 3, "node_type": "group", "attributes": {"v": float("nan")}}
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        finalize_store(root, out, since={}, written={"e": nan_group})
+    strict(tmp_path / "s.zarr" / "zarr.json")
