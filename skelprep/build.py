@@ -37,9 +37,11 @@ from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, stora
 from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
+    Header,
     InputError,
     Volume,
     file_sha256,
+    image_header,
     image_shape,
     local_file,
     read_bytes,
@@ -47,7 +49,16 @@ from skelprep.io import (
     read_mask,
 )
 from skelprep.layout import Case, DatasetLayout, discover
-from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, failure_line, guarded, run_cases
+from skelprep.runner import (
+    BuildError,
+    CaseOutcome,
+    check_memory_limit,
+    failure_line,
+    format_size,
+    guarded,
+    memory_budget,
+    run_cases,
+)
 from skelprep.store import (
     SkeletonStore,
     StoreError,
@@ -125,6 +136,7 @@ class BuildReport:
     store: str
     outcomes: list[CaseOutcome] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> why discovery left it out
     seconds: float = 0.0
     plan_phases: dict[str, float] = field(default_factory=dict)  # client side: plan, run, finalize
 
@@ -155,6 +167,7 @@ class BuildReport:
             "up_to_date": [o.case_id for o in self.up_to_date],
             "failed": {o.case_id: o.reason for o in self.failed},
             "pruned": self.pruned,
+            "skipped": self.skipped,
             "fallback_components": sum(o.fallback_components for o in self.built),
             "phases": self.phases,
         }
@@ -215,6 +228,41 @@ def _case_attrs(
         "fallback_components": fallback,
         "built": utc_now(),
     }
+
+
+# Peak bytes per voxel that skeleton_targets allocates (tracemalloc, 2D and 3D masks, outputs
+# included): 14-22 on vessel-like, random and solid masks, 34-38 where a solid block needs the
+# fallback skeleton (its erosions). The estimate takes the worst.
+_SKELETON_BYTES_PER_VOXEL = 40
+# Without a memory limit, a case that needs less is not checked: the check reads /proc/meminfo,
+# a cost on every small case, and no machine that runs a build has less than this free.
+_ALWAYS_FITS = 256 << 20
+
+
+def _memory_need(file_bytes: int, mask: Header, images: list[Header]) -> int:
+    """Bytes a case needs at its peak, about: the file's bytes, its decoded samples, the label map
+    (uint8, or uint16 above 255), the skeleton's working arrays, and the images it stores."""
+    voxels = math.prod(mask.shape)
+    label_bytes = 1 if mask.dtype.itemsize == 1 else 2
+    return (
+        file_bytes
+        + mask.nbytes
+        + voxels * (label_bytes + _SKELETON_BYTES_PER_VOXEL)
+        + sum(image.nbytes for image in images)
+    )
+
+
+def _memory_problem(job: CaseJob, file_bytes: int, mask: Header, memory_limit: str | None) -> str | None:
+    """Why the case cannot be built in the memory it has (from headers: nothing is decoded yet), or None."""
+    images = [image_header(path) for path in job.case.images] if job.with_images else []
+    need = _memory_need(file_bytes, mask, images)
+    if need < _ALWAYS_FITS and memory_limit is None:
+        return None
+    budget = memory_budget(memory_limit)
+    if budget is None or need <= budget[0]:
+        return None
+    shape = "x".join(str(n) for n in mask.shape + ((mask.samples,) if mask.samples > 1 else ()))
+    return f"needs about {format_size(need)} to build ({shape} {mask.dtype}), more than {budget[1]}"
 
 
 def _check_images(case: Case, mask_shape: tuple[int, ...]) -> None:
@@ -347,7 +395,12 @@ def _image_part(
 
 
 def build_case(
-    job: CaseJob, *, out: str, params: BuildParams, options: dict[str, Any] | None = None
+    job: CaseJob,
+    *,
+    out: str,
+    params: BuildParams,
+    options: dict[str, Any] | None = None,
+    memory_limit: str | None = None,
 ) -> CaseOutcome:
     """Compute and write one case; never raises (a failure is an outcome).
 
@@ -357,7 +410,9 @@ def build_case(
     damaged one is rebuilt. ``options`` are the client's storage options
     (:mod:`skelprep._fs`), set in the worker before any URL is opened. A full
     disk fails the case with ``detail`` "disk full", after removing what it had
-    written of the case.
+    written of the case. A case whose headers declare more than ``memory_limit``
+    (per worker), or without one more than the memory available, fails before
+    any pixel data are decoded.
     """
     if options is not None:
         set_storage_options(options)
@@ -369,7 +424,11 @@ def build_case(
         start = time.perf_counter()
         with local_file(case.mask) as mask:  # a URL's mask is downloaded once, hashed and read
             raw, fingerprint = read_bytes(mask)  # one read for the fingerprint and the decode
-            vol = read_mask(mask, raw=raw)
+            vol = read_mask(
+                mask,
+                raw=raw,
+                before_decode=functools.partial(_memory_problem, job, len(raw), memory_limit=memory_limit),
+            )
         del raw
         read_at = time.perf_counter()
         if not job.with_images:
@@ -662,7 +721,13 @@ def _write_phase(
     if jobs:
         report.outcomes.extend(
             run_cases(
-                functools.partial(build_case, out=out, params=params, options=storage_options()),
+                functools.partial(
+                    build_case,
+                    out=out,
+                    params=params,
+                    options=storage_options(),
+                    memory_limit=run_options.get("memory_limit"),
+                ),
                 jobs,
                 case_id=lambda job: job.case.case_id,
                 source=lambda job: job.case.mask,
@@ -777,7 +842,7 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
-    report = BuildReport(store=out)
+    report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
     with store_lock(out) as held:

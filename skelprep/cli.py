@@ -19,12 +19,18 @@ from typing import Any
 import click
 
 from skelprep import __version__
+from skelprep._util import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """One line of output: control characters in file names and case ids are escaped, never printed raw."""
+    click.echo(printable(text), err=err)
+
+
 def _fail(message: str, code: int = EXIT_FAILED) -> None:
-    click.echo(f"skelprep: error: {message}", err=True)
+    _echo(f"skelprep: error: {message}", err=True)
     sys.exit(code)
 
 
@@ -226,21 +232,27 @@ def build(
 
 
 def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
-    """Print a build report (summary on stdout, one line per failed case on stderr) and exit 0 or 1."""
+    """Print a build report (summary on stdout, one line per failed case or skipped file on stderr).
+
+    Exits 0 or 1; skipped files (not masks) do not fail the build.
+    """
     if as_json:
         _echo_json(report.as_dict())
     else:
         fallback = sum(o.fallback_components for o in report.built)
-        click.echo(
+        skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
+        _echo(
             f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
-            f" in {report.seconds:.1f} s -> {report.store}"
+            f"{skipped} in {report.seconds:.1f} s -> {report.store}"
         )
         if fallback:
             click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
         if report.pruned:
-            click.echo(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
+            _echo(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
+        for path, reason in report.skipped.items():
+            _echo(f"skipped: {path}: {reason}", err=True)
         for outcome in report.failed:
-            click.echo(f"failed: {outcome.reason}", err=True)
+            _echo(f"failed: {outcome.reason}", err=True)
             if ctx.meta.get("skelprep.debug") and outcome.detail:
                 click.echo(outcome.detail, err=True)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
@@ -285,12 +297,12 @@ def info(store: str, as_json: bool) -> None:
         )
         return
     attrs = opened.attrs
-    click.echo(f"store     {store}")
+    _echo(f"store     {store}")
     click.echo(
         f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}"
     )
     dataset = opened.dataset_path or f"{attrs.get('dataset_name') or '?'} (its location is not recorded)"
-    click.echo(f"dataset   {dataset} ({attrs.get('layout')})")
+    _echo(f"dataset   {dataset} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
     with_images = sum(1 for meta in cases.values() if meta["images"])
@@ -298,7 +310,7 @@ def info(store: str, as_json: bool) -> None:
         f"images    {with_images} of {len(cases)} cases carry image and label arrays"
         + ("" if with_images == len(cases) else " (add them with 'skelprep build DATASET --with-images')")
     )
-    width = max((len(c) for c in cases), default=4)
+    width = max((len(printable(c)) for c in cases), default=4)
     click.echo(f"{'case':<{width}}  {'shape':<16} {'image':<22} {'tube voxels per class':<30} fallback")
     for case_id, meta in cases.items():
         counts = (meta.get("label_counts") or {}).get("tube", {})
@@ -306,11 +318,12 @@ def info(store: str, as_json: bool) -> None:
         shape = "x".join(str(s) for s in meta.get("shape") or [])
         image = meta["images"]
         image_text = f"{image['channels']}x{shape} {image['dtype']}" if image else "-"
-        click.echo(
-            f"{case_id:<{width}}  {shape:<16} {image_text:<22} {per_class:<30} {meta.get('fallback_components', 0)}"
+        _echo(
+            f"{printable(case_id):<{width}}  {shape:<16} {image_text:<22} {per_class:<30} "
+            f"{meta.get('fallback_components', 0)}"
         )
     for case_id in incomplete:
-        click.echo(f"{case_id:<{width}}  incomplete (rerun 'skelprep build')")
+        _echo(f"{printable(case_id):<{width}}  incomplete (rerun 'skelprep build')")
 
 
 @cli.command()
@@ -349,7 +362,7 @@ def verify(
         )
     else:
         for check in bad:
-            click.echo(f"{check.state:<15} {check.case_id}: {check.reason}")
+            _echo(f"{check.state:<15} {check.case_id}: {check.reason}")
         click.echo(f"{len(checks) - len(bad)} ok, {len(bad)} with problems")
         states = {c.state for c in bad}
         target = shlex.quote(str(dataset)) + (f" --out {shlex.quote(out)}" if out else "")
@@ -393,7 +406,7 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
     mask = None
     mask_path = opened.source_path(case)
     if mask_path is None:
-        click.echo(
+        _echo(
             f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
             "showing the skeleton only",
             err=True,
@@ -402,7 +415,7 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
         try:
             mask = read_mask(mask_path).array
         except InputError:
-            click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+            _echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
     picture = Image.fromarray(render_preview(targets.tube[...], targets.thin[...], mask, axis=axis))
     scale = max(1, 512 // max(picture.size))  # small cases are enlarged, pixels kept square and sharp
     if scale > 1:
@@ -470,14 +483,14 @@ def eval_(
         keep_singleton_axes=keep_singleton_axes,
     )
     heads = ("dice", "clDice", "Tprec", "Tsens", "b0 err", "b1 err")
-    width = max([len(c.case_id) for c in report.cases] + [len("merged binary"), 9])
+    width = max([len(printable(c.case_id)) for c in report.cases] + [len("merged binary"), 9])
 
     def row(name: str, values: dict[str, float], note: str = "") -> None:
         # Ratios in [0, 1] with 4 decimals; Betti errors are counts (means of counts: 2 decimals).
         cells = " ".join(
             f"{values.get(k, float('nan')):>8.{2 if k.startswith('betti') else 4}f}" for k in METRIC_NAMES
         )
-        click.echo(f"{name:<{width}}  {cells}  {note}".rstrip())
+        _echo(f"{printable(name):<{width}}  {cells}  {note}".rstrip())
 
     def table(title: str, key: str, mean: dict[str, float]) -> None:
         click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads))
@@ -504,7 +517,7 @@ def eval_(
         f"singleton axes {'kept (3D, Lee)' if keep_singleton_axes else 'squeezed (2D, Zhang)'}"
     )
     for reason in report.failed.values():
-        click.echo(f"failed: {reason}", err=True)
+        _echo(f"failed: {reason}", err=True)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")

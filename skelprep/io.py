@@ -17,10 +17,11 @@ import io
 import logging
 import math
 import os
+import re
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InputError",
     "Volume",
+    "Header",
     "MASK_SUFFIXES",
     "IMAGE_SUFFIXES",
     "split_suffix",
@@ -44,6 +46,7 @@ __all__ = [
     "check_input_file",
     "local_file",
     "image_shape",
+    "image_header",
     "MAX_LABEL",
     "MAX_VOXELS",
 ]
@@ -90,6 +93,40 @@ class Volume:
     affine: np.ndarray | None = None
     axes: str = ""
     label_remap: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header declares, read before any pixel data are decoded.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Spatial shape, as :func:`image_shape` gives it.
+    dtype : numpy.dtype
+        Of the samples as stored (a scaled NIfTI's before its slope and intercept).
+    samples : int
+        Values per pixel: colour channels of a PNG, JPEG or TIFF (1 for grey).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    samples: int = 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded samples."""
+        return math.prod(self.shape) * self.samples * self.dtype.itemsize
+
+
+# ``before_decode`` of the readers: a reason to refuse the file (InputError), or None to decode it.
+BeforeDecode = Callable[[Header], "str | None"]
+
+
+def _before_decode(path: Path, check: BeforeDecode | None, header: Header) -> None:
+    problem = check(header) if check is not None else None
+    if problem:
+        raise InputError(path, problem)
 
 
 def split_suffix(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> tuple[str, str]:
@@ -284,7 +321,33 @@ def _read_file(path: str | os.PathLike, *, keep: bool) -> tuple[bytes, str]:
     return (blocks[0] if len(blocks) == 1 else b"".join(blocks)), digest.hexdigest()
 
 
-def _read_png(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
+# PIL names the stream it read in some messages: "cannot identify image file <_io.BytesIO object at 0x7f..>"
+_STREAM_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _pil_reason(exc: BaseException) -> str:
+    """PIL's error in one line, without the repr of the stream (the file is named by InputError)."""
+    return _STREAM_REPR.sub("", first_line(exc, with_type=True))
+
+
+def _one_file(as_mask: bool) -> str:
+    return "a mask file" if as_mask else "an image file"
+
+
+def _png_header(path: Path | RemotePath, img, *, as_mask: bool) -> Header:
+    """The header of an opened PIL image; a multi-frame PNG (APNG) is refused, not read as its first frame."""
+    import numpy as np
+    from PIL import ImageMode
+
+    frames = getattr(img, "n_frames", 1)
+    if img.format == "PNG" and frames > 1:
+        raise InputError(path, f"has {frames} frames (animated PNG); {_one_file(as_mask)} holds one image")
+    mode = ImageMode.getmode(img.mode)
+    width, height = img.size
+    return Header((height, width), np.dtype(mode.typestr), len(mode.bands))
+
+
+def _read_png(path: Path, raw: bytes, *, as_mask: bool, before_decode: BeforeDecode | None = None) -> Volume:
     import numpy as np
     from PIL import Image
 
@@ -292,6 +355,7 @@ def _read_png(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as img:
+                _before_decode(path, before_decode, _png_header(path, img, as_mask=as_mask))
                 img.load()
                 mode = img.mode
                 if mode == "P":
@@ -303,10 +367,10 @@ def _read_png(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
                         array = array.astype(np.uint32 if array.max() > 65535 else np.uint16)
                 else:
                     array = np.asarray(img)
-    except MemoryError:
+    except (InputError, MemoryError):
         raise
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, DecompressionBombError, ...
-        raise InputError(path, f"cannot read image ({first_line(exc, with_type=True)})") from exc
+        raise InputError(path, f"cannot read image ({_pil_reason(exc)})") from exc
     if array.ndim == 3:
         if as_mask:
             array = _colour_to_labels(path, array, alpha=mode in ("RGBA", "LA"), what=mode)
@@ -369,16 +433,16 @@ def _declared_bytes(path: Path, header) -> int:
     return int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
 
 
-def _gunzip_nifti(path: Path, raw: bytes) -> bytes:
+def _gunzip_nifti(path: Path, raw: bytes, declared: int) -> bytes:
     """Inflate a .nii.gz in one pass, checking every member's CRC-32 and length.
 
-    The header is inflated first, so that a stream holding more than its header
-    declares (a gzip bomb) is stopped at that size plus a MiB. nibabel alone
-    stops where the voxels end and never checks the gzip trailer: a corrupted
-    stream would be read as wrong labels.
+    ``declared``: the bytes of header and voxels its header declares (read from the
+    stream's first bytes, :func:`_nifti_header`), so that a stream holding more (a
+    gzip bomb) is stopped at that size plus a MiB. nibabel alone stops where the
+    voxels end and never checks the gzip trailer: a corrupted stream would be read
+    as wrong labels.
     """
-    head = _inflate.decompressobj(31).decompress(raw, 540)  # the header only: a few hundred bytes
-    limit = _declared_bytes(path, _nifti_header(path, head)) + _GZIP_SLACK
+    limit = declared + _GZIP_SLACK
     parts: list[bytes] = []
     total, rest = 0, raw
     while rest:
@@ -400,16 +464,38 @@ def _gunzip_nifti(path: Path, raw: bytes) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _read_nifti(path: Path, raw: bytes) -> Volume:
+def _check_geometry(path: Path, header) -> None:
+    """Refuse a header whose spacing or affine is NaN or infinite: no geometry can be recorded from it.
+
+    Zero or negative spacing never gets here: nibabel's header check reads pixdim 0 as 1 and a
+    negative pixdim as its absolute value, as NIfTI readers do for files of legacy writers.
+    """
+    import numpy as np
+
+    kept = len(_squeezed(tuple(header.get_data_shape())))  # the axes the volume keeps
+    zooms = tuple(float(z) for z in header.get_zooms()[:kept])
+    if not all(math.isfinite(z) for z in zooms):
+        raise InputError(path, f"NIfTI header pixdim has NaN or infinite spacing {zooms}")
+    if not np.isfinite(header.get_best_affine()).all():
+        raise InputError(path, "NIfTI header affine (sform/qform) is not finite (NaN or infinite values)")
+
+
+def _read_nifti(path: Path, raw: bytes, before_decode: BeforeDecode | None = None) -> Volume:
     """Decode a NIfTI file from its bytes (``raw``: the file as stored, gzip-compressed or not)."""
     import nibabel as nib
     import numpy as np
 
     try:
-        if split_suffix(path.name)[1].lower() == ".nii.gz":
-            raw = _gunzip_nifti(path, raw)
-        header = _nifti_header(path, raw)
+        gzipped = split_suffix(path.name)[1].lower() == ".nii.gz"
+        # The header only (a few hundred bytes, inflated first for a .nii.gz): checked before any voxel
+        head = _inflate.decompressobj(31).decompress(raw, 540) if gzipped else raw
+        header = _nifti_header(path, head)
         expected = _declared_bytes(path, header)
+        _check_geometry(path, header)
+        shape = _squeezed(tuple(int(n) for n in header.get_data_shape()))
+        _before_decode(path, before_decode, Header(shape, header.get_data_dtype()))
+        if gzipped:
+            raw = _gunzip_nifti(path, raw, expected)
         if len(raw) < expected:
             raise InputError(
                 path, f"cannot read NIfTI (file holds {len(raw)} bytes, its header declares {expected})"
@@ -438,11 +524,18 @@ def _read_nifti(path: Path, raw: bytes) -> Volume:
 
 
 def _tiff_series(
-    path: Path | RemotePath, *, data: bool, source=None
-) -> tuple[np.ndarray | None, tuple[int, ...], str]:
-    """(array or None, shape, tifffile axes) of a TIFF's first series; samples (RGB) axis last.
+    path: Path | RemotePath,
+    *,
+    data: bool,
+    source=None,
+    as_mask: bool = False,
+    before_decode: BeforeDecode | None = None,
+) -> tuple[np.ndarray | None, Header, str]:
+    """(array or None, header, tifffile axes) of a TIFF's one series; samples (RGB) axis last.
 
     ``source`` is an open binary stream to read instead of ``path`` (which errors name).
+    A TIFF of several series (pages of different shapes, or stacks written one by
+    one) is refused, not read as its first.
     """
     import numpy as np
     import tifffile
@@ -454,27 +547,39 @@ def _tiff_series(
         logger.addHandler(logging.NullHandler())
     try:
         with tifffile.TiffFile(path if source is None else source) as tif:
+            if len(tif.series) > 1:
+                n = len(tif.series)
+                raise InputError(
+                    path, f"has {n} image series; {_one_file(as_mask)} holds one image or one stack"
+                )
             series = tif.series[0]
             shape, axes = tuple(series.shape), series.axes
             _check_voxels(path, shape)
+            k = axes.find("S")  # colour samples: moved last, as PIL gives them
+            header = (
+                Header(shape, series.dtype)
+                if k < 0
+                else Header(shape[:k] + shape[k + 1 :], series.dtype, shape[k])
+            )
+            _before_decode(path, before_decode, header)
             array = series.asarray() if data else None
     except (InputError, MemoryError):
         raise
     except Exception as exc:
         raise InputError(path, f"cannot read TIFF ({first_line(exc, with_type=True)})") from exc
-    if "S" in axes:  # colour samples: last, as PIL gives them
-        k = axes.index("S")
-        shape = shape[:k] + shape[k + 1 :] + (shape[k],)
+    if k >= 0:
         axes = axes[:k] + axes[k + 1 :] + "S"
         if array is not None:
             array = np.moveaxis(array, k, -1)
-    return array, shape, axes
+    return array, header, axes
 
 
-def _read_tiff(path: Path, raw: bytes, *, as_mask: bool) -> Volume:
+def _read_tiff(path: Path, raw: bytes, *, as_mask: bool, before_decode: BeforeDecode | None = None) -> Volume:
     import numpy as np
 
-    array, _, axes = _tiff_series(path, data=True, source=io.BytesIO(raw))
+    array, _, axes = _tiff_series(
+        path, data=True, source=io.BytesIO(raw), as_mask=as_mask, before_decode=before_decode
+    )
     if axes.endswith("S"):
         if as_mask:
             array = _colour_to_labels(
@@ -506,21 +611,27 @@ def _file_suffix(path: Path, *, as_mask: bool) -> str:
     return suffix
 
 
-def _read_any(path: str | os.PathLike | RemotePath, *, as_mask: bool, raw: bytes | None = None) -> Volume:
+def _read_any(
+    path: str | os.PathLike | RemotePath,
+    *,
+    as_mask: bool,
+    raw: bytes | None = None,
+    before_decode: BeforeDecode | None = None,
+) -> Volume:
     """Decode a file (``raw``: its bytes, when already read)."""
     path = as_path(path)
     if isinstance(path, RemotePath):
         _file_suffix_only(path, as_mask=as_mask)  # no download for an unsupported type
         with local_file(path) as local:
-            return _read_any(local, as_mask=as_mask, raw=raw)
+            return _read_any(local, as_mask=as_mask, raw=raw, before_decode=before_decode)
     suffix = _file_suffix(path, as_mask=as_mask)
     if raw is None:
         raw = read_bytes(path)[0]
     if suffix in (".png", ".jpg", ".jpeg"):
-        return _read_png(path, raw, as_mask=as_mask)
+        return _read_png(path, raw, as_mask=as_mask, before_decode=before_decode)
     if suffix in (".nii", ".nii.gz"):
-        return _read_nifti(path, raw)
-    return _read_tiff(path, raw, as_mask=as_mask)
+        return _read_nifti(path, raw, before_decode)
+    return _read_tiff(path, raw, as_mask=as_mask, before_decode=before_decode)
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -535,12 +646,23 @@ def image_shape(path: str | os.PathLike | RemotePath) -> tuple[int, ...]:
     The shape is the one :func:`read_image` gives after its channel axis, and the
     one :func:`read_mask` gives for a mask of the same geometry: PNG/JPEG
     ``(rows, columns)``; NIfTI the header's shape without trailing singleton
-    axes; TIFF the first series without its colour-samples axis.
+    axes; TIFF the series without its colour-samples axis.
 
     Raises
     ------
     InputError
         The file is missing, unreadable, or its header is broken.
+    """
+    return image_header(path).shape
+
+
+def image_header(path: str | os.PathLike | RemotePath) -> Header:
+    """Shape (as :func:`image_shape`), dtype and samples per pixel of a file, from its header only.
+
+    Raises
+    ------
+    InputError
+        As :func:`image_shape`.
     """
     path = as_path(path)
     if not isinstance(path, RemotePath):
@@ -557,8 +679,8 @@ def image_shape(path: str | os.PathLike | RemotePath) -> tuple[int, ...]:
         raise InputError(path, _remote_problem(exc)) from exc
 
 
-def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ...]:
-    """:func:`image_shape` of a local path or an open binary stream; errors name ``path``."""
+def _header_shape(source, suffix: str, path: Path | RemotePath) -> Header:
+    """:func:`image_header` of a local path or an open binary stream; errors name ``path``."""
     if suffix in (".nii", ".nii.gz"):
         import gzip
 
@@ -576,22 +698,23 @@ def _header_shape(source, suffix: str, path: Path | RemotePath) -> tuple[int, ..
                     stream = gzip.GzipFile(fileobj=source) if suffix == ".nii.gz" else source
                     header = nib.Nifti2Image.from_stream(stream).header
             shape = tuple(int(n) for n in header.get_data_shape())
+            dtype = header.get_data_dtype()
         except Exception as exc:  # nibabel raises many types for broken headers
             raise InputError(path, f"cannot read NIfTI header ({first_line(exc, with_type=True)})") from exc
-        return _squeezed(shape)
+        return Header(_squeezed(shape), dtype)
     if suffix in (".tif", ".tiff"):
-        _, shape, axes = _tiff_series(path, data=False, source=source)
-        return shape[:-1] if axes.endswith("S") else shape
+        return _tiff_series(path, data=False, source=source)[1]
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
-                width, height = img.size
+                return _png_header(path, img, as_mask=False)
+    except InputError:
+        raise
     except Exception as exc:  # PIL raises many types for broken headers
-        raise InputError(path, f"cannot read image header ({first_line(exc, with_type=True)})") from exc
-    return (height, width)
+        raise InputError(path, f"cannot read image header ({_pil_reason(exc)})") from exc
 
 
 def _squeeze_nifti(vol: Volume) -> Volume:
@@ -621,27 +744,38 @@ def _c_order(array: np.ndarray, dtype: np.dtype, block: int = 32) -> np.ndarray:
     return out
 
 
-def read_mask(path: str | os.PathLike | RemotePath, *, raw: bytes | None = None) -> Volume:
+def read_mask(
+    path: str | os.PathLike | RemotePath,
+    *,
+    raw: bytes | None = None,
+    before_decode: BeforeDecode | None = None,
+) -> Volume:
     """Read a label map and check that it is one.
 
     ``raw``: the file's bytes if already read (see :func:`read_bytes`), so that
-    a build hashes and decodes a mask from one read.
+    a build hashes and decodes a mask from one read. ``before_decode`` is called
+    with the file's :class:`Header` once it is read and before any pixel data
+    are decoded; a reason it returns refuses the file (a build checks there that
+    the case fits in memory).
 
     Accepts PNG (8/16-bit grayscale, palette, RGB(A) with equal channels), NIfTI
     (2D or 3D; trailing singleton axes dropped) and TIFF. Float data are
     accepted only if every value is a whole number. A binary mask stored as
-    0/255 becomes 0/1, recorded in ``label_remap``.
+    0/255 becomes 0/1, recorded in ``label_remap``. A NIfTI pixdim of 0 is read
+    as spacing 1 and a negative one as its absolute value (nibabel's reading of
+    legacy headers).
 
     Raises
     ------
     InputError
         Unreadable file, unsupported type, wrong dimensionality, NaN,
-        fractional or negative values, labels above 65535.
+        fractional or negative values, labels above 65535, a NaN or infinite
+        spacing or affine, several frames (APNG) or image series (TIFF).
     """
     import numpy as np
 
     path = as_path(path)
-    vol = _squeeze_nifti(_read_any(path, as_mask=True, raw=raw))
+    vol = _squeeze_nifti(_read_any(path, as_mask=True, raw=raw, before_decode=before_decode))
     array = vol.array
     if array.ndim not in (2, 3):
         raise InputError(path, f"mask must be 2D or 3D, got shape {array.shape}")
@@ -683,8 +817,9 @@ def read_image(path: str | os.PathLike | RemotePath) -> Volume:
     Raises
     ------
     InputError
-        Unreadable file, unsupported type, wrong dimensionality, or a dtype
-        that is not a real number (complex, structured/RGB NIfTI, ...).
+        Unreadable file, unsupported type, wrong dimensionality, a dtype that
+        is not a real number (complex, structured/RGB NIfTI, ...), or as
+        :func:`read_mask` for geometry, frames and series.
     """
     import numpy as np
 

@@ -3,7 +3,9 @@
 Discovery never reads pixel data. Problems that concern one case (a missing
 image, two masks with the same case id) do not stop discovery: they are listed in
 :attr:`DatasetLayout.problems` so that a build reports them beside the good cases.
-Problems with the dataset as a whole raise :class:`LayoutError`.
+Problems with the dataset as a whole raise :class:`LayoutError`. Files in a
+label folder that cannot be masks (``notes.txt``, ``x.jpg``) are skipped and
+listed in :attr:`DatasetLayout.skipped`, so that a build names them.
 
 The dataset may be a local folder or a URL (``s3://bucket/raw/Dataset101_X``,
 see :mod:`skelprep._fs`): then its paths are :class:`skelprep._fs.RemotePath`
@@ -24,7 +26,15 @@ from skelprep._fs import AnyPath, RemotePath, as_path
 from skelprep._util import first_line, printable
 from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
-__all__ = ["Case", "CaseProblem", "DatasetLayout", "LayoutError", "discover", "masks_by_case_id"]
+__all__ = [
+    "Case",
+    "CaseProblem",
+    "DatasetLayout",
+    "LayoutError",
+    "SkippedFile",
+    "discover",
+    "masks_by_case_id",
+]
 _CHANNEL = re.compile(r"_(\d{4})$")
 
 
@@ -73,8 +83,19 @@ class CaseProblem:
 
 
 @dataclass(frozen=True)
+class SkippedFile:
+    """A file in a label folder that discovery left out, and why."""
+
+    path: AnyPath
+    reason: str
+
+    def __str__(self) -> str:
+        return printable(f"{self.path}: {self.reason}")
+
+
+@dataclass(frozen=True)
 class DatasetLayout:
-    """What :func:`discover` found in a dataset folder."""
+    """What :func:`discover` found in a dataset folder (``skipped``: label-folder files that are no masks)."""
 
     root: AnyPath
     kind: str  # "nnunet", "generic" or "glob"
@@ -83,6 +104,7 @@ class DatasetLayout:
     ignore_label: int | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     mask_dir: AnyPath | None = None
+    skipped: tuple[SkippedFile, ...] = ()
 
 
 def _walk(folder: AnyPath):
@@ -92,12 +114,15 @@ def _walk(folder: AnyPath):
     return ((Path(d), dn, fn) for d, dn, fn in os.walk(folder))
 
 
-def _walk_files(folder: AnyPath, suffixes: tuple[str, ...]) -> list[AnyPath]:
+def _walk_files(
+    folder: AnyPath, suffixes: tuple[str, ...], others: list[AnyPath] | None = None
+) -> list[AnyPath]:
     """Entries below ``folder`` named with one of ``suffixes``, sorted; hidden entries and stores skipped.
 
     Everything so named is returned, not only regular files: a folder called
     ``x.png``, a FIFO or a broken symlink is surely a broken case, and the build
-    reports it rather than skipping it silently.
+    reports it rather than skipping it silently. ``others`` receives the visible
+    files named otherwise, from the same walk.
     """
     found = []
     for dirpath, dirnames, filenames in _walk(folder):
@@ -105,9 +130,19 @@ def _walk_files(folder: AnyPath, suffixes: tuple[str, ...]) -> list[AnyPath]:
         found.extend(dirpath / d for d in visible if split_suffix(d, suffixes)[1])
         dirnames[:] = sorted(d for d in visible if not split_suffix(d, suffixes)[1])
         for name in filenames:
-            if not name.startswith(".") and split_suffix(name, suffixes)[1]:
+            if name.startswith("."):
+                continue
+            if split_suffix(name, suffixes)[1]:
                 found.append(dirpath / name)
+            elif others is not None:
+                others.append(dirpath / name)
+    if others is not None:
+        others.sort()
     return sorted(found)
+
+
+def _skipped(files: list[AnyPath], reason: str) -> tuple[SkippedFile, ...]:
+    return tuple(SkippedFile(path, reason) for path in files)
 
 
 def _case_id_problem(case_id: str) -> str | None:
@@ -207,6 +242,33 @@ def _pair(
     return cases, problems
 
 
+def _label_entries(meta_path: AnyPath, labels: dict) -> tuple[dict[int, str], int | None]:
+    """(label names by value, the ignore label or None) of dataset.json's ``labels``.
+
+    A value is a label (an integer >= 0) or a region (a list of labels, which names
+    no single label). Anything else is refused: JSON's ``true`` would pass for 1.
+    """
+    names: dict[int, str] = {}
+    for name, value in labels.items():
+        # type() and not isinstance(): bool is an int subclass
+        is_label = type(value) is int and value >= 0
+        is_region = isinstance(value, list) and all(type(v) is int and v > 0 for v in value)
+        if not (is_label or is_region):
+            raise LayoutError(
+                f"{meta_path}: invalid dataset.json (label '{name}' is {json.dumps(value)}; "
+                "expected a label value >= 0 or a list of them for a region)"
+            )
+        if is_label:
+            names[value] = name
+    ignore = labels.get("ignore")
+    if ignore is not None and not (type(ignore) is int and ignore > 0):
+        raise LayoutError(
+            f"{meta_path}: invalid dataset.json (the 'ignore' label is {json.dumps(ignore)}; it must be a "
+            "positive label value, 0 is the background)"
+        )
+    return names, ignore
+
+
 def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     meta_path = root / "dataset.json"
     if not meta_path.is_file():  # a FIFO would block read_text(); a folder gives a vague error
@@ -227,16 +289,11 @@ def _discover_nnunet(root: AnyPath) -> DatasetLayout:
     labels_dir = root / "labelsTr"
     if not labels_dir.is_dir():
         raise LayoutError(f"{labels_dir}: labels folder named by the nnU-Net layout is missing")
-    label_names: dict[int, str] = {}
-    ignore_label = None
-    for name, value in (meta.get("labels") or {}).items():
-        if isinstance(value, int):  # region-based entries (lists) name no single label
-            label_names[value] = name
-            if name == "ignore":
-                ignore_label = value
+    label_names, ignore_label = _label_entries(meta_path, meta.get("labels") or {})
     channels = meta.get("channel_names") or meta.get("modality")
     n_channels = len(channels) if isinstance(channels, dict) else None
-    mask_files = _walk_files(labels_dir, (ending,))
+    others: list[AnyPath] = []
+    mask_files = _walk_files(labels_dir, (ending,), others)
     if not mask_files:
         raise LayoutError(f"{labels_dir}: no '{ending}' masks found (file_ending of {meta_path})")
     masks, problems = _collect_masks(mask_files, labels_dir)
@@ -250,7 +307,14 @@ def _discover_nnunet(root: AnyPath) -> DatasetLayout:
             n_channels = 1
     cases, pair_problems = _pair(masks, image_index, n_channels)
     return DatasetLayout(
-        root, "nnunet", tuple(cases), tuple(problems + pair_problems), ignore_label, label_names, labels_dir
+        root,
+        "nnunet",
+        tuple(cases),
+        tuple(problems + pair_problems),
+        ignore_label,
+        label_names,
+        labels_dir,
+        _skipped(others, f"not a '{ending}' mask (the file_ending of dataset.json)"),
     )
 
 
@@ -264,14 +328,22 @@ def _discover_generic(root: AnyPath) -> DatasetLayout:
             f"{root}: no dataset.json, labels/ or masks/ folder found; name the mask files with a masks glob",
             param="masks",
         )
-    mask_files = _walk_files(labels_dir, MASK_SUFFIXES)
+    others: list[AnyPath] = []
+    mask_files = _walk_files(labels_dir, MASK_SUFFIXES, others)
     if not mask_files:
         raise LayoutError(f"{labels_dir}: no masks found ({', '.join(MASK_SUFFIXES)})")
     masks, problems = _collect_masks(mask_files, labels_dir)
     images_dir = next((root / n for n in ("images", "imagesTr") if (root / n).is_dir()), None)
     image_index = _index_images(_walk_files(images_dir, IMAGE_SUFFIXES), images_dir) if images_dir else None
     cases, pair_problems = _pair(masks, image_index, None)
-    return DatasetLayout(root, "generic", tuple(cases), tuple(problems + pair_problems), mask_dir=labels_dir)
+    return DatasetLayout(
+        root,
+        "generic",
+        tuple(cases),
+        tuple(problems + pair_problems),
+        mask_dir=labels_dir,
+        skipped=_skipped(others, f"not a mask file ({', '.join(MASK_SUFFIXES)})"),
+    )
 
 
 def _glob_base(root: AnyPath, pattern: str) -> AnyPath:

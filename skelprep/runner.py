@@ -41,6 +41,8 @@ __all__ = [
     "execution",
     "runs_in_process",
     "check_memory_limit",
+    "memory_budget",
+    "format_size",
     "failure_line",
     "guarded",
 ]
@@ -158,6 +160,43 @@ def check_memory_limit(memory_limit: str | None, scheduler: str | None) -> None:
         raise BuildError(
             f"invalid memory limit {memory_limit!r} (expected a size like 4GB or 500MiB)"
         ) from exc
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages: other systems
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def memory_budget(memory_limit: str | None) -> tuple[int, str] | None:
+    """(bytes, what they are, in words) that one case may use: the per-worker limit, else what is free now.
+
+    ``memory_limit`` as :func:`check_memory_limit` accepts it; ``"auto"`` (Dask's
+    share of the machine) and no limit take the memory available now. None where
+    that is unknown.
+    """
+    if memory_limit is not None and memory_limit != "auto":
+        from dask.utils import parse_bytes
+
+        return parse_bytes(memory_limit), f"the {memory_limit} memory limit per worker"
+    available = _available_memory()
+    if available is None:
+        return None
+    return available, f"the {format_size(available)} of memory available"
+
+
+def format_size(n: int) -> str:
+    """Bytes in words for a message: ``"14.2 GB"``, ``"350 MB"``."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def run_cases(

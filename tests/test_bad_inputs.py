@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
+from PIL import Image
 
 from skelprep import open_store, skeleton_targets
 from skelprep.cli import cli
@@ -154,6 +155,24 @@ def make_corpus(
     image_for("bomb3d", (4, 4, 4))
     bad["NIfTI header declaring 64 G voxels"] = (str(labels / "bomb3d.nii"), "more than .* voxels")
 
+    # --- readable files that would be used partly or whose geometry is no number ---
+    frames = [Image.fromarray(_vessel_2d(value=v)) for v in (1, 2)]
+    frames[0].save(labels / "animated.png", save_all=True, append_images=frames[1:])
+    image_for("animated", (24, 32))
+    bad["animated PNG"] = (str(labels / "animated.png"), "has 2 frames")
+    tifffile.imwrite(labels / "two_series.tif", _vessel_2d())
+    tifffile.imwrite(labels / "two_series.tif", _vessel_2d((20, 30)), append=True)
+    image_for("two_series", (24, 32))
+    bad["TIFF of two series"] = (str(labels / "two_series.tif"), "has 2 image series")
+    nan_spacing = nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4))
+    nan_spacing.header["pixdim"][2] = np.nan
+    nan_spacing.header["vox_offset"] = 352
+    (labels / "nan_spacing.nii").write_bytes(
+        nan_spacing.header.binaryblock + b"\x00" * 4 + np.ones((6, 6, 6), np.uint8).tobytes()
+    )
+    image_for("nan_spacing", (6, 6, 6))
+    bad["NaN spacing in the NIfTI header"] = (str(labels / "nan_spacing.nii"), "pixdim has NaN")
+
     # --- readable files that are not label maps ---
     _nifti(labels / "probabilities.nii.gz", np.random.default_rng(0).random((6, 6, 6)).astype(np.float32))
     bad["float probability map"] = (str(labels / "probabilities.nii.gz"), "fractional values")
@@ -214,7 +233,8 @@ def make_corpus(
         image_for("no_permission", (24, 32))
         bad["unreadable permissions"] = (str(labels / "no_permission.png"), "permission denied")
 
-    # --- cases that discovery or the image check rejects ---
+    # --- cases that discovery or the image check rejects, and a file that is no mask ---
+    (labels / "README.txt").write_text("how these masks were drawn\n")
     write_png(labels / "shape_mismatch.png", _vessel_2d((20, 30)))
     image_for("shape_mismatch", (20, 31))
     bad["image/mask shape mismatch"] = (
@@ -263,11 +283,15 @@ def test_bad_input_corpus_fails_case_by_case(tmp_path):
         drop_dac=enforce and os.geteuid() == 0,
     )
     assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and " object at 0x" not in result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
-    assert len(failed) == len(result.stderr.splitlines()), result.stderr  # nothing but one line per failure
+    skipped = [
+        f"skipped: {root / 'labels' / 'README.txt'}: not a mask file (.nii.gz, .nii, .png, .tif, .tiff)"
+    ]
+    # nothing but one line per failure, and one per file that is no mask
+    assert sorted(failed + skipped) == sorted(result.stderr.splitlines()), result.stderr
     assert (
-        f"{len(good)} built, 0 up to date, {len(bad) + 1} failed" in result.stdout
+        f"{len(good)} built, 0 up to date, {len(bad) + 1} failed, 1 skipped" in result.stdout
     )  # +1: loop_b, the loop's other end
     unmatched = []
     for kind, (path, reason) in bad.items():

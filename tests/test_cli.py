@@ -192,3 +192,40 @@ def test_verify_names_an_unreadable_mask_instead_of_missing(runner, tmp_path):
     line = next(line for line in result.stdout.splitlines() if "new_000" in line)
     assert line.startswith("failed-input") and str(root / "labels" / "new_000.png") in line, line
     assert "ermission denied" in line, line
+
+
+def test_files_that_are_no_masks_are_named_as_skipped(runner, tmp_path):
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "ok.png", np.eye(20, dtype=np.uint8))
+    (root / "labels" / "x.jpg").write_bytes(b"\xff\xd8 not a mask")
+    (root / "labels" / "notes.txt").write_text("annotator notes")
+    result = runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output  # skipping fails no case
+    assert "1 built, 0 up to date, 0 failed, 2 skipped in" in result.stdout
+    reason = "not a mask file (.nii.gz, .nii, .png, .tif, .tiff)"
+    assert result.stderr.splitlines() == [
+        f"skipped: {root / 'labels' / 'notes.txt'}: {reason}",
+        f"skipped: {root / 'labels' / 'x.jpg'}: {reason}",
+    ]
+    summary = json.loads(runner.invoke(cli, ["build", str(root), "--json"]).stdout)
+    assert summary["skipped"] == {
+        str(root / "labels" / "notes.txt"): reason,
+        str(root / "labels" / "x.jpg"): reason,
+    }
+
+
+def test_case_ids_with_control_characters_are_printed_escaped(runner, tmp_path):
+    """A mask named 'a\\nb.png' is a valid case; no output line may break at its newline."""
+    root = tmp_path / "ds"
+    write_png(root / "labels" / "a\nb.png", np.eye(20, dtype=np.uint8))
+    write_png(root / "labels" / "ok.png", np.eye(20, dtype=np.uint8))
+    assert runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"]).exit_code == 0
+    info = runner.invoke(cli, ["info", str(root / "skeletons.zarr")])
+    assert info.exit_code == 0 and "a\nb" not in info.stdout
+    assert [line.split()[0] for line in info.stdout.splitlines()[-2:]] == ["a\\nb", "ok"]
+    (root / "labels" / "a\nb.png").unlink()
+    verify = runner.invoke(cli, ["verify", str(root), "--no-data"])
+    assert verify.exit_code == 1 and "a\nb" not in verify.stdout
+    assert verify.stdout.splitlines()[0].startswith("orphan          a\\nb: ")
+    prune = runner.invoke(cli, ["build", str(root), "--prune", "--no-progress"])
+    assert prune.exit_code == 0 and "pruned 1: a\\nb\n" in prune.stdout

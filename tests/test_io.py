@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from skelprep.io import InputError, read_image, read_mask, split_suffix
+from skelprep.io import InputError, image_shape, read_image, read_mask, split_suffix
 
 from .helpers import EXAMPLES, write_png
 
@@ -179,3 +179,78 @@ def test_nifti_reads_the_same_with_zlib_as_with_isal(tmp_path, monkeypatch):
     np.testing.assert_array_equal(fast.array, volume)
     raw, digest = skio.read_bytes(path)
     assert digest == skio.file_sha256(path) and raw == path.read_bytes()
+
+
+def _nifti_with(path, **fields):
+    """A small valid NIfTI mask whose header fields are then set as given (nibabel's writer fixes none)."""
+    image = nib.Nifti1Image(np.ones((4, 5, 6), np.uint8), np.eye(4))
+    image.header["vox_offset"] = 352
+    for name, value in fields.items():
+        image.header[name] = value
+    if "srow_x" in fields:
+        image.header["sform_code"] = 1
+    path.write_bytes(image.header.binaryblock + b"\x00" * 4 + np.ones((4, 5, 6), np.uint8).tobytes("F"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"pixdim": [1, 1, np.nan, 1, 0, 0, 0, 0]}, "pixdim has NaN or infinite spacing"),
+        ({"pixdim": [1, 1, 1, np.inf, 0, 0, 0, 0]}, "pixdim has NaN or infinite spacing"),
+        ({"srow_x": [np.nan, 0, 0, 0]}, "affine .* is not finite"),
+    ],
+)
+def test_nifti_with_nan_or_infinite_geometry_rejected(tmp_path, fields, reason):
+    """NaN spacing would be written into the store's JSON as NaN, which is not JSON."""
+    path = _nifti_with(tmp_path / "m.nii", **fields)
+    for read in (read_mask, read_image):
+        with pytest.raises(InputError, match=reason) as err:
+            read(path)
+        assert str(err.value).startswith(str(path))
+
+
+def test_nifti_zero_and_negative_pixdim_read_as_nibabel_fixes_them(tmp_path):
+    """Legacy writers leave pixdim 0: read as spacing 1, a negative one as its absolute value."""
+    vol = read_mask(_nifti_with(tmp_path / "m.nii", pixdim=[1, 0, -2, 3, 0, 0, 0, 0]))
+    assert vol.spacing == (1.0, 2.0, 3.0) and (vol.array == 1).all()
+
+
+def test_multi_frame_png_rejected(tmp_path):
+    """An animated PNG is not read as its first frame without a word."""
+    frames = [Image.fromarray(np.full((6, 7), v, np.uint8)) for v in (0, 1, 2)]
+    frames[0].save(tmp_path / "a.png", save_all=True, append_images=frames[1:])
+    for read in (read_mask, read_image, image_shape):
+        with pytest.raises(InputError, match="has 3 frames"):
+            read(tmp_path / "a.png")
+
+
+def test_tiff_of_several_series_rejected(tmp_path):
+    """Pages of different shapes are separate series: reading the first alone would drop the rest."""
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 6), np.uint8))
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((7, 8), np.uint8), append=True)
+    for read in (read_mask, read_image, image_shape):
+        with pytest.raises(InputError, match="has 2 image series"):
+            read(tmp_path / "s.tif")
+
+
+def test_pil_errors_name_no_stream_object(tmp_path):
+    path = tmp_path / "text.png"
+    path.write_bytes(b"this is not an image")
+    with pytest.raises(InputError) as err:
+        read_mask(path)
+    assert str(err.value) == f"{path}: cannot read image (UnidentifiedImageError: cannot identify image file)"
+
+
+def test_image_header_gives_shape_dtype_and_samples(tmp_path):
+    from skelprep.io import image_header
+
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "rgb.png")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 1)), np.eye(4)), tmp_path / "f.nii.gz")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((5, 6, 3), np.uint16), photometric="rgb")
+    headers = {name: image_header(tmp_path / name) for name in ("rgb.png", "f.nii.gz", "rgb.tif")}
+    assert {n: (h.shape, h.dtype.name, h.samples, h.nbytes) for n, h in headers.items()} == {
+        "rgb.png": ((5, 6), "uint8", 3, 90),
+        "f.nii.gz": ((4, 5, 6), "float64", 1, 960),
+        "rgb.tif": ((5, 6), "uint16", 3, 180),
+    }

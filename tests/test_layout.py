@@ -107,3 +107,55 @@ def test_dataset_errors_name_the_parameter_not_a_cli_option(tmp_path):
         discover(tmp_path, images="*.png")
     assert raised.value.param == "masks" and "--" not in str(raised.value)
     assert LayoutError("x").param is None
+
+
+@pytest.mark.parametrize(
+    "labels, reason",
+    [
+        ({"background": 0, "vessel": 1, "ignore": True}, "label 'ignore' is true"),
+        ({"background": 0, "vessel": True}, "label 'vessel' is true"),
+        ({"background": 0, "vessel": 1.5}, "label 'vessel' is 1.5"),
+        ({"background": 0, "vessel": "1"}, "label 'vessel' is \"1\""),
+        ({"background": 0, "vessel": -1}, "label 'vessel' is -1"),
+        ({"background": 0, "vessel": 1, "ignore": 0}, "'ignore' label is 0; it must be a positive"),
+        ({"background": 0, "a": 1, "b": 2, "ignore": [1, 2]}, "'ignore' label is \\[1, 2\\]"),
+    ],
+)
+def test_nnunet_label_values_that_are_no_labels_are_refused(tmp_path, labels, reason):
+    """JSON's true would pass an int check as label 1 (as an ignore label: every tube empty)."""
+    root = _nnunet(tmp_path, labels)
+    write_png(root / "labelsTr" / "a.png", MASK)
+    with pytest.raises(LayoutError, match=reason) as raised:
+        discover(root)
+    assert str(raised.value).startswith(f"{root / 'dataset.json'}: invalid dataset.json")
+
+
+def test_nnunet_region_entries_name_no_label(tmp_path):
+    root = _nnunet(tmp_path, {"background": 0, "a": 1, "b": 2, "whole": [1, 2], "ignore": 3})
+    write_png(root / "labelsTr" / "a.png", MASK)
+    layout = discover(root)
+    assert layout.label_names == {0: "background", 1: "a", 2: "b", 3: "ignore"} and layout.ignore_label == 3
+
+
+def test_files_of_a_label_folder_that_are_no_masks_are_listed_as_skipped(tmp_path):
+    root = tmp_path / "g"
+    write_png(root / "labels" / "a.png", MASK)
+    (root / "labels" / "x.jpg").write_bytes(b"x")
+    (root / "labels" / "sub").mkdir()
+    (root / "labels" / "sub" / "notes.txt").write_text("x")
+    (root / "labels" / ".DS_Store").write_text("x")  # hidden: not an input
+    (root / "labels" / "old.zarr").mkdir()  # a store: not walked
+    (root / "labels" / "old.zarr" / "zarr.json").write_text("{}")
+    layout = discover(root)
+    assert [c.case_id for c in layout.cases] == ["a"]
+    reason = "not a mask file (.nii.gz, .nii, .png, .tif, .tiff)"
+    assert [str(s) for s in layout.skipped] == [
+        f"{root / 'labels' / 'sub' / 'notes.txt'}: {reason}",
+        f"{root / 'labels' / 'x.jpg'}: {reason}",
+    ]
+    nn = _nnunet(tmp_path, {"background": 0, "a": 1})
+    write_png(nn / "labelsTr" / "a.png", MASK)
+    write_png(nn / "labelsTr" / "b.tif", MASK)
+    assert [(s.path.name, s.reason) for s in discover(nn).skipped] == [
+        ("b.tif", "not a '.png' mask (the file_ending of dataset.json)")
+    ]

@@ -273,3 +273,25 @@ def test_recorded_paths_resolve_from_the_store_and_its_dataset(tmp_path):
     assert unknown.dataset_path is None and unknown.resolve("labels/a.png") is None
     remote = store(tmp_path / "s.zarr", "s3://b/raw/ds")
     assert remote.resolve("../x/a.png") == "s3://b/raw/x/a.png"
+
+
+def test_non_json_numbers_are_never_written(tmp_path):
+    """NaN and Infinity are not JSON: a strict reader would refuse the whole store."""
+    import json
+
+    from skelprep.writer import finalize_store, record_build
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+
+    out = str(tmp_path / "s.zarr")
+    root = record_build(out, {"params": {}})
+    tube = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_case(root, "c", tube=tube, thin=tube, attrs={"source": "c.png", "spacing": [1.0, float("nan")]})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        record_build(out, {"ratio": float("inf")})
+    nan_group = {"zarr_format": 3, "node_type": "group", "attributes": {"v": float("nan")}}
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        finalize_store(root, out, since={}, written={"e": nan_group})
+    strict(tmp_path / "s.zarr" / "zarr.json")
