@@ -16,8 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 
-# Doctests that need an optional package: skipped where it is not installed (``make test`` installs them all).
-_NEEDS = {"skelprep._flood.unreached": "numba"}
 # Modules that import an optional framework at import time: not collected without it.
 collect_ignore = [
     p
@@ -32,13 +30,6 @@ collect_ignore = [
     }.items()
     if importlib.util.find_spec(package) is None
 ]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        package = _NEEDS.get(item.name) if isinstance(item, pytest.DoctestItem) else None
-        if package is not None and importlib.util.find_spec(package) is None:
-            item.add_marker(pytest.mark.skip(reason=f"the example needs {package}"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Which foreground voxels are not connected to any seed voxel (numba, optional).
+"""Which foreground voxels are not connected to any seed voxel (a numba kernel).
 
 Used to find the connected components that thinning deleted whole: a flood fill
 from the skeleton through the foreground costs O(foreground), where labelling
@@ -8,13 +8,12 @@ every component of a sparse CT-size volume costs O(volume).
 from __future__ import annotations
 
 import numpy as np
-
-from skelprep._numba import HAVE_NUMBA, load_jit, njit
+from numba import njit
 
 __all__ = ["unreached"]
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _flood(state: np.ndarray, seeds: np.ndarray, offsets: np.ndarray, n_foreground: int) -> int:
     """Mark (1 -> 2) every foreground voxel connected to a seed; return how many were marked."""
     # state: 0 background, 1 foreground not yet reached, 2 reached. The border of
@@ -39,7 +38,7 @@ def _flood(state: np.ndarray, seeds: np.ndarray, offsets: np.ndarray, n_foregrou
     return tail
 
 
-def unreached(mask: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...] | None:
+def unreached(mask: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     """Coordinates of the voxels of ``mask`` not connected (8 in 2D, 26 in 3D) to a voxel of ``seeds``.
 
     Parameters
@@ -49,10 +48,9 @@ def unreached(mask: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...] | N
 
     Returns
     -------
-    tuple of ndarray or None
+    tuple of ndarray
         Index arrays (as from ``np.nonzero``) of the unreached voxels, which form
         whole connected components of ``mask`` without a seed; usually empty.
-        None when numba is not installed (callers then label components).
 
     Examples
     --------
@@ -62,9 +60,6 @@ def unreached(mask: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...] | N
     >>> [c.tolist() for c in unreached(mask, seeds)]
     [[3, 3], [4, 5]]
     """
-    if not HAVE_NUMBA:
-        return None
-    load_jit()
     padded = tuple(n + 2 for n in mask.shape)  # a background border: neighbours never wrap or leave
     state = np.zeros(padded, dtype=np.uint8)
     state[(slice(1, -1),) * mask.ndim] = mask

@@ -25,36 +25,23 @@ invalidated whenever one of its 26 neighbours is deleted. The tests are pure
 functions of the 3x3x3 neighbourhood, so the cache never changes the result; it
 spares re-testing the stable voxels six times per round.
 
-If numba is not installed, both functions fall back to scikit-image.
-
-numba is loaded on first use (:mod:`skelprep._numba`); :func:`thinning_work`
-is what its ``use_jit`` policy weighs.
+The kernels are numba functions, compiled with ``cache=True`` (a fresh process
+loads them from ``__pycache__``) and ``nogil=True`` (a build's threads run them
+in parallel). Importing this module imports numba.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from skelprep._numba import HAVE_NUMBA, load_jit, njit
+from numba import njit
 
 __all__ = [
-    "HAVE_NUMBA",
     "foreground_box",
     "thin_2d",
     "thin_3d",
     "thin_3d_flagged",
-    "thinning_work",
     "zhang_points",
 ]
-
-
-def thinning_work(mask: np.ndarray) -> int:
-    """The work :func:`skelprep._numba.use_jit` weighs: foreground voxels, 3D ones counted four times.
-
-    >>> thinning_work(np.ones((2, 3, 4), bool)), thinning_work(np.ones((5, 5), bool))
-    (96, 25)
-    """
-    return int(np.count_nonzero(mask)) * (4 if mask.ndim == 3 else 1)
 
 
 # --- Neighbourhood numbering --------------------------------------------------
@@ -120,7 +107,7 @@ _DELETABLE = 4  # simple, Euler invariant and not an endpoint
 _BORDER_STEPS = ((0, -1, 0), (0, 1, 0), (0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0))
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     """27-bit foreground code of the 3x3x3 neighbourhood of flat index ``i``."""
     code = 0
@@ -129,7 +116,7 @@ def _neighbourhood_code(img: np.ndarray, i: int, offsets: np.ndarray) -> int:
     return code
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _popcount(x: int) -> int:
     """Number of set bits of a non-negative integer below 2**32."""
     x = x - ((x >> 1) & 0x55555555)
@@ -138,7 +125,7 @@ def _popcount(x: int) -> int:
     return (x * 0x01010101 & 0xFFFFFFFF) >> 24
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _is_euler_invariant(code: int) -> bool:
     """Lee94 condition 1: removing the centre keeps the Euler characteristic."""
     euler = 0
@@ -151,7 +138,7 @@ def _is_euler_invariant(code: int) -> bool:
     return euler == 0
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _is_simple(code: int) -> bool:
     """Lee94 conditions 2-3: the 26 neighbours (centre removed) form <= 1 26-component.
 
@@ -175,7 +162,7 @@ def _is_simple(code: int) -> bool:
         comp = grown
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _classify(code: int) -> int:
     """State of a foreground voxel from its neighbourhood code."""
     if not _is_simple(code):
@@ -185,7 +172,7 @@ def _classify(code: int) -> int:
     return _DELETABLE
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _thin_flat(img: np.ndarray, fg: np.ndarray, offsets: np.ndarray, border_offsets: np.ndarray) -> int:
     """Thin the flat, zero-padded volume ``img`` in place.
 
@@ -289,13 +276,6 @@ def _as_mask(mask: np.ndarray, ndim: int, name: str) -> np.ndarray:
     return mask.astype(bool, copy=False)
 
 
-def _skimage_skeleton(mask: np.ndarray) -> np.ndarray:
-    """The no-numba path: scikit-image itself."""
-    from skimage.morphology import skeletonize
-
-    return skeletonize(mask).astype(bool, copy=False)
-
-
 def _padded_crop(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """(foreground box, bool copy of it with a zero margin of one voxel), or None if empty.
 
@@ -336,10 +316,6 @@ def thin_3d(mask: np.ndarray) -> np.ndarray:
     ------
     ValueError
         If ``mask`` is not 3D.
-
-    Notes
-    -----
-    Without numba this calls ``skimage.morphology.skeletonize``.
     """
     return thin_3d_flagged(mask)[0]
 
@@ -351,7 +327,7 @@ def thin_3d_flagged(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     it was deleted, which a component deleted whole must do (its last voxel).
     Then the search for such components can be skipped: on the benchmark's
     sparse 160x320x320 vessel volumes it took as long as the thinning (87 ms
-    against 50-90 ms). Without numba (scikit-image) the flag is always True.
+    against 50-90 ms).
 
     >>> bar = np.zeros((8, 8, 36), bool)
     >>> bar[2:4, 2:4, 3:33] = True        # an even-width bar: Lee deletes it whole
@@ -360,9 +336,6 @@ def thin_3d_flagged(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     (False, True)
     """
     mask = _as_mask(mask, 3, "thin_3d")
-    if not HAVE_NUMBA:
-        return _skimage_skeleton(mask), True
-    load_jit()
     out = np.zeros(mask.shape, dtype=bool)
     crop = _padded_crop(mask)
     if crop is None:
@@ -428,7 +401,7 @@ _ZS_LUT = np.array(
 _QUEUED = 4  # see _zhang_suen_flat
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _zs_code(img: np.ndarray, i: int, ncols: int) -> int:
     """LUT code of pixel ``i``: bit k set iff its k-th neighbour (NW, N, NE, E, SE, S, SW, W) is 1."""
     # Unrolled, and ``& 1``: a deleted pixel holds 2 (see _zhang_suen_flat), which reads as background.
@@ -444,7 +417,7 @@ def _zs_code(img: np.ndarray, i: int, ncols: int) -> int:
     )
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> bool:
     """Zhang-Suen-thin the flat, zero-padded image ``img`` in place.
 
@@ -525,7 +498,7 @@ def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> bool:
     return stranded
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _zhang_points(mask: np.ndarray, n_fg: int) -> tuple[np.ndarray, np.ndarray]:
     """(skeleton, orphans) of a 2D 0/1 uint8 ``mask`` with ``n_fg`` foreground pixels: see :func:`zhang_points`."""
     height, width = mask.shape
@@ -606,8 +579,6 @@ def _zhang_points(mask: np.ndarray, n_fg: int) -> tuple[np.ndarray, np.ndarray]:
 def zhang_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`thin_2d` as flat indices, and the foreground pixels no skeleton pixel reaches.
 
-    Needs numba (:data:`HAVE_NUMBA`); loads the kernels.
-
     Parameters
     ----------
     mask : ndarray, 2D
@@ -639,7 +610,6 @@ def zhang_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     [[11, 15, 16, 17], []]
     """
     mask = _as_mask(mask, 2, "zhang_points")
-    load_jit()
     n_fg = int(np.count_nonzero(mask))
     if n_fg == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -681,12 +651,8 @@ def thin_2d(mask: np.ndarray) -> np.ndarray:
     deletable. The image is first cropped to the foreground bounding box plus a
     one-pixel zero margin, which is exact because every test reads a 3x3
     neighbourhood and thinning only deletes.
-
-    Without numba this calls ``skimage.morphology.skeletonize``.
     """
     mask = _as_mask(mask, 2, "thin_2d")
-    if not HAVE_NUMBA:
-        return _skimage_skeleton(mask)
     out = np.zeros(mask.shape, dtype=bool)
     out.reshape(-1)[zhang_points(mask)[0]] = True
     return out

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -287,7 +286,7 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
 def _skeleton_targets():
     """:func:`skelprep.skeleton.skeleton_targets`, imported where a case is computed (or as set here).
 
-    The core pulls in scipy (and numba, on first use): an up-to-date rerun never needs it.
+    The core pulls in scipy and numba: an up-to-date rerun never needs it.
     """
     fn = globals().get("skeleton_targets")
     if fn is None:
@@ -646,60 +645,6 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
     return all(store.attrs.get(k) == v for k, v in attrs.items())
 
 
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
-# Pixels of 2D masks worth numba's start (0.5-0.75 s on 2 cores: import 0.3-0.4 s, first call 0.2-0.35 s):
-# a CHASE_DB1 vessel mask of 960x999 thins in 85 ms with scikit-image and 12 ms with the
-# kernels, a 640x1024 road-crack map in 580 ms and 38 ms; eight vessel masks repay the start.
-_PREWARM_2D_PIXELS = 8_000_000
-
-
-def _prewarm_kernels(jobs: list[CaseJob], params: BuildParams, run_options: dict[str, Any]) -> None:
-    """Start loading the numba kernels now, beside the plan's end and the first reads, when they pay.
-
-    They pay for Lee thinning in 3D almost always, and for 2D masks of
-    :data:`_PREWARM_2D_PIXELS` or more in all (summed from the headers of the
-    first masks until reached). Loading runs each kernel once
-    (:func:`skelprep.skeleton.load_kernels`), so no case pays numba's start.
-    Smaller builds are left to :func:`skelprep._numba.use_jit`'s policy. Dask
-    workers load their own.
-    """
-    from skelprep import _numba
-    from skelprep.runner import execution
-
-    how = execution(
-        run_options.get("workers"), run_options.get("scheduler"), run_options.get("memory_limit"), len(jobs)
-    )
-    if not _numba.HAVE_NUMBA or how not in ("serial", "threads") or _numba.jit_loaded():
-        return
-    volumes = any(job.case.mask.name.lower().endswith(_VOLUME_SUFFIXES) for job in jobs)
-    if volumes or _pixels_reach(jobs, _PREWARM_2D_PIXELS):
-        # Only the kernels the masks use: with their cache missing, the other dimension's
-        # would compile for seconds, and the build's exit waits for them (load_in_background).
-        ndims = (3,) if volumes and params.slice_axis is None else (2,)
-        _numba.load_in_background(then=functools.partial(_run_kernels_once, ndims))
-
-
-def _pixels_reach(jobs: list[CaseJob], pixels: int) -> bool:
-    """Whether the masks of ``jobs`` hold at least ``pixels`` pixels (headers only, ~0.1 ms a PNG)."""
-    total = 0
-    for job in jobs:
-        if isinstance(job.case.mask, RemotePath):  # a header is a request: count cases of 512x512
-            return len(jobs) * 512 * 512 >= pixels
-        try:
-            total += math.prod(image_shape(job.case.mask))
-        except InputError:  # the case fails on its own later
-            continue
-        if total >= pixels:
-            return True
-    return False
-
-
-def _run_kernels_once(ndims: tuple[int, ...]) -> None:
-    from skelprep.skeleton import load_kernels  # the core's import too runs in the loading thread
-
-    load_kernels(ndims)
-
-
 def _write_phase(
     report: BuildReport,
     out: str,
@@ -714,7 +659,6 @@ def _write_phase(
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
-    _prewarm_kernels(jobs, params, run_options)  # first: the writer's imports take 0.15-0.2 s
     from skelprep.writer import delete_case, finalize_store
 
     root = _open_for_build(out, {**attrs, "versions": _versions()})

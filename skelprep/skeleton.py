@@ -1,7 +1,7 @@
 """Tubed skeletons of label maps: the target of the Skeleton Recall loss.
 
-Pure functions on numpy arrays (numpy, scipy and scikit-image; the numba kernels
-of :mod:`skelprep._thinning` and the one here where loaded, see :mod:`skelprep._numba`;
+Pure functions on numpy arrays (numpy, scipy and numba: the kernels of
+:mod:`skelprep._thinning` and :mod:`skelprep._flood`, and the tube's scatter here;
 no I/O). Internally a skeleton travels as the ascending flat indices of its voxels:
 a vessel's skeleton is ~1-2 % of the array, so scattering the targets from its
 indices costs a fraction of passes over whole arrays.
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numba import njit
 
-from skelprep import _numba, _thinning
 from skelprep._flood import unreached
-from skelprep._numba import njit
-from skelprep._thinning import foreground_box, thin_2d, thin_3d_flagged, thinning_work, zhang_points
+from skelprep._thinning import foreground_box, thin_2d, thin_3d_flagged, zhang_points
 
 __all__ = [
     "SkeletonTargets",
@@ -38,7 +37,6 @@ __all__ = [
     "tubed_skeleton",
     "tube_from_thin",
     "skeletonize_mask",
-    "load_kernels",
 ]
 
 Mode = Literal["joint", "per-class"]
@@ -86,22 +84,14 @@ def _check_labels(labels: np.ndarray, *, allow_ndim: tuple[int, ...] = (2, 3)) -
 
 
 def _skeletonize_raw(mask: np.ndarray) -> tuple[np.ndarray, bool]:
-    """scikit-image's skeleton of a binary mask (Zhang 2D, Lee 3D), computed on its bounding box.
+    """scikit-image's skeleton of a binary mask (Zhang 2D, Lee 3D), and whether a component may be deleted whole.
 
-    Both thinnings treat the outside of the array as background and only look at
-    3x3(x3) neighbourhoods, so cropping with a one-voxel margin is exact. The flag:
-    whether a component may have been deleted whole (False only where numba's Lee
-    thinning tells it was not, see :func:`skelprep._thinning.thin_3d_flagged`).
+    The flag is False only where Lee thinning tells that none was (see
+    :func:`skelprep._thinning.thin_3d_flagged`).
     """
-    if _numba.use_jit(thinning_work(mask)):  # numba, once it pays (see _numba.use_jit)
-        if mask.ndim == 3:
-            return thin_3d_flagged(mask)  # the numba thinnings crop to the foreground themselves
-        return thin_2d(mask), True
-    out = np.zeros(mask.shape, dtype=bool)
-    box = foreground_box(mask, margin=1)
-    if box is not None:
-        out[box] = _thinning._skimage_skeleton(mask[box])
-    return out, True
+    if mask.ndim == 3:
+        return thin_3d_flagged(mask)
+    return thin_2d(mask), True
 
 
 def _fallback_skeleton(component: np.ndarray) -> np.ndarray:
@@ -190,7 +180,7 @@ def _points_mask(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _skeleton_points(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`skeletonize_mask` as (ascending flat indices of the skeleton, fallback count)."""
-    if mask.ndim == 2 and _numba.use_jit(thinning_work(mask)):
+    if mask.ndim == 2:
         # One kernel thins and floods from the skeleton (2.2 + 2.2 ms -> 2.6 ms for a 512x512
         # vessel crop): no numpy pass over the image between the two.
         skeleton, orphans = zhang_points(mask)
@@ -204,28 +194,24 @@ def _skeleton_points(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _skeletonize_checked(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """:func:`skeletonize_mask` by thinning to an array, then checking every component (3D, no numba)."""
+    """:func:`skeletonize_mask` of a 3D mask: thinning to an array, then the components it deleted whole."""
     thin, maybe_deleted = _skeletonize_raw(mask)
     box = foreground_box(mask, margin=0)
     if box is None or not maybe_deleted:  # no component was deleted whole: nothing to check
         return thin, 0
     thin_box = thin[box]  # a view: writes land in ``thin``
-    # flood fill from the skeleton, O(foreground), where the numba kernels are loaded
-    orphans = unreached(mask[box], thin_box) if _numba.jit_loaded() else None
-    if orphans is None:  # no numba (yet): label every component instead
-        candidates = mask[box]
-    elif orphans[0].size == 0:  # the usual case: every voxel is reached from the skeleton
+    orphans = unreached(mask[box], thin_box)  # flood fill from the skeleton, O(foreground)
+    if orphans[0].size == 0:  # the usual case: every voxel is reached from the skeleton
         return thin, 0
-    else:  # the unreached voxels are exactly the components without a skeleton
-        candidates = np.zeros(thin_box.shape, dtype=bool)
-        candidates[orphans] = True
+    candidates = np.zeros(thin_box.shape, dtype=bool)  # exactly the components without a skeleton
+    candidates[orphans] = True
     return thin, _add_fallbacks(thin_box, candidates)
 
 
 def _add_fallbacks(thin: np.ndarray, candidates: np.ndarray) -> int:
     """Give each component of ``candidates`` without a ``thin`` voxel a fallback skeleton, in place.
 
-    ``candidates``: the foreground, or the part of it no skeleton voxel reaches.
+    ``candidates``: the foreground voxels no skeleton voxel reaches.
     Returns how many components needed it.
     """
     missing = _components_without(candidates, thin)
@@ -320,21 +306,14 @@ def _dilate_l1(mask: np.ndarray, radius: int, slice_axis: int | None) -> np.ndar
     return out
 
 
-def _labelled(coords: tuple[np.ndarray, ...], labels: np.ndarray) -> np.ndarray:
-    """``mask * labels`` for the mask with voxels ``coords``, touching only those voxels."""
-    out = np.zeros(labels.shape, dtype=labels.dtype)
-    out[coords] = labels[coords]
-    return out
-
-
 def _labelled_flat(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """:func:`_labelled` for flat (C-order) indices ``points``."""
+    """``mask * labels`` for the mask with flat (C-order) indices ``points``, touching only those voxels."""
     out = np.zeros(labels.shape, dtype=labels.dtype)
     out.reshape(-1)[points] = labels.take(points)  # take: flat C-order indices, any memory layout
     return out
 
 
-@njit
+@njit(cache=True, nogil=True)
 def _ball_points(points: np.ndarray, shape: np.ndarray, offsets: np.ndarray, mark: np.ndarray) -> np.ndarray:
     """Flat indices, each once, of the voxels at ``offsets`` from ``points``, clipped to ``shape``.
 
@@ -376,21 +355,13 @@ def _targets_from_points(
     thin = _labelled_flat(points, labels)
     if radius == 0:
         return thin, thin.copy()
-    if _numba.jit_loaded():
-        # The L1 ball around every skeleton voxel, clipped, each voxel once: 0.2 ms for a
-        # 512x512 vessel crop, where index arrays in numpy took 1.2 ms and scipy's dense
-        # dilation (the quarter of crops too dense for them) 6 ms.
-        offsets = _l1_offsets(labels.ndim, radius, slice_axis).astype(np.int64)
-        mark = np.zeros(labels.size, dtype=np.uint8)
-        tube_points = _ball_points(points, np.array(labels.shape, dtype=np.int64), offsets, mark)
-        return thin, _labelled_flat(tube_points, labels)
-    if _sparse_enough(points.size, radius, labels.ndim, slice_axis, labels.size):
-        seeds = np.unravel_index(points, labels.shape)
-        tube = _labelled(_dilated_coords(seeds, labels.shape, radius, slice_axis), labels)
-    else:
-        thin_mask = _points_mask(points, labels.shape)
-        tube = _dilate_l1(thin_mask, radius, slice_axis) * labels
-    return thin, tube
+    # The L1 ball around every skeleton voxel, clipped, each voxel once: 0.2 ms for a
+    # 512x512 vessel crop, where index arrays in numpy took 1.2 ms and scipy's dense
+    # dilation (the quarter of crops too dense for them) 6 ms.
+    offsets = _l1_offsets(labels.ndim, radius, slice_axis).astype(np.int64)
+    mark = np.zeros(labels.size, dtype=np.uint8)
+    tube_points = _ball_points(points, np.array(labels.shape, dtype=np.int64), offsets, mark)
+    return thin, _labelled_flat(tube_points, labels)
 
 
 def tube_from_thin(
@@ -476,37 +447,6 @@ def _thin_mask(labels: np.ndarray, mode: str, slice_axis: int | None) -> tuple[n
         thin[box] |= class_thin
         total += n
     return thin, total
-
-
-def load_kernels(ndims: tuple[int, ...] = (2, 3)) -> None:
-    """Load the numba kernels and run each once, so the next call of any size runs compiled.
-
-    Loading binds the cached kernels (:func:`skelprep._numba.load_jit`); the first
-    call of each still costs numba's target set-up and cache reads: 0.2-0.3 s on a
-    512x512 mask, beside numba's 0.3-0.4 s import. A build calls this in a background
-    thread while its first masks are read. Without numba this does nothing: the
-    scikit-image path needs no start.
-
-    Parameters
-    ----------
-    ndims : tuple of int
-        Which kernels to run: 2 (Zhang) and/or 3 (Lee).
-
-    Examples
-    --------
-    >>> load_kernels((2,))
-    >>> int(skeleton_targets(np.eye(8, dtype=np.uint8)).thin.sum())
-    8
-    """
-    if not _numba.HAVE_NUMBA:
-        return
-    _numba.load_jit()
-    for ndim in ndims:
-        bar = np.zeros((5,) * ndim, np.uint8)
-        bar[(2,) * (ndim - 1) + (slice(1, 4),)] = 1  # a line: the thinning and the tube's scatter
-        skeleton_targets(bar)
-        if ndim == 3:  # the flood for components deleted whole, which a line's thinning never runs
-            unreached(bar > 0, bar > 0)
 
 
 def skeleton_targets(

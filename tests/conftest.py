@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from skelprep import _numba
-
 from .helpers import EXAMPLES, copy_dataset
-
-# The tests run the numba kernels wherever numba is installed, as they always did; a build
-# process loads them only once the work pays (skelprep._numba.use_jit, tested in test_thinning).
-if _numba.HAVE_NUMBA:
-    _numba.load_jit()
 
 
 @pytest.fixture

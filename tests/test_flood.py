@@ -7,9 +7,6 @@ import pytest
 from scipy import ndimage as ndi
 
 from skelprep._flood import unreached
-from skelprep._numba import HAVE_NUMBA
-
-pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="the flood fill needs numba")
 
 
 def test_doctest_example():

@@ -65,30 +65,3 @@ def test_public_api():
     for name in skelprep.__all__:
         assert getattr(skelprep, name) is not None
     assert callable(skelprep.open_store)
-
-
-def test_loading_the_kernels_skips_numbas_blas_probe() -> None:
-    """numba's start imports no scipy.linalg (0.2-0.25 s), and numba's BLAS users still work."""
-    pytest.importorskip("numba")
-    code = (
-        "import sys, numpy as np, numba\n"
-        "from skelprep import skeleton\n"
-        "skeleton.load_kernels((2,))\n"
-        "assert 'scipy.linalg' not in sys.modules\n"
-        "f = numba.njit(lambda a, m: (np.convolve(a, a), np.dot(m, m), np.linalg.inv(m)))\n"
-        "a, m = np.arange(5.0), np.array([[2.0, 1.0], [1.0, 3.0]])\n"
-        "for got, want in zip(f(a, m), (np.convolve(a, a), m @ m, np.linalg.inv(m))):\n"
-        "    assert np.allclose(got, want), (got, want)\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_loading_the_3d_kernels_loads_the_flood_too() -> None:
-    """A 3D build's preload leaves no kernel to load mid-build: the flood for components deleted whole included."""
-    pytest.importorskip("numba")
-    code = (
-        "from skelprep import _flood, _thinning, skeleton\n"
-        "skeleton.load_kernels((3,))\n"
-        "assert _thinning._thin_flat.signatures and _flood._flood.signatures\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -222,14 +222,15 @@ def _sparse_volume(seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_flood_fill_and_labelling_find_the_same_components(monkeypatch, seed):
+def test_the_fallback_goes_to_exactly_the_components_lee_deletes(seed):
+    """The flood fill from the skeleton finds every component scikit-image's Lee thinning deleted whole."""
     labels = _sparse_volume(seed)
-    flooded = skeleton_targets(labels)  # numba flood fill from the skeleton
-    monkeypatch.setattr(skelprep.skeleton, "unreached", lambda mask, seeds: None)  # as without numba
-    labelled = skeleton_targets(labels)  # ndi.label of every component
-    assert flooded.fallback_components == labelled.fallback_components >= 2
-    np.testing.assert_array_equal(flooded.thin, labelled.thin)
-    np.testing.assert_array_equal(flooded.tube, labelled.tube)
+    targets = skeleton_targets(labels)
+    components, n = ndi.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    deleted = n - np.count_nonzero(np.unique(components[skeletonize(labels > 0)]))
+    assert targets.fallback_components == deleted >= 2
+    assert set(np.unique(components[targets.thin > 0]).tolist()) == set(range(1, n + 1))
+    assert_parity_where_kept(labels, targets, deleted)
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3])
@@ -250,33 +251,23 @@ def test_scattered_and_dense_dilation_agree(monkeypatch, radius, slice_axis):
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 3])
 @pytest.mark.parametrize("slice_axis", [None, 1])
-def test_numba_and_numpy_scatter_give_the_same_targets(monkeypatch, radius, slice_axis):
-    """The numba ball scatter (kernels loaded) equals the numpy paths, sparse and dense."""
-    from skelprep import _numba
-
-    if not _numba.HAVE_NUMBA:
-        pytest.skip("needs numba")
+def test_the_tube_scatter_equals_the_dilations(monkeypatch, radius, slice_axis):
+    """The targets' ball scatter (a kernel) equals tube_from_thin's numpy and scipy dilations."""
     labels = _sparse_volume(1)
     labels[0, 0, :3] = labels[-1, -1, -3:] = 2  # skeleton voxels on the array corners: clipping
     cases = [labels.astype(np.uint16), labels[25].astype(np.int32), labels[:, :, ::-1]]  # 3D, 2D, strided
     for case in cases if slice_axis is None else cases[:1]:
-        jit = skeleton_targets(case, radius=radius, slice_axis=slice_axis)
+        targets = skeleton_targets(case, radius=radius, slice_axis=slice_axis)
         for factor in (0, 10**9):  # numpy: scattered index arrays, then scipy's dense dilation
             with monkeypatch.context() as m:
-                m.setattr(_numba, "jit_loaded", lambda: False)
                 m.setattr(skelprep.skeleton, "_SPARSE_DILATE_FACTOR", factor)
-                plain = skeleton_targets(case, radius=radius, slice_axis=slice_axis)
-            assert jit.tube.dtype == plain.tube.dtype == case.dtype
-            np.testing.assert_array_equal(jit.thin, plain.thin)
-            np.testing.assert_array_equal(jit.tube, plain.tube)
+                tube = tube_from_thin(targets.thin > 0, radius, case, slice_axis=slice_axis)
+            assert targets.tube.dtype == tube.dtype == case.dtype
+            np.testing.assert_array_equal(targets.tube, tube)
 
 
 def test_2d_components_the_thinning_deletes_get_the_fallback(monkeypatch):
     """The 2D kernel's orphans (none in practice: Zhang-Suen keeps every component) get the fallback."""
-    from skelprep import _numba
-
-    if not _numba.HAVE_NUMBA:
-        pytest.skip("needs numba")
     mask = np.zeros((20, 30), bool)
     mask[3:6, 2:20] = True
     mask[10:16, 5:25] = True

@@ -35,7 +35,7 @@ def assert_same_as_skimage(mask: np.ndarray) -> np.ndarray:
     diff = np.argwhere(got != expected)
     assert diff.size == 0, f"{len(diff)} voxels differ, first at {diff[:5].tolist()}"
     deleted_whole = unreached_pixels(mask.astype(bool), expected)
-    if mask.ndim == 2 and _thinning.HAVE_NUMBA:
+    if mask.ndim == 2:
         assert _thinning.zhang_points(mask)[1].tolist() == deleted_whole.tolist()
     if mask.ndim == 3:  # unflagged: no component was deleted whole
         assert _thinning.thin_3d_flagged(mask)[1] or not deleted_whole.size
@@ -212,8 +212,6 @@ def test_hypothesis_dense_noise(seed: int, density: float, shape: tuple[int, int
 def test_simple_point_test_is_26_connectivity() -> None:
     # The kernel counts the 26-components of the neighbourhood minus its centre
     # with bit tricks; check that against scipy's labelling.
-    if not _thinning.HAVE_NUMBA:
-        pytest.skip("numba kernels not available")
     rng = np.random.default_rng(0)
     k = np.arange(27)
     draw = lambda: rng.integers(0, 1 << 27, 500)  # noqa: E731
@@ -236,28 +234,6 @@ def test_octa_labels() -> None:
     mask = tifffile.imread(OCTA_LABELS) > 0
     assert mask.ndim == 3
     assert assert_same_as_skimage(mask).any()
-
-
-@pytest.mark.parametrize("ndim", [3, 2])
-def test_fallback_without_numba(monkeypatch: pytest.MonkeyPatch, ndim: int) -> None:
-    import skimage.morphology
-
-    calls = []
-
-    def spy(image, **kwargs):
-        calls.append(image.shape)
-        return skeletonize(image, **kwargs)
-
-    monkeypatch.setattr(skimage.morphology, "skeletonize", spy)
-    monkeypatch.setattr(_thinning, "HAVE_NUMBA", False)
-    if ndim == 3:
-        mask, thin = random_tubes((16, 18, 20), 4, (1.0, 3.0), seed=3), thin_3d
-    else:
-        mask, thin = random_blobs((30, 40), 0.5, sigma=2.0, seed=11), thin_2d
-    got = thin(mask.astype(np.uint8))
-    assert calls == [mask.shape]
-    assert got.dtype == bool
-    np.testing.assert_array_equal(got, skeletonize(mask))
 
 
 # --- 2D only: Zhang-Suen thinning (the tests above run both dimensions) ---------
@@ -340,7 +316,6 @@ def test_zhang_points_floods_only_when_a_pass_strands_a_pixel(monkeypatch: pytes
     mask[1:4, 1:6] = True  # thinned to a line
     mask[6:8, 8:11] = True  # deleted whole by the stand-in thinning below
     deleted = {}
-    _thinning.load_jit()
     real = _thinning._zhang_suen_flat
 
     def thinning(img: np.ndarray, todo: np.ndarray, ncols: int) -> bool:
@@ -364,108 +339,3 @@ def test_2d_real_masks(path: Path) -> None:
     mask = read_png_mask(path)
     assert mask.any()
     assert assert_same_as_skimage(mask).any()
-
-
-def test_use_jit_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """scikit-image for small arrays until the process has thinned enough; then the kernels load."""
-    import threading
-    import time
-
-    from skelprep import _numba
-
-    loads = []
-    monkeypatch.setattr(_numba, "HAVE_NUMBA", True)
-    monkeypatch.setattr(_numba, "_ready", threading.Event())
-    monkeypatch.setattr(_numba, "_loading", False)
-    monkeypatch.setattr(_numba, "_work_without_jit", 0)
-    monkeypatch.setattr(_numba, "load_jit", lambda: loads.append(1) or _numba._ready.set())
-    small = _numba.JIT_AFTER_WORK // 5 + 1
-    for _ in range(4):
-        assert not _numba.use_jit(small)
-    assert not _numba.use_jit(small)  # the fifth crosses the budget: loading starts in the background
-    for _ in range(100):
-        if _numba.jit_loaded():
-            break
-        time.sleep(0.01)
-    assert loads == [1] and _numba.use_jit(small)
-    monkeypatch.setattr(_numba, "_ready", threading.Event())
-    assert _numba.use_jit(_numba.JIT_AFTER_WORK // 4)  # one array that pays alone: loaded at once
-    monkeypatch.setattr(_numba, "HAVE_NUMBA", False)
-    assert not _numba.use_jit(10 * _numba.JIT_AFTER_WORK)
-
-
-def test_load_in_background_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """While a background load runs, every array waits for it, however small."""
-    import threading
-
-    from skelprep import _numba
-
-    gate, warmed = threading.Event(), threading.Event()
-
-    def slow_load() -> None:
-        gate.wait(5)
-        _numba._ready.set()
-
-    monkeypatch.setattr(_numba, "HAVE_NUMBA", True)
-    monkeypatch.setattr(_numba, "_ready", threading.Event())
-    monkeypatch.setattr(_numba, "_awaited", None)
-    monkeypatch.setattr(_numba, "_work_without_jit", 0)
-    monkeypatch.setattr(_numba, "load_jit", slow_load)
-    _numba.load_in_background(then=warmed.set)
-    _numba.load_in_background(then=warmed.set)  # a second request starts nothing
-    loaders = [t for t in threading.enumerate() if t.name == "skelprep-load-numba"]
-    assert len(loaders) == 1 and not loaders[0].daemon  # the exit waits for a compile (see its docstring)
-    assert not gate.is_set()
-    threading.Timer(0.05, gate.set).start()
-    assert _numba.use_jit(10)  # a small array too waits for the load: True once it is done
-    assert gate.is_set() and _numba._work_without_jit == 0  # no scikit-image meanwhile
-    assert warmed.wait(5) and _numba.use_jit(_numba.JIT_AFTER_WORK)
-
-
-def test_load_in_background_failure_is_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
-    from skelprep import _numba
-
-    def broken() -> None:
-        raise ImportError("numba is broken")
-
-    monkeypatch.setattr(_numba, "HAVE_NUMBA", True)
-    monkeypatch.setattr(_numba, "_ready", threading.Event())
-    monkeypatch.setattr(_numba, "_awaited", None)
-    monkeypatch.setattr(_numba, "load_jit", broken)
-    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's traceback
-    _numba.load_in_background()
-    assert not _numba.use_jit(_numba.JIT_AFTER_WORK)  # scikit-image, no hang
-
-
-def test_both_thinnings_give_skeleton_targets_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whichever thinning use_jit picks, the targets are identical."""
-    import skelprep
-
-    labels = np.zeros((40, 60), np.uint8)
-    labels[10:14, 5:55] = 1
-    labels[5:35, 30:33] = 2
-    jit = skelprep.skeleton_targets(labels)
-    monkeypatch.setattr(skelprep.skeleton._numba, "use_jit", lambda work: False)
-    plain = skelprep.skeleton_targets(labels)
-    np.testing.assert_array_equal(jit.tube, plain.tube)
-    np.testing.assert_array_equal(jit.thin, plain.thin)
-
-
-def test_a_kernel_defined_after_loading_is_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading the kernels before a kernel module is imported must not leave that one in Python."""
-    import threading
-
-    from skelprep import _numba
-
-    if not _numba.HAVE_NUMBA:
-        pytest.skip("needs numba")
-    _numba.load_jit()
-
-    def late(x):
-        return x + 1
-
-    compiled = _numba.njit(late)
-    assert compiled is not late and compiled(1) == 2 and hasattr(compiled, "py_func")
-    assert isinstance(_numba._lock, type(threading.Lock()))

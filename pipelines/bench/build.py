@@ -57,25 +57,19 @@ def _cluster_probe() -> dict[str, Any]:
     t2 = time.perf_counter()
     _thinning.thin_3d(cube)
     second = time.perf_counter() - t2
-    stats = {}
-    if _thinning.HAVE_NUMBA:
-        hits = misses = 0
-        for value in vars(_thinning).values():
-            s = getattr(value, "stats", None)
-            if s is not None and hasattr(s, "cache_hits"):
-                hits += sum(s.cache_hits.values())
-                misses += sum(s.cache_misses.values())
-        stats = {
-            "cache_path": _thinning._thin_flat.stats.cache_path,
-            "cache_hits": hits,
-            "cache_misses": misses,
-        }
+    hits = misses = 0
+    for value in vars(_thinning).values():
+        s = getattr(value, "stats", None)
+        if s is not None and hasattr(s, "cache_hits"):
+            hits += sum(s.cache_hits.values())
+            misses += sum(s.cache_misses.values())
     return {
         "import_s": imported,
         "first_call_s": first,
         "second_call_s": second,
-        "numba": _thinning.HAVE_NUMBA,
-        **stats,
+        "cache_path": _thinning._thin_flat.stats.cache_path,
+        "cache_hits": hits,
+        "cache_misses": misses,
         "pid": os.getpid(),
     }
 
