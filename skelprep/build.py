@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
