@@ -89,3 +89,33 @@ def test_two_builds_started_at_once(crash_dataset, tmp_path):
     assert check_store(out, expected) == (N_CASES, 0)
     assert all(c.state == "ok" for c in verify(dataset, out))
     assert sorted(open_store(out).attrs["cases"]) == sorted(expected)
+
+
+def test_a_store_reached_through_a_symlink_or_another_spelling_is_the_same_store(crash_dataset, tmp_path):
+    dataset, expected = crash_dataset
+    (tmp_path / "real").mkdir()
+    out = tmp_path / "real" / "store.zarr"
+    first = start_build(dataset, out)
+    wait_for_a_write(first, out, 0)
+    os.killpg(first.pid, signal.SIGSTOP)  # paused, it holds its lock as a running build does
+    try:
+        assert first.poll() is None
+        link = tmp_path / "link.zarr"
+        link.symlink_to(out)  # the store folder itself reached through a symlink
+        (tmp_path / "alias").symlink_to(tmp_path / "real")
+        spellings = [link, f"{link}/", tmp_path / "alias" / ".." / "link.zarr", os.path.relpath(link)]
+        assert all(store_is_busy(s) for s in spellings)
+        second = subprocess.run(
+            CLI + ["build", str(dataset), "--out", str(link), "--force", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr == f"skelprep: error: {link}: {LOCKED}\n"
+    code, stdout, stderr = _finish(first)
+    assert code == 0 and f"{N_CASES} built" in stdout, stderr
+    assert check_store(out, expected) == (N_CASES, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "link.zarr", "real"]  # no link.zarr.lock
