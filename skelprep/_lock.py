@@ -12,7 +12,8 @@ cannot be written (a full disk, no permission) ends the build in one
 :class:`~skelprep.runner.BuildError` line naming the store, before anything is written.
 
 An S3 store gets a lease object instead (:mod:`skelprep._lease`: conditional
-puts, renewed while the build runs). Other remote stores
+puts, renewed while the build runs); :func:`lease_lost` tells a case write in the
+process that holds it whether it may still start. Other remote stores
 (``gs://``, ...) are not locked: one builder per store is then the user's job.
 
 The lock file also says how the last build into a local store ended: ``building``
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
 # skelprep._lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
 # same again to compile it where no bytecode is cached) is imported for remote stores only.
 
-__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "remove_partial_files"]
+__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "lease_lost", "remove_partial_files"]
+
+_LEASES: dict[str, Lease] = {}  # the leases this process holds, by store path as given to store_lock
 
 
 def is_local(path: str) -> bool:
@@ -119,9 +122,11 @@ def store_lock(path: str) -> Iterator[HeldLock]:
             lease.acquire()
         except LeaseError as exc:
             raise BuildError(str(exc)) from exc
+        _LEASES[path] = lease
         try:
             yield HeldLock(path, lease)
         finally:
+            del _LEASES[path]
             lease.release()
         return
     folder, lock = Path(path.removeprefix("file://")), _lock_path(path)
@@ -175,6 +180,15 @@ def _rewrite(handle, text: str) -> None:
     """
     os.ftruncate(handle.fileno(), 0)
     os.write(handle.fileno(), text.encode())
+
+
+def lease_lost(path: str) -> str | None:
+    """Why the lease this process holds on the store at ``path`` is lost; None while it holds (or for none).
+
+    A case write in this process checks it before it starts (see :mod:`skelprep._lease`).
+    """
+    lease = _LEASES.get(path)
+    return lease.lost if lease is not None else None
 
 
 def store_is_busy(path: str | os.PathLike) -> bool:
