@@ -13,23 +13,41 @@ the server, so two builders on different machines cannot both win:
   of several builders taking it over at once exactly one succeeds. A live lease
   refuses the build in one line, naming its holder.
 - **renew**: a thread rewrites the lease every ``ttl / 4`` seconds with
-  ``If-Match: <our ETag>``. If that fails (412), someone took the lease over:
-  the build is told through :attr:`Lease.lost` and refuses to finalize.
-- **release**: ``DeleteObject If-Match: <our ETag>`` at the end of the build.
+  ``If-Match: <our ETag>``. If that fails (412) and the lease's record names
+  another owner, someone took the lease over (if it names us, our own write's
+  answer was lost on the way: its ETag is ours). Any other failure of a request
+  (refused or dropped connections, timeouts, server errors: whatever botocore
+  or s3fs raise) is retried, every ``ttl / 8`` seconds, while the build goes on.
+- **lost**: taken over, or not renewed for ``ttl * 3/4`` seconds on this
+  machine's monotonic clock (with a suspended machine's sleep, on Linux),
+  counted from when the last successful write was sent (the server's
+  ``LastModified`` is later, so the lease lasts at least ``ttl`` from then):
+  :attr:`Lease.lost` then says why, in one line ("cannot renew the lease <url>
+  since <n> s: <first line of the error>"), and stays set, even if a later
+  renewal gets through. It does not wait for a hung request.
+- **release**: ``DeleteObject If-Match: <our ETag>`` at the end of the build
+  (not once lost: a lease left behind expires after ``ttl``).
 
 What it guarantees: while a build keeps renewing, no other skelprep build can
 start on the store; a killed build blocks the store for at most ``ttl`` seconds
 (60 by default, ``SKELPREP_LEASE_TTL`` to change) after its last renewal, then the
-next build takes over.
+next build takes over. A build whose lease is lost starts no further case write
+in its own process (serial and threaded builds: :func:`skelprep._lock.lease_lost`
+is checked before each), cancels the cases Dask has not finished yet when the
+next one completes, and never finalizes the store: it ends in one
+``BuildError`` line. Before pruning and before finalizing it confirms the lease
+(:meth:`Lease.confirm`: a renewal sent after all that came before answered).
 
 What it does not guarantee: it is advisory: writers other than skelprep are not
-stopped. A build that stalls for longer than ``ttl`` (a suspended laptop, a
-network partition) can lose the lease while its workers still write; it notices
-at its next renewal and stops before finalizing, but writes already in flight
-may interleave with the new holder's (the case-level ``complete`` flag and the
-next build's "is it current" check repair what that leaves). The server must
-honour conditional writes (AWS S3 since 2024, MinIO, Ceph RGW, moto); on one that
-silently ignores ``If-None-Match`` two builds can both proceed.
+stopped. A case write already under way when the lease is lost runs to its end
+(a write cannot be recalled; a hung one may land after another build took over),
+and so do cases running on Dask workers, which do not see the lease; the quarter
+of the ttl kept in hand is meant to cover a write in flight, not promised to. What
+such writes leave, the case-level ``complete`` flag and the next build's "is it
+current" check repair. The clocks of this machine and the server must run at the
+same rate (not agree). The server must honour conditional writes (AWS S3 since
+2024, MinIO, Ceph RGW, moto); on one that silently ignores ``If-None-Match`` two
+builds can both proceed.
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -50,7 +69,21 @@ from skelprep._util import first_line, utc_now
 
 __all__ = ["LeaseError", "Lease", "lease_url", "remote_lease", "lease_holder", "supports_lease"]
 
-DEFAULT_TTL = 60.0  # seconds; renewed every TTL/4, so three renewals may fail in a row
+DEFAULT_TTL = 60.0  # seconds; renewed every TTL/4
+# The share of the ttl kept in hand: a lease unconfirmed for ttl * (1 - SAFETY) counts as lost, so a
+# build stops starting writes that long before another build can take the lease over. Failed
+# renewals are retried every ttl * SAFETY / 2: twice or more before that.
+SAFETY = 0.25
+
+
+def _clock() -> float:
+    """Seconds on a monotonic clock that also counts a suspended machine's sleep (Linux's
+    ``CLOCK_BOOTTIME``; elsewhere ``time.monotonic``, which may not): a laptop that slept
+    past the ttl must find its lease lost."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
 def _default_ttl() -> float:
@@ -101,7 +134,10 @@ class Lease:
         self.ttl = float(ttl) if ttl is not None else _default_ttl()
         self.owner = uuid.uuid4().hex
         self.etag: str | None = None
-        self.lost: str | None = None  # why the lease was lost, once it is
+        self._lost: str | None = None
+        self._confirmed: float | None = None  # monotonic time a successful write of the lease was sent
+        self._failing: str | None = None  # the first error of the renewals failing since then
+        self._renewing = threading.Lock()  # one conditional write at a time: each changes the ETag
         try:
             self._fs, path = filesystem(self.url)
         except Exception as exc:  # s3fs missing (ImportError), malformed URL (ValueError), ...
@@ -110,7 +146,24 @@ class Lease:
         if not self._key:
             raise LeaseError(f"{store}: a store URL needs a folder inside the bucket (s3://bucket/x.zarr)")
         self._stop = threading.Event()
+        self._wake = threading.Event()  # renew now (or stop)
         self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lease is lost, once it is; None while it is ours.
+
+        Lost when another build took it over, and also when no renewal has
+        succeeded for ``ttl`` less :data:`SAFETY` of it (on this machine's
+        monotonic clock, :func:`_clock`, from when the last successful write was sent): it may
+        have expired by then, whatever the server says later. Once lost, it stays lost.
+        """
+        if self._lost is None and self._confirmed is not None:
+            silent = _clock() - self._confirmed
+            if silent >= self.ttl * (1 - SAFETY):
+                why = self._failing or "no renewal was answered"
+                self._lost = f"cannot renew the lease {self.url} since {silent:.0f} s: {why}"
+        return self._lost
 
     # -- requests --------------------------------------------------------------------------
     def _body(self) -> bytes:
@@ -123,17 +176,36 @@ class Lease:
         }
         return json.dumps(record).encode()
 
-    def _put(self, **condition: str) -> None:
+    def _put(self, **condition: str) -> float:
+        """Write the lease; the monotonic time the request was sent (the lease lasts ttl from then at least)."""
+        sent = _clock()  # the server's LastModified is later
         response = self._fs.call_s3(
             "put_object", Bucket=self._bucket, Key=self._key, Body=self._body(), **condition
         )
         self.etag = response["ETag"]
+        return sent
 
     def _head(self) -> dict[str, Any] | None:
         try:
             return self._fs.call_s3("head_object", Bucket=self._bucket, Key=self._key)
         except FileNotFoundError:
             return None
+
+    def _still_ours(self) -> bool:
+        """After a failed condition: whether the lease object is our own last write all the same.
+
+        A write whose answer was lost on the way (a dropped connection, retried by the
+        client) changed the ETag without our knowing it; the owner in the record tells.
+        The ETag is read before the record: a taker's write in between shows its owner.
+        """
+        try:
+            held = self.holder()
+        except Exception:
+            return False
+        if held is None or held[0].get("owner") != self.owner:
+            return False
+        self.etag = held[0]["etag"]
+        return True
 
     def holder(self) -> tuple[dict[str, Any], float] | None:
         """(the lease's record, seconds until it expires by the server's clock); None if there is none."""
@@ -155,15 +227,21 @@ class Lease:
     def acquire(self) -> None:
         """Create the lease, or take over an expired one; :class:`LeaseError` if another build holds it."""
         try:
-            self._put(IfNoneMatch="*")
+            self._confirmed = self._put(IfNoneMatch="*")
             return self._start()
         except Exception as exc:  # s3fs translates to OSError; botocore's own (no credentials) are not
             if not _precondition_failed(exc):
                 raise LeaseError(f"{self.store}: cannot write the store's lease ({first_line(exc)})") from exc
-        held = self.holder()
+        try:
+            held = self.holder()
+        except Exception as exc:
+            raise LeaseError(f"{self.store}: cannot read the store's lease ({first_line(exc)})") from exc
         if held is None:  # released between our two requests: try once more
             return self.acquire()
         record, left = held
+        if record.get("owner") == self.owner:  # our own put, retried after its answer was lost
+            self.etag, self._confirmed = record["etag"], _clock() - max(0.0, self.ttl - left)
+            return self._start()
         if left > 0:
             who = f"host {record.get('host', '?')}, pid {record.get('pid', '?')}"
             raise LeaseError(
@@ -171,8 +249,8 @@ class Lease:
                 f"renewed {record.get('renewed', '?')}); wait for it to finish, or {left:.0f} s after it stops"
             )
         try:
-            self._put(IfMatch=record["etag"])  # take over: only one of several takers wins
-        except OSError as exc:
+            self._confirmed = self._put(IfMatch=record["etag"])  # take over: one of several takers wins
+        except Exception as exc:
             if _precondition_failed(exc):
                 raise LeaseError(
                     f"{self.store}: another skelprep build took over the expired lease {self.url} first"
@@ -185,31 +263,62 @@ class Lease:
         self._thread.start()
 
     def renew(self) -> bool:
-        """Rewrite the lease if it is still ours; False (and :attr:`lost` set) if it is not."""
-        if self.lost:
-            return False
-        try:
-            self._put(IfMatch=self.etag)
-        except OSError as exc:
-            if _precondition_failed(exc) or isinstance(exc, FileNotFoundError):
-                self.lost = f"the lease {self.url} was taken over by another build"
+        """Rewrite the lease if it is still ours; False once it is :attr:`lost`.
+
+        Any other failure of the request (a dropped connection, a refused one, a
+        timeout, a server error) is kept for the message and retried at the next
+        renewal, until :attr:`lost` says the lease may have expired meanwhile. A
+        renewal answered only after that is too late: the lease stays lost.
+        """
+        with self._renewing:
+            if self.lost:
                 return False
-            # a failed request is retried at the next renewal; the lease holds for ttl meanwhile
-        return True
+            try:
+                sent = self._put(IfMatch=self.etag)
+            except Exception as exc:
+                if isinstance(exc, FileNotFoundError) or (
+                    _precondition_failed(exc) and not self._still_ours()
+                ):
+                    self._lost = f"the lease {self.url} was taken over by another build"
+                    return False
+                self._failing = self._failing or first_line(exc, with_type=True)
+                return self.lost is None
+            if self.lost is None:  # judged from the renewal before: did it lapse while this one was out?
+                self._confirmed, self._failing = sent, None
+            return self.lost is None
+
+    def confirm(self) -> bool:
+        """Whether the lease is still ours: waits for a renewal sent from now on, or for :attr:`lost`.
+
+        Call it before a step that only the holder may take (finalizing the store):
+        it proves the lease was ours after everything before it. It returns within
+        ``ttl`` of the last successful renewal, however long a request hangs.
+        """
+        asked = _clock()
+        self._wake.set()
+        while self.lost is None:
+            if self._confirmed is not None and self._confirmed >= asked:
+                return True
+            time.sleep(0.02)
+        return False
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 4):
-            if not self.renew():
+        while True:
+            # After a failure, retry sooner: several tries fit before the lease may have expired.
+            self._wake.wait(self.ttl / 4 if self._failing is None else self.ttl * SAFETY / 2)
+            self._wake.clear()
+            if self._stop.is_set() or not self.renew():
                 return
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.ttl)
         if self.lost or self.etag is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # left behind, it expires after ttl
             self._fs.call_s3("delete_object", Bucket=self._bucket, Key=self._key, IfMatch=self.etag)
 
 

@@ -1,11 +1,20 @@
 """One builder per store: a lock beside a local store, and clean-up of killed writes.
 
-The lock is ``<store>.lock`` beside the store (inside it, zarr would warn about a
-file that is no part of the hierarchy), held with ``flock`` for the whole build:
-the kernel releases it when the process dies, so a killed build never leaves a
-stale lock. An S3 store gets a lease object instead (:mod:`skelprep._lease`:
-conditional puts, renewed while the build runs). Other remote stores (``gs://``,
-...) are not locked: one builder per store is then the user's job.
+The lock is ``<store>.lock`` beside the store's real folder (inside it, zarr would
+warn about a file that is no part of the hierarchy), held with ``flock`` for the
+whole build: the kernel releases it when the process dies, so a killed build never
+leaves a stale lock. Its path comes from the store path resolved
+(``os.path.realpath``: symlinks, ``..``, a trailing slash, relative or absolute),
+so every spelling of one store on this machine gets one lock, and
+:func:`store_is_busy` agrees. Not caught: one folder reached through two mounts
+(a bind mount, an NFS export mounted twice, another machine). A lock file that
+cannot be written (a full disk, no permission) ends the build in one
+:class:`~skelprep.runner.BuildError` line naming the store, before anything is written.
+
+An S3 store gets a lease object instead (:mod:`skelprep._lease`: conditional
+puts, renewed while the build runs); :func:`lease_lost` tells a case write in the
+process that holds it whether it may still start. Other remote stores
+(``gs://``, ...) are not locked: one builder per store is then the user's job.
 
 The lock file also says how the last build into a local store ended: ``building``
 from when it takes the lock, ``clean <inode> <mtime>`` of the store's folder once
@@ -13,13 +22,16 @@ the builder says it ended cleanly (:meth:`HeldLock.ended_cleanly`), recorded
 when it releases the lock. A build that was killed leaves ``building``, so the
 next one walks the store for the ``.partial`` files the kill left
 (:func:`remove_partial_files`); after a clean end it skips the walk, unless the
-store's folder was replaced or changed since (another inode or mtime). Nothing
-is fsynced: as for the store's own files, this survives kills, not power loss.
+store's folder was replaced or changed since (another inode or mtime). A record
+that cannot be written at the end (a full disk) says nothing, and the next build
+walks. Nothing is fsynced: as for the store's own files, this survives kills, not
+power loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -37,7 +49,9 @@ if TYPE_CHECKING:
 # skelprep._lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
 # same again to compile it where no bytecode is cached) is imported for remote stores only.
 
-__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "remove_partial_files"]
+__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "lease_lost", "remove_partial_files"]
+
+_LEASES: dict[str, Lease] = {}  # the leases this process holds, by store path as given to store_lock
 
 
 def is_local(path: str) -> bool:
@@ -46,7 +60,8 @@ def is_local(path: str) -> bool:
 
 
 def _lock_path(path: str) -> Path:
-    folder = Path(path.removeprefix("file://"))
+    """``<store>.lock`` beside the store's real folder: every spelling of one store gets one lock."""
+    folder = Path(os.path.realpath(path.removeprefix("file://")))  # resolves the symlinks that exist
     return folder.with_name(folder.name + ".lock")
 
 
@@ -107,9 +122,11 @@ def store_lock(path: str) -> Iterator[HeldLock]:
             lease.acquire()
         except LeaseError as exc:
             raise BuildError(str(exc)) from exc
+        _LEASES[path] = lease
         try:
             yield HeldLock(path, lease)
         finally:
+            del _LEASES[path]
             lease.release()
         return
     folder, lock = Path(path.removeprefix("file://")), _lock_path(path)
@@ -117,7 +134,7 @@ def store_lock(path: str) -> Iterator[HeldLock]:
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a+")
     except OSError as exc:
-        raise BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})") from exc
+        raise _unwritable(folder, lock, exc) from exc
     try:
         for attempt in range(10):
             try:
@@ -133,19 +150,45 @@ def store_lock(path: str) -> Iterator[HeldLock]:
         before = handle.read()
         state = _folder_state(folder)
         held = HeldLock(path, unclean=state is None or before != f"clean {state}\n")
-        _rewrite(handle, f"pid {os.getpid()} building\n")  # a kill from here on leaves this
+        try:
+            _rewrite(handle, f"pid {os.getpid()} building\n")  # a kill from here on leaves this
+        except OSError as exc:
+            raise _unwritable(folder, lock, exc) from exc
         yield held
         if held.clean_end and (state := _folder_state(folder)) is not None:
-            _rewrite(handle, f"clean {state}\n")
+            # Unwritten (a full disk), the record says "building" or nothing: the next build walks.
+            with contextlib.suppress(OSError):
+                _rewrite(handle, f"clean {state}\n")
     finally:
         handle.close()  # closing releases the lock, also when the process is killed
 
 
+def _unwritable(folder: Path, lock: Path, exc: OSError) -> BuildError:
+    if exc.errno == errno.ENOSPC:
+        return BuildError(
+            f"{folder}: no space left on device for the store's lock file {lock}; free space (or build "
+            "into a larger disk with --out) and rerun 'skelprep build'"
+        )
+    return BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})")
+
+
 def _rewrite(handle, text: str) -> None:
-    handle.seek(0)
-    handle.truncate()
-    handle.write(text)
-    handle.flush()
+    """Replace the lock file's text with one unbuffered write: a failure raises here, never at close.
+
+    (Opened for appending, the write lands at the start of the emptied file; one cut short
+    by a full disk leaves a record that says nothing, and the next build walks the store.)
+    """
+    os.ftruncate(handle.fileno(), 0)
+    os.write(handle.fileno(), text.encode())
+
+
+def lease_lost(path: str) -> str | None:
+    """Why the lease this process holds on the store at ``path`` is lost; None while it holds (or for none).
+
+    A case write in this process checks it before it starts (see :mod:`skelprep._lease`).
+    """
+    lease = _LEASES.get(path)
+    return lease.lost if lease is not None else None
 
 
 def store_is_busy(path: str | os.PathLike) -> bool:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
 from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options
-from skelprep._lock import remove_partial_files, store_lock
+from skelprep._lock import lease_lost, remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
     Header,
@@ -418,7 +418,14 @@ def build_case(
         set_storage_options(options)
     case = job.case
 
+    def stopped() -> CaseOutcome | None:
+        """A failed outcome once this process's lease on the store is lost: no case write starts then."""
+        why = lease_lost(out)
+        return None if why is None else CaseOutcome(case.case_id, "failed", failure_line(out, why))
+
     def work() -> CaseOutcome:
+        if (lost := stopped()) is not None:
+            return lost
         if job.repair and _stored_case_intact(out, case.case_id):
             return CaseOutcome(case.case_id, "up-to-date")
         start = time.perf_counter()
@@ -463,6 +470,8 @@ def build_case(
         phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
         from skelprep.writer import write_case
 
+        if (lost := stopped()) is not None:
+            return lost
         try:
             written = write_case(
                 _writable_root(out, job.with_images),
@@ -676,11 +685,11 @@ def _write_phase(
                 jobs,
                 case_id=lambda job: job.case.case_id,
                 source=lambda job: job.case.mask,
+                stop=functools.partial(lease_lost, out),  # Dask workers do not see the lease: the client does
                 **run_options,
             )
         )
-    if lease is not None and lease.lost:  # another build may be writing now: leave the rest to it
-        raise BuildError(f"{out}: {lease.lost} while this build ran; rerun 'skelprep build' when it is done")
+    _check_lease(out, lease)
     if any(o.detail == _DISK_FULL for o in report.outcomes):
         raise _disk_full(out, report, SkeletonStore(root_group(root), out))
     if prune:
@@ -698,6 +707,7 @@ def _write_phase(
     # failed and pruned cases, and those written through zarr's API (with images), are read again
     touched = {o.case_id for o in report.failed} | set(report.pruned)
     touched |= {o.case_id for o in report.built if not o.documents}
+    _check_lease(out, lease)  # once more after pruning, before the root is written
     try:
         if attrs.get("with_images"):
             root = root_group(root)
@@ -710,6 +720,15 @@ def _write_phase(
             raise _disk_full(out, report, SkeletonStore(root_group(root), out)) from None
         raise
     report.plan_phases["finalize"] = time.perf_counter() - ran
+
+
+def _check_lease(out: str, lease: Any) -> None:
+    """Go on only while the S3 lease is provably ours; another build may be writing once it is not."""
+    if lease is not None and not lease.confirm():
+        raise BuildError(
+            f"{out}: {lease.lost}; this build stopped writing and leaves the store unfinalized: rerun "
+            "'skelprep build' (once any other build on it is done)"
+        )
 
 
 def build(

@@ -210,6 +210,7 @@ def run_cases(
     memory_limit: str | None = None,
     progress: bool = False,
     threads: bool = True,
+    stop: Callable[[], str | None] | None = None,
 ) -> list[CaseOutcome]:
     """Run ``task`` on every item, in process or on Dask, and return the outcomes (in completion order).
 
@@ -234,6 +235,10 @@ def run_cases(
         Show a progress bar on stderr.
     threads : bool
         The task releases the GIL for most of its time: local parallel runs use threads.
+    stop : callable, optional
+        On Dask, asked as each item completes: once it returns a reason, the items
+        not yet completed are cancelled (one running on a worker runs to its end)
+        and fail with that reason. A task run in this process checks for itself.
 
     Raises
     ------
@@ -262,6 +267,7 @@ def run_cases(
             scheduler=scheduler,
             memory_limit=memory_limit,
             bar=bar,
+            stop=stop,
         )
     finally:
         bar.close()
@@ -291,7 +297,9 @@ def _run_in_threads(task, items, *, case_id, source, workers, bar) -> list[CaseO
     return outcomes
 
 
-def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_limit, bar) -> list[CaseOutcome]:
+def _run_on_dask(
+    task, items, *, case_id, source, workers, scheduler, memory_limit, bar, stop=None
+) -> list[CaseOutcome]:
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -322,8 +330,9 @@ def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_lim
             client.submit(task, item, pure=False, key=f"skelprep-{i}-{case_id(item)}"): item
             for i, item in enumerate(items)
         }
+        pending = dict(futures)
         for future in as_completed(futures):
-            item = futures[future]
+            item = pending.pop(future)
             try:
                 outcome = future.result()
             except Exception as exc:  # the worker died (memory limit, crash): only this case fails
@@ -335,6 +344,13 @@ def _run_on_dask(task, items, *, case_id, source, workers, scheduler, memory_lim
                 outcome = CaseOutcome(case_id(item), "failed", failure_line(source(item), why))
             outcomes.append(outcome)
             bar.update()
+            if pending and stop is not None and (reason := stop()) is not None:
+                client.cancel(list(pending))
+                outcomes.extend(
+                    CaseOutcome(case_id(i), "failed", failure_line(source(i), reason))
+                    for i in pending.values()
+                )
+                break
     finally:
         client.close()
         if cluster is not None:

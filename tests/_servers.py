@@ -1,4 +1,5 @@
-"""Real servers for the remote tests, on 127.0.0.1 only: an S3 server (moto) and a Dask cluster.
+"""Real servers for the remote tests, on 127.0.0.1 only: an S3 server (moto), a link to it that can be
+cut (:class:`Link`) and a Dask cluster.
 
 Each is a subprocess on a free port, waited for with a bounded loop and always
 killed at the end. No traffic leaves the loopback interface.
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +117,90 @@ def s3_server(tmp: Path) -> Iterator[S3Server]:
     finally:
         stop(proc)
         log.close()
+
+
+class Link:
+    """A TCP forwarder on 127.0.0.1 in front of a loopback server, whose link can be cut and mended.
+
+    :meth:`cut` closes the listening socket and every forwarded connection, so a
+    client's requests fail as they do when a network drops: connections in flight
+    break, new ones are refused. :meth:`mend` listens on the same port again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.mend()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mend(self) -> None:
+        """Listen (again) on this link's port and forward what arrives."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._open = self._open, set()
+        for s in ([listener] if listener is not None else []) + list(conns):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut: the listener is closed
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # cut meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._open -= {src, dst}
+        src.close()  # the other pump closes dst, once its recv returns
+
+
+@contextlib.contextmanager
+def link_to(server: S3Server) -> Iterator[Link]:
+    """A :class:`Link` in front of ``server``, closed at the end."""
+    link = Link(int(server.endpoint.rsplit(":", 1)[1]))
+    try:
+        yield link
+    finally:
+        link.cut()
 
 
 @dataclass

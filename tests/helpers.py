@@ -102,6 +102,14 @@ def permissions_enforceable() -> bool:
     return probe.returncode == 0
 
 
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` (``"3m"``) at ``path``, a real small disk; False where that needs root."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
+
+
 # --- builds to kill or race: 40 small 3D cases --------------------------------------------------
 
 N_CASES = 40

@@ -198,3 +198,33 @@ def test_readers_during_rebuilds_get_whole_cases_or_a_store_error(tmp_path):
     assert builder.returncode == 0, stderr.decode()
     assert len(stdout.split()) >= 2, "the builder must rebuild the store while the readers read"
     assert counts["whole"] > 0, counts
+
+
+def test_a_store_reached_through_a_symlink_or_another_spelling_is_the_same_store(crash_dataset, tmp_path):
+    dataset, expected = crash_dataset
+    (tmp_path / "real").mkdir()
+    out = tmp_path / "real" / "store.zarr"
+    first = start_build(dataset, out)
+    wait_for_a_write(first, out, 0)
+    os.killpg(first.pid, signal.SIGSTOP)  # paused, it holds its lock as a running build does
+    try:
+        assert first.poll() is None
+        link = tmp_path / "link.zarr"
+        link.symlink_to(out)  # the store folder itself reached through a symlink
+        (tmp_path / "alias").symlink_to(tmp_path / "real")
+        spellings = [link, f"{link}/", tmp_path / "alias" / ".." / "link.zarr", os.path.relpath(link)]
+        assert all(store_is_busy(s) for s in spellings)
+        second = subprocess.run(
+            CLI + ["build", str(dataset), "--out", str(link), "--force", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr == f"skelprep: error: {link}: {LOCKED}\n"
+    code, stdout, stderr = _finish(first)
+    assert code == 0 and f"{N_CASES} built" in stdout, stderr
+    assert check_store(out, expected) == (N_CASES, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "link.zarr", "real"]  # no link.zarr.lock

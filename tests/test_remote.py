@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._servers import base_env, s3_server, store_objects
-from .helpers import CLI, EXAMPLES, copy_dataset
+from ._servers import base_env, link_to, s3_server, store_objects
+from .helpers import CLI, EXAMPLES, copy_dataset, write_png
 
 BUCKET = "skel-data"
 
@@ -264,12 +264,105 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
             time.sleep(0.5)
     assert second is not None, "the expired lease was never taken over"
     try:
-        assert not first.renew()
-        assert "taken over" in first.lost
+        assert not first.renew()  # its own clock said so before the server could
+        assert first.lost.startswith(f"cannot renew the lease {url}.lease since ")
         first.release()  # must not delete the new holder's lease
         assert s3.fs.exists(url + ".lease")
     finally:
         second.release()
+    assert not s3.fs.exists(url + ".lease")
+
+
+def test_a_lease_rewritten_by_another_is_lost_and_one_rewritten_with_our_record_is_kept(s3):
+    """A renewal whose condition fails reads the lease: another owner's record means taken over; our own
+    record (a write whose answer was lost on the way, retried by the client) keeps the lease."""
+    from skelprep._lease import Lease
+
+    url = f"s3://{BUCKET}/stores/rewritten.zarr"
+    lease = Lease(url, ttl=600)
+    lease.acquire()
+    try:
+        s3.fs.pipe_file(url + ".lease", lease._body())  # ours, but with an ETag the lease does not know
+        assert lease.renew() and lease.renew() and lease.lost is None
+        assert lease.confirm()
+        s3.fs.pipe_file(url + ".lease", json.dumps({"owner": "another build"}).encode())
+        assert not lease.renew()
+        assert lease.lost == f"the lease {url}.lease was taken over by another build"
+        assert not lease.confirm()
+    finally:
+        lease.release()
+    assert s3.fs.exists(url + ".lease")  # not ours to delete
+    s3.fs.rm(url + ".lease")
+
+
+def _root_cases(s3, url: str) -> list[str] | None:
+    s3.fs.invalidate_cache()
+    return json.loads(s3.fs.cat_file(f"{url}/zarr.json"))["attributes"]["skelprep"].get("cases")
+
+
+def _written_cases(s3, url: str) -> set[str]:
+    s3.fs.invalidate_cache()
+    return {p.split("/")[-2] for p in s3.fs.glob(f"{url}/*/zarr.json")}
+
+
+def test_a_build_cut_off_from_s3_loses_its_lease_stops_writing_and_does_not_finalize(s3, tmp_path):
+    """Builder A writes through a link that is cut mid-build for longer than the lease's ttl, then mended:
+    A must not write another case nor finalize, and must say so in one line; B then takes the store over."""
+    from skelprep._lease import lease_holder
+
+    dataset = tmp_path / "many"
+    for i in range(40):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[8 + i % 40, :] = mask[:, 4 + i] = 255
+        write_png(dataset / "labels" / f"c{i:02d}.png", mask)
+    url = f"s3://{BUCKET}/stores/cut-off.zarr"
+    ttl = 4
+    env = {"SKELPREP_LEASE_TTL": str(ttl)}
+    with link_to(s3) as link:
+        a = subprocess.Popen(
+            [*CLI, "build", str(dataset), "--out", url, "--workers", "1", "--no-progress"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base_env(), **env, "AWS_ENDPOINT_URL": link.endpoint},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not _written_cases(s3, url) and time.monotonic() < deadline:
+                assert a.poll() is None, a.communicate()
+                time.sleep(0.05)
+            link.cut()
+            at_cut = _written_cases(s3, url)
+            assert 0 < len(at_cut) < 40, "the build ended before its link was cut"
+            deadline = time.monotonic() + 60
+            while lease_holder(url) is not None and time.monotonic() < deadline:  # the server's clock
+                time.sleep(0.2)
+            assert lease_holder(url) is None, "A's lease never expired"
+            link.mend()  # the network is back; A's lease may be someone else's by now
+            stdout, stderr = a.communicate(timeout=180)
+        finally:
+            if a.poll() is None:
+                a.kill()
+                a.communicate()
+    assert a.returncode == 1, stdout + stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"skelprep: error: {url}: cannot renew the lease {url}.lease since "), lines[0]
+    assert len(_written_cases(s3, url) - at_cut) <= 1  # at most the case whose write the cut caught
+    assert _root_cases(s3, url) == []  # never finalized
+
+    # A leaves its lease (a renewal that got through too late may have refreshed it): B waits out the ttl
+    deadline = time.monotonic() + 60
+    while True:
+        b = run_cli("build", str(dataset), "--out", url, "--workers", "1", "--no-progress", env=env)
+        if b.returncode == 0 or time.monotonic() > deadline:
+            break
+        assert "another skelprep build is using this store" in b.stderr, b.stderr
+        time.sleep(0.5)
+    assert b.returncode == 0, b.stderr
+    assert _root_cases(s3, url) == [f"c{i:02d}" for i in range(40)]
+    assert run_cli("verify", str(dataset), "--out", url).returncode == 0
+    s3.fs.invalidate_cache()
     assert not s3.fs.exists(url + ".lease")
 
 

@@ -1,4 +1,5 @@
-"""A case that needs more memory than it has fails alone, quickly and in one line.
+"""A case that needs more memory than it has fails alone, quickly and in one line; a disk full
+before the build starts ends it in one line.
 
 The need is estimated from the headers before any pixel data are decoded: a file
 of a few bytes can declare a volume of tens of gigabytes.
@@ -6,6 +7,7 @@ of a few bytes can declare a volume of tens of gigabytes.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import math
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 
 from skelprep import open_store
 
-from .helpers import CLI, tubes_3d
+from .helpers import CLI, mount_tmpfs, tubes_3d, write_png
 
 
 def _declaring(path, shape, dtype) -> None:
@@ -88,3 +90,36 @@ def test_case_over_the_memory_available_fails_alone_without_a_limit(tmp_path):
         f"failed: {labels / 'huge.nii.gz'}: needs about 107.3 GB to build (1290x1290x1290 float64), more than"
         " the "
     ) and line.endswith(" GB of memory available")
+
+
+def test_a_disk_full_before_the_lock_is_written_ends_the_build_in_one_line(tmp_path):
+    """A real full disk: a 1 MiB tmpfs filled to the last byte (needs root to mount; skipped otherwise)."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16, :] = 255
+    dataset = write_png(tmp_path / "ds" / "labels" / "a.png", mask).parent.parent
+    disk = tmp_path / "full_disk"
+    if not mount_tmpfs(disk, "1m"):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as filler:  # unbuffered: close has nothing to flush
+            try:
+                for _ in range(1024):  # bounded: 4 MiB of writes fill 1 MiB
+                    filler.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            else:
+                pytest.fail("the 1 MiB tmpfs never filled")
+        out = disk / "store.zarr"
+        done = subprocess.run(
+            CLI + ["build", str(dataset), "--out", str(out), "--workers", "1", "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["umount", str(disk)])
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"skelprep: error: {out}: no space left on device for the store's lock file {out}.lock; free space "
+        "(or build into a larger disk with --out) and rerun 'skelprep build'\n"
+    )

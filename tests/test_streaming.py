@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from skelprep.store import ATTRS_KEY, open_store, verify_case_data
 from skelprep.torch import SkeletonDataset
 from skelprep.verify import verify
 
-from .helpers import EXAMPLES, copy_cases, crop_padded, shard_files, tubes_3d, write_png
+from .helpers import EXAMPLES, copy_cases, crop_padded, mount_tmpfs, shard_files, tubes_3d, write_png
 
 CLI = [sys.executable, "-m", "skelprep.cli"]
 
@@ -367,17 +366,10 @@ def test_bad_image_inputs_fail_their_case_in_one_line_and_keep_what_was_built(tm
     np.testing.assert_array_equal(open_store(out)["good"].image[...], before)
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    path.mkdir(parents=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
-
-
 def test_a_full_disk_ends_the_build_with_one_line_and_keeps_the_complete_cases(tmp_path):
     """A real full disk: a 3 MiB tmpfs (needs root to mount; skipped otherwise)."""
     mount = tmp_path / "small_disk"
-    if not _mount_tmpfs(mount, "3m"):
+    if not mount_tmpfs(mount, "3m"):
         pytest.skip("mounting a small tmpfs needs root")
     try:
         dataset = tmp_path / "noisy"
