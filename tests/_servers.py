@@ -275,8 +275,9 @@ def dask_cluster(
             log.close()
 
 
-# Keys whose values name when or where a build ran: everything else must be equal byte for byte.
-VOLATILE = {"built", "created", "updated", "dataset"}
+# Keys whose values name when or where a build ran, or which write of a case it was (the write token
+# readers confirm against): everything else must be equal byte for byte.
+VOLATILE = {"built", "created", "updated", "dataset", "generation"}
 
 
 def _strip(meta):
