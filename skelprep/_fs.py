@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ __all__ = [
     "RemotePath",
     "AnyPath",
     "is_url",
+    "url_typo",
     "as_path",
     "join",
     "set_storage_options",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 _OPTIONS: dict[str, Any] = {}
+# A scheme and one slash (``s3:/bucket/x``): a URL with a slash lost, which as a local path would
+# quietly become the folders ``./s3:/bucket/x``. Two letters at least: ``C:/data`` is a drive.
+_ONE_SLASH_URL = re.compile(r"[a-z][a-z0-9+.-]+:/(?!/)", re.IGNORECASE)
 
 
 def is_url(path: str | os.PathLike | RemotePath) -> bool:
@@ -50,6 +55,19 @@ def is_url(path: str | os.PathLike | RemotePath) -> bool:
     (True, False, False)
     """
     return isinstance(path, RemotePath) or (isinstance(path, str) and "://" in path)
+
+
+def url_typo(path: str | os.PathLike | RemotePath) -> str | None:
+    """The URL meant by a local path that starts like one with a single slash, or None.
+
+    >>> url_typo("s3:/bucket/x.zarr"), url_typo("./s3:/x"), url_typo("s3://bucket"), url_typo("data/raw")
+    ('s3://bucket/x.zarr', None, None, None)
+    """
+    if isinstance(path, RemotePath):
+        return None
+    text = os.fspath(path)
+    match = _ONE_SLASH_URL.match(text)
+    return f"{text[: match.end()]}/{text[match.end() :]}" if match else None
 
 
 def parse_storage_option(text: str) -> tuple[str, Any]:

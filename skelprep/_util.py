@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-__all__ = ["printable", "first_line", "utc_now"]
+__all__ = ["printable", "first_line", "plain_path_problem", "utc_now"]
 
 
 def printable(text: str) -> str:
@@ -14,6 +14,27 @@ def printable(text: str) -> str:
     'a\\\\nb'
     """
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def plain_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a relative path of plain names joined by ``/``, or None.
+
+    Such a path stays below the folder it is joined to, whatever the platform: no
+    absolute or empty part, no ``.`` or ``..``, no ``\\`` (a separator on Windows).
+
+    >>> plain_path_problem("left/img_07"), plain_path_problem("a/../b"), plain_path_problem("/a")
+    (None, "a '..' part", 'an absolute path')
+    """
+    if not path:
+        return "empty"
+    if path.startswith("/"):
+        return "an absolute path"
+    if "\\" in path:
+        return "a backslash"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"a '{part}' part" if part else "an empty part"
+    return None
 
 
 def first_line(what: object, *, with_type: bool = False) -> str:

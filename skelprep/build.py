@@ -17,15 +17,23 @@ store carries images, every later build into it writes them too.
 
 A full disk ends the build with one :class:`BuildError` line naming the store
 and how many cases it holds; complete cases are kept.
+
+The store owns only what it created: before the lock is taken or anything is
+written, a build refuses a store path that is no folder of its own (``.``, ``/``),
+a local URL typo (``s3:/bucket``), an existing folder that is not empty and not a
+skelprep store, and one that is, holds or lies among the dataset's inputs
+(:func:`_check_out`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import functools
 import math
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -33,10 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
-from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options
+from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options, url_typo
 from skelprep._lock import lease_lost, remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
     Header,
     InputError,
     Volume,
@@ -47,6 +57,7 @@ from skelprep.io import (
     read_bytes,
     read_image,
     read_mask,
+    split_suffix,
 )
 from skelprep.layout import Case, DatasetLayout, discover
 from skelprep.runner import (
@@ -60,6 +71,7 @@ from skelprep.runner import (
     run_cases,
 )
 from skelprep.store import (
+    ATTRS_KEY,
     SkeletonStore,
     StoreError,
     consolidated_entries,
@@ -650,6 +662,97 @@ def _existing_store(out: str) -> tuple[SkeletonStore | None, dict[str, Any] | No
     return store, read_consolidated(store.root)
 
 
+# What a first build killed before its root document leaves in a new store's folder.
+_ROOT_PARTIAL = re.compile(r"zarr\.json\.[0-9a-f]{32}\.partial")
+
+
+def _resolved(path: str | os.PathLike | RemotePath) -> str:
+    """A path as compared for overlap: a local one resolved (symlinks, ``..``), a URL as spelled."""
+    text = str(path)
+    if is_url(text) and not text.startswith("file://"):
+        return text.rstrip("/")
+    return os.path.realpath(text.removeprefix("file://"))
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether resolved ``path`` is ``folder`` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _check_out(out: str, layout: DatasetLayout, masks: str | None, images: str | None) -> None:
+    """Refuse a store path where a build would write or delete what is not its own store's.
+
+    Raises
+    ------
+    BuildError
+        ``out`` names no folder of its own (``.``, ``/``, empty), is a local path
+        that starts like a URL with one slash, is an existing folder that is
+        neither empty nor a skelprep store, or is, holds or lies among the
+        dataset's inputs (the dataset folder, its label or image folder; below a
+        glob's folder, a name the glob would match).
+    """
+    typo = url_typo(out)
+    if typo is not None:
+        raise BuildError(
+            f"{out}: looks like a URL with one slash; write {typo} (or ./{out} for a local folder)"
+        )
+    local = not is_url(out) or out.startswith("file://")
+    path = out.removeprefix("file://")
+    if local and os.path.basename(os.path.normpath(path)) in ("", ".", ".."):
+        raise BuildError(
+            f"'{out}': a store is a folder of its own; name one (e.g. {os.path.join(path, 'skeletons.zarr')})"
+        )
+    here, root = _resolved(out), _resolved(layout.root)
+    inputs = [(layout.root, None, ()), (layout.mask_dir, masks, MASK_SUFFIXES)]
+    inputs.append((layout.image_dir, images, IMAGE_SUFFIXES))
+    for spelled, pattern, suffixes in inputs:
+        if spelled is None:
+            continue
+        folder = _resolved(spelled)
+        if _within(folder, here):  # the store's deletions would reach the inputs
+            raise BuildError(
+                f"{out}: holds the dataset's inputs ({spelled}); choose a store path outside them"
+            )
+        # Below a label or image folder the next build would find the store as an input. A glob's
+        # folder may be the dataset's own, where the default store lives: there only a name the
+        # glob matches is refused (``--masks '*.png' --out ds/s.png``).
+        if _within(here, folder) and (folder != root or _matched_by(here, pattern, suffixes)):
+            raise BuildError(
+                f"{out}: lies among the dataset's input files ({spelled}); choose a store path outside them"
+            )
+    if local:
+        _check_own_folder(out, here)
+
+
+def _matched_by(path: str, pattern: str | None, suffixes: tuple[str, ...]) -> bool:
+    """Whether a glob's last part (and the suffix filter) takes the name of ``path``: at any depth, to be safe."""
+    name = os.path.basename(path)
+    if pattern is None or not split_suffix(name, suffixes)[1]:
+        return False
+    return fnmatch.fnmatchcase(name, os.path.basename(pattern))
+
+
+def _check_own_folder(out: str, folder: str) -> None:
+    """Refuse an existing local folder that is neither empty nor a skelprep store (its files are not ours).
+
+    A root ``zarr.json`` that is no readable document is left to the store layer,
+    which says why it cannot be opened: that is a torn store, not someone's folder.
+    """
+    try:
+        entries = [e for e in os.listdir(folder) if not _ROOT_PARTIAL.fullmatch(e)]
+    except OSError:  # absent (a new store), a file, unreadable: the store layer says what it is
+        return
+    if entries in ([], ["zarr.json"]):  # empty, or an empty group: the store layer may adopt it
+        return
+    if "zarr.json" in entries:
+        doc = local_root_document(folder)
+        if doc is None or isinstance(doc.get("attributes", {}).get(ATTRS_KEY), dict):
+            return
+    raise BuildError(
+        f"{out}: exists and is not a skelprep store; choose another store path (a new or empty folder)"
+    )
+
+
 def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
     """The store's root attributes already say what this build would record."""
     return all(store.attrs.get(k) == v for k, v in attrs.items())
@@ -806,6 +909,7 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
+    _check_out(out, layout, masks, images)
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)

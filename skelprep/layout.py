@@ -7,6 +7,13 @@ Problems with the dataset as a whole raise :class:`LayoutError`. Files in a
 label folder that cannot be masks (``notes.txt``, ``x.jpg``) are skipped and
 listed in :attr:`DatasetLayout.skipped`, so that a build names them.
 
+A case id names a group of the store, so it is checked here, for every layout
+and every URL scheme: a relative path of plain names joined by ``/`` (no ``.``,
+``..``, empty or absolute part, no backslash), no name reserved by Zarr, not the
+folder of other cases, and not equal to another id but for case (or Unicode
+normalization): on a case-insensitive file system the two would share a group.
+An id that breaks a rule is a :class:`CaseProblem`; the store never sees it.
+
 The dataset may be a local folder or a URL (``s3://bucket/raw/Dataset101_X``,
 see :mod:`skelprep._fs`): then its paths are :class:`skelprep._fs.RemotePath`
 values, listed through fsspec, and messages name the URL.
@@ -18,12 +25,13 @@ import glob
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from skelprep import _fs
 from skelprep._fs import AnyPath, RemotePath, as_path
-from skelprep._util import first_line, printable
+from skelprep._util import first_line, plain_path_problem, printable
 from skelprep.io import IMAGE_SUFFIXES, MASK_SUFFIXES, split_suffix
 
 __all__ = [
@@ -104,6 +112,7 @@ class DatasetLayout:
     ignore_label: int | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     mask_dir: AnyPath | None = None
+    image_dir: AnyPath | None = None  # the folder of the image files (a glob's fixed leading folders)
     skipped: tuple[SkippedFile, ...] = ()
 
 
@@ -147,6 +156,10 @@ def _skipped(files: list[AnyPath], reason: str) -> tuple[SkippedFile, ...]:
 
 def _case_id_problem(case_id: str) -> str | None:
     """Why ``case_id`` cannot name a group of the store, or None."""
+    problem = plain_path_problem(case_id)
+    if problem is not None:
+        # joined to the store's folder, such an id would name a place outside it
+        return f"case id '{case_id}' is not a relative path of plain names ({problem}); rename the mask"
     for part in case_id.split("/"):
         if part == "zarr.json" or part.startswith("__"):
             # zarr.json is the store's metadata file; "__" names are reserved by Zarr v3
@@ -164,6 +177,11 @@ def _case_id(path: AnyPath, base: AnyPath) -> str:
     return split_suffix(path.relative_to(base).as_posix(), MASK_SUFFIXES)[0]
 
 
+def _folded(case_id: str) -> str:
+    """The id as a case-insensitive, normalization-insensitive file system (macOS, Windows) sees it."""
+    return unicodedata.normalize("NFC", case_id).casefold()
+
+
 def _collect_masks(masks: list[AnyPath], base: AnyPath) -> tuple[dict[str, AnyPath], list[CaseProblem]]:
     by_id: dict[str, list[AnyPath]] = {}
     for mask in masks:
@@ -178,10 +196,19 @@ def _collect_masks(masks: list[AnyPath], base: AnyPath) -> tuple[dict[str, AnyPa
         else:
             names = ", ".join(p.name for p in paths)
             problems.append(CaseProblem(case_id, paths[0], f"duplicate case id '{case_id}' ({names})"))
-    # A case group cannot also be the folder of other cases: writing "a" would delete "a/b".
-    folders = {case_id.rsplit("/", 1)[0] for case_id in by_id if "/" in case_id}
+    twins: dict[str, list[str]] = {}
+    for case_id in unique:
+        twins.setdefault(_folded(case_id), []).append(case_id)
+    for group in (g for g in twins.values() if len(g) > 1):
+        for case_id in sorted(group):
+            others = ", ".join(f"'{other}'" for other in sorted(group) if other != case_id)
+            reason = f"case id '{case_id}' differs only by case from {others}; rename one of the masks"
+            problems.append(CaseProblem(case_id, unique.pop(case_id), reason))
+    # A case group cannot also be the folder of other cases: writing "a" would delete "a/b"
+    # (compared folded: on a case-insensitive file system "A" is the folder of "a/b" too).
+    folders = {_folded(case_id.rsplit("/", 1)[0]) for case_id in by_id if "/" in case_id}
     folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
-    for case_id in sorted(folders & unique.keys()):
+    for case_id in sorted(c for c in unique if _folded(c) in folders):
         problems.append(
             CaseProblem(
                 case_id,
@@ -314,6 +341,7 @@ def _discover_nnunet(root: AnyPath) -> DatasetLayout:
         ignore_label,
         label_names,
         labels_dir,
+        images_dir if image_index is not None else None,
         _skipped(others, f"not a '{ending}' mask (the file_ending of dataset.json)"),
     )
 
@@ -342,6 +370,7 @@ def _discover_generic(root: AnyPath) -> DatasetLayout:
         tuple(cases),
         tuple(problems + pair_problems),
         mask_dir=labels_dir,
+        image_dir=images_dir,
         skipped=_skipped(others, f"not a mask file ({', '.join(MASK_SUFFIXES)})"),
     )
 
@@ -361,8 +390,31 @@ def _glob_files(root: AnyPath, pattern: str, suffixes: tuple[str, ...]) -> list[
     if isinstance(root, RemotePath):  # the pattern is relative (checked by discover)
         return sorted(p for p in _fs.glob(root, pattern) if split_suffix(p.name, suffixes)[1])
     full = pattern if os.path.isabs(pattern) else str(root / pattern)
+    base = str(_glob_base(root, pattern))
+    base = "" if base == "." else base.rstrip("/") + "/"  # glob spells matches below "." without "./"
+    links: dict[str, bool] = {}  # per folder: the matches of a glob share a few
     # Not only regular files: a matching folder, FIFO or broken symlink is reported by the build.
-    return sorted(Path(p) for p in glob.glob(full, recursive=True) if split_suffix(p, suffixes)[1])
+    return sorted(
+        Path(p)
+        for p in glob.glob(full, recursive=True)
+        if split_suffix(p, suffixes)[1] and not _through_link(os.path.dirname(p), base, links)
+    )
+
+
+def _through_link(folder: str, base: str, links: dict[str, bool]) -> bool:
+    """Whether ``folder`` (a match's) is reached from the glob's ``base`` through a symlinked folder.
+
+    Python's glob follows symlinked folders (``**`` through ``ln -s . loop`` repeats
+    every mask below it), where the walk of a labels folder does not: such matches are
+    dropped, so a glob finds what the walk would. The base itself was named by the user.
+    Matching the glob's result is simpler than walking with a pattern matcher of our own,
+    and keeps glob's meaning of every pattern (``..`` parts included).
+    """
+    if len(folder) <= len(base) or not folder.startswith(base):  # ``base`` ends in "/" (or is "")
+        return False
+    if folder not in links:
+        links[folder] = os.path.islink(folder) or _through_link(os.path.dirname(folder), base, links)
+    return links[folder]
 
 
 def _discover_globs(root: AnyPath, masks: str, images: str | None) -> DatasetLayout:
@@ -375,7 +427,14 @@ def _discover_globs(root: AnyPath, masks: str, images: str | None) -> DatasetLay
     if images is not None:
         image_index = _index_images(_glob_files(root, images, IMAGE_SUFFIXES), _glob_base(root, images))
     cases, pair_problems = _pair(found, image_index, None)
-    return DatasetLayout(root, "glob", tuple(cases), tuple(problems + pair_problems), mask_dir=mask_base)
+    return DatasetLayout(
+        root,
+        "glob",
+        tuple(cases),
+        tuple(problems + pair_problems),
+        mask_dir=mask_base,
+        image_dir=None if images is None else _glob_base(root, images),
+    )
 
 
 def _check_remote_root(root: RemotePath, masks: str | None, images: str | None) -> None:
@@ -420,6 +479,11 @@ def discover(
     a label named ``ignore`` becomes the ignore label); otherwise a ``labels/``
     (or ``masks/``) folder with optional ``images/`` is used.
     """
+    typo = _fs.url_typo(dataset)
+    if typo is not None:
+        raise LayoutError(
+            f"{dataset}: looks like a URL with one slash; write {typo} (or ./{dataset} for a folder)"
+        )
     root = as_path(dataset)
     if isinstance(root, RemotePath):
         _check_remote_root(root, masks, images)

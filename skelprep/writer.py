@@ -152,8 +152,10 @@ def delete_case(root: zarr.Group | str, case_id: str) -> None:
     The group is first marked incomplete (an atomic rewrite of its metadata): the
     deletion itself is not atomic, and a kill in the middle must not leave a
     group that still says ``complete: true`` over missing chunks. ``root`` is
-    the root group, or a local store's folder path.
+    the root group, or a local store's folder path. A ``case_id`` that is no plain
+    relative path (empty: the root itself) raises :class:`ValueError`, before anything is touched.
     """
+    _files.check_key(case_id)
     files, root_path = files_at(root)
     _delete_node(files, store_key(root_path, case_id))
 

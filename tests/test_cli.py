@@ -229,3 +229,89 @@ def test_case_ids_with_control_characters_are_printed_escaped(runner, tmp_path):
     assert verify.stdout.splitlines()[0].startswith("orphan          a\\nb: ")
     prune = runner.invoke(cli, ["build", str(root), "--prune", "--no-progress"])
     assert prune.exit_code == 0 and "pruned 1: a\\nb\n" in prune.stdout
+
+
+def _run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args, "--workers", "1", "--no-progress"], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def _tree(folder) -> dict[str, bytes | None]:
+    """Every entry below ``folder`` (its bytes, None for a folder), to compare before and after."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_a_case_id_that_climbs_out_of_the_store_touches_nothing_outside_it(tmp_path):
+    write_png(tmp_path / "p" / "ds" / "labels" / "a" / "x.png", np.eye(8, dtype=np.uint8))
+    write_png(tmp_path / "p" / "victim.png", np.eye(8, dtype=np.uint8))
+    (tmp_path / "p" / "victim").mkdir()
+    (tmp_path / "p" / "victim" / "keep.txt").write_text("keep")
+    before = _tree(tmp_path / "p")
+    for extra in ([], ["--force"]):
+        result = _run("build", "p/ds", "--masks", "labels/*/../../../*.png", *extra, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert (
+            "victim.png: case id 'a/../../../victim' is not a relative path of plain names" in result.stderr
+        )
+        after = _tree(tmp_path / "p")
+        assert {k: v for k, v in after.items() if not k.startswith("ds/skeletons.zarr")} == before
+
+
+def test_out_is_only_ever_a_store_of_ours(tmp_path):
+    write_png(tmp_path / "k3d" / "labels" / "case_000.png", np.eye(8, dtype=np.uint8))
+    work = tmp_path / "work"
+    (work / "case_000").mkdir(parents=True)
+    (work / "case_000" / "notes.txt").write_text("notes")
+    result = _run("build", "k3d", "--out", "work", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "work: exists and is not a skelprep store" in result.stderr
+    assert (work / "case_000" / "notes.txt").read_text() == "notes" and not (tmp_path / "work.lock").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder may become the store, and it is ours from then on
+    assert _run("build", "k3d", "--out", "empty", cwd=tmp_path).returncode == 0
+    assert _run("build", "k3d", "--out", "empty", "--force", cwd=tmp_path).returncode == 0
+
+
+def test_out_never_holds_or_lies_among_the_inputs(tmp_path):
+    ds = tmp_path / "ds"
+    write_png(ds / "labels" / "images.png", np.eye(8, dtype=np.uint8))
+    write_png(ds / "images" / "images.png", np.eye(8, dtype=np.uint8))
+    before = _tree(ds)
+    cases = {
+        "ds": "ds: holds the dataset's inputs",
+        ".": "'.': a store is a folder of its own",
+        str(tmp_path): "holds the dataset's inputs",
+        "ds/labels/s.png": "ds/labels/s.png: lies among the dataset's input files (ds/labels)",
+        "ds/images/s.zarr": "lies among the dataset's input files (ds/images)",
+    }
+    for out, message in cases.items():
+        result = _run("build", "ds", "--out", out, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, (out, result.stderr)
+        assert message in result.stderr, (out, result.stderr)
+    assert _tree(ds) == before and not list(tmp_path.glob("*.lock"))
+    result = _run("build", "ds", "--masks", "labels/*.png", "--out", "ds/labels/s.png", cwd=tmp_path)
+    assert result.returncode == 1 and "lies among the dataset's input files" in result.stderr
+    result = _run("build", "ds", "--masks", "*/*.png", "--out", "ds/s.png", cwd=tmp_path)
+    assert result.returncode == 1 and "lies among the dataset's input files (ds)" in result.stderr
+    assert _run("build", "ds", cwd=tmp_path).returncode == 0  # the default store stays valid
+    assert _run("build", "ds", "--masks", "*/*.png", cwd=tmp_path).returncode == 0
+
+
+def test_out_and_dataset_spelled_like_a_url_with_one_slash_or_with_no_name_are_refused(tmp_path):
+    write_png(tmp_path / "k3d" / "labels" / "a.png", np.eye(8, dtype=np.uint8))
+    for args, message in (
+        (
+            ["k3d", "--out", "s3:/bkt/x.zarr"],
+            "s3:/bkt/x.zarr: looks like a URL with one slash; write s3://bkt/x.zarr",
+        ),
+        (["gs:/bkt/raw"], "gs:/bkt/raw: looks like a URL with one slash; write gs://bkt/raw"),
+        (["k3d", "--out", "/"], "'/': a store is a folder of its own"),
+        (["k3d", "--out", ""], "'': a store is a folder of its own"),
+    ):
+        result = _run("build", *args, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, (args, result.stderr)
+        assert result.stderr.startswith("skelprep: error: ") and message in result.stderr, (
+            args,
+            result.stderr,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k3d"]

@@ -159,3 +159,57 @@ def test_files_of_a_label_folder_that_are_no_masks_are_listed_as_skipped(tmp_pat
     assert [(s.path.name, s.reason) for s in discover(nn).skipped] == [
         ("b.tif", "not a '.png' mask (the file_ending of dataset.json)")
     ]
+
+
+def _problems(layout):
+    return {p.case_id: p.reason for p in layout.problems}
+
+
+def test_case_ids_that_would_leave_the_store_are_problems_in_every_layout(tmp_path):
+    root = tmp_path / "p" / "ds"
+    write_png(root / "labels" / "a" / "x.png", MASK)
+    write_png(tmp_path / "p" / "victim.png", MASK)
+    write_png(root / "labels" / "back\\slash.png", MASK)
+    # a glob that climbs out of its folder: the id would be "a/../../../victim"
+    layout = discover(root, masks="labels/*/../../../*.png")
+    assert not layout.cases and "'..' part" in _problems(layout)["a/../../../victim"]
+    # the walk of a labels folder (generic) and of labelsTr (nnU-Net): a backslash is a separator elsewhere
+    generic = discover(root)
+    assert [c.case_id for c in generic.cases] == ["a/x"]
+    assert "a backslash" in _problems(generic)["back\\slash"]
+    nnunet = _nnunet(tmp_path / "n", {"background": 0, "vessel": 1})
+    write_png(nnunet / "labelsTr" / "ok.png", MASK)
+    write_png(nnunet / "labelsTr" / "b\\c.png", MASK)
+    layout = discover(nnunet)
+    assert "a backslash" in _problems(layout)["b\\c"] and "rename the mask" in str(layout.problems[0])
+
+
+def test_ids_that_differ_only_by_case_are_a_collision_naming_both(tmp_path):
+    root = tmp_path / "g"
+    for name in ("Case1", "case1", "other", "Folder", "folder/inner"):
+        write_png(root / "labels" / f"{name}.png", MASK)
+    layout = discover(root)
+    problems = _problems(layout)
+    assert [c.case_id for c in layout.cases] == ["folder/inner", "other"]
+    assert "differs only by case from 'case1'" in problems["Case1"]
+    assert "differs only by case from 'Case1'" in problems["case1"]
+    assert "also the folder of other cases" in problems["Folder"]  # "folder/" on a case-insensitive disk
+
+
+def test_globs_do_not_follow_symlinked_folders(tmp_path):
+    root = tmp_path / "ds"
+    for name in ("a", "b", "deep/c"):
+        write_png(root / "seg" / f"{name}.png", MASK)
+    (root / "seg" / "loop").symlink_to(".")  # glob's ** would go round it for ever (to its depth limit)
+    for pattern in ("seg/**/*.png", "seg/*/*.png", "**/*.png"):
+        ids = [c.case_id for c in discover(root, masks=pattern).cases]
+        assert "loop" not in "/".join(ids), (pattern, ids)
+    assert [c.case_id for c in discover(root, masks="seg/**/*.png").cases] == ["a", "b", "deep/c"]
+    # a symlinked folder the glob names itself is the user's choice
+    (root / "linked").symlink_to(root / "seg" / "deep")
+    assert [c.case_id for c in discover(root, masks="linked/*.png").cases] == ["c"]
+
+
+def test_a_dataset_spelled_like_a_url_with_one_slash_is_refused(tmp_path):
+    with pytest.raises(LayoutError, match="looks like a URL with one slash; write s3://bkt/raw"):
+        discover("s3:/bkt/raw")

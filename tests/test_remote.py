@@ -192,6 +192,26 @@ def test_a_second_builder_on_a_remote_store_is_refused(s3):
         assert lease.renew() and not lease.lost
 
 
+def test_an_object_key_with_dot_dot_parts_is_a_failed_case_and_touches_nothing_outside_the_store(
+    s3, tmp_path
+):
+    png = (EXAMPLES / "road_cracks" / "labelsTr" / "crack_000.png").read_bytes()
+    s3.fs.pipe_file(f"{BUCKET}/trv/labels/ok.png", png)
+    s3.fs.pipe_file(f"{BUCKET}/trv/labels/sub/../../../../victim2.png", png)  # S3 keys are not paths
+    assert any(".." in key for key in s3.fs.find(f"{BUCKET}/trv")), "the server normalized the key"
+    out = tmp_path / "a" / "b" / "c" / "store.zarr"  # the key's id would lead to tmp_path/a/victim2
+    (tmp_path / "a" / "victim2").mkdir(parents=True)
+    (tmp_path / "a" / "victim2" / "keep.txt").write_text("keep")
+    for _ in range(2):  # a first and an incremental build
+        result = run_cli(
+            "build", f"s3://{BUCKET}/trv", "--masks", "labels/**/*.png", "--out", str(out), "--workers", "1"
+        )
+        assert result.returncode == 1, result.stderr
+        assert "case id 'sub/../../../../victim2' is not a relative path of plain names" in result.stderr
+        assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b", "victim2"]
+        assert [p.name for p in (tmp_path / "a" / "victim2").iterdir()] == ["keep.txt"]
+
+
 def test_two_real_builders_one_runs_and_the_other_takes_over_only_after_a_kill(s3, tmp_path):
     """Builder A holds the store (its tasks wait on a scheduler without workers); B is refused while A
     renews, and builds the store once A is SIGKILLed and its lease has expired."""
@@ -374,7 +394,7 @@ def test_a_build_cut_off_from_s3_loses_its_lease_stops_writing_and_does_not_fina
             ["build", f"s3://{BUCKET}/raw/octa3d", "--out", "s3://no-such-bucket/x.zarr"],
             "bucket does not exist",
         ),
-        (["build", f"s3:/{BUCKET}/raw/octa3d"], "dataset folder not found"),
+        (["build", f"s3:/{BUCKET}/raw/octa3d"], f"looks like a URL with one slash; write s3://{BUCKET}"),
         (["build", "nosuchproto://bucket/raw"], "Protocol not known"),
         (["info", f"s3://{BUCKET}/stores/none.zarr"], "no skelprep store here"),
         (["build", f"s3://{BUCKET}/raw/octa3d", "--storage-option", "nonsense"], "expected KEY=VALUE"),
