@@ -735,8 +735,10 @@ def _matched_by(path: str, pattern: str | None, suffixes: tuple[str, ...]) -> bo
 def _check_own_folder(out: str, folder: str) -> None:
     """Refuse an existing local folder that is neither empty nor a skelprep store (its files are not ours).
 
-    A root ``zarr.json`` that is no readable document is left to the store layer,
-    which says why it cannot be opened: that is a torn store, not someone's folder.
+    A root ``zarr.json`` that is no readable document, or skelprep attributes of the
+    wrong kind, are left to the store layer, which says why it cannot be opened, and
+    so is a folder of skelprep cases whose root ``zarr.json`` is gone: that is a
+    torn store, not someone's folder.
     """
     try:
         entries = [e for e in os.listdir(folder) if not _ROOT_PARTIAL.fullmatch(e)]
@@ -746,8 +748,10 @@ def _check_own_folder(out: str, folder: str) -> None:
         return
     if "zarr.json" in entries:
         doc = local_root_document(folder)
-        if doc is None or isinstance(doc.get("attributes", {}).get(ATTRS_KEY), dict):
+        if doc is None or ATTRS_KEY in doc.get("attributes", {}):  # the store layer says what is wrong
             return
+    elif damaged_root(folder) is not None:  # skelprep cases under a lost root: rebuilt from them
+        return
     raise BuildError(
         f"{out}: exists and is not a skelprep store; choose another store path (a new or empty folder)"
     )
