@@ -122,8 +122,10 @@ class UNet(nn.Module):
 # Data
 
 
-def ensure_store(dataset: Path, store: str, allow_build: bool) -> None:
+def ensure_store(dataset: Path, store: str, allow_build: bool, prog: str = "train") -> None:
     """Bring the store up to date, with images (or fail with a clear message when ``allow_build`` is False).
+
+    Failures exit with one line headed ``prog: error:`` (the calling pipeline's name).
 
     Training streams patches from the store's image and label arrays, so a store
     without them counts as out of date: it is built ``with_images`` (its targets
@@ -147,7 +149,7 @@ def ensure_store(dataset: Path, store: str, allow_build: bool) -> None:
         what = "holds no images (built without --with-images)"
     if not allow_build:
         sys.exit(
-            f"train: error: store {store} {what}; run 'skelprep build {dataset} --with-images' or drop --no-build"
+            f"{prog}: error: store {store} {what}; run 'skelprep build {dataset} --with-images' or drop --no-build"
         )
     print(f"building the store {store} with images (it {what})", file=sys.stderr)
     build_params = BuildParams(
@@ -156,7 +158,7 @@ def ensure_store(dataset: Path, store: str, allow_build: bool) -> None:
     report = build(dataset, store, params=build_params, workers=1, with_images=True)
     if not report.ok:
         reasons = "; ".join(o.reason for o in report.failed)
-        sys.exit(f"train: error: building the store failed: {reasons}")
+        sys.exit(f"{prog}: error: building the store failed: {reasons}")
 
 
 def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -376,11 +378,24 @@ def data_shape(dataset: Path, store: str) -> tuple[int, int]:
 
 
 class Trainer:
-    """The model, loss, optimizer and schedule of a run, and one epoch of training steps."""
+    """The model, loss, optimizer and schedule of a run, and one epoch of training steps.
 
-    def __init__(self, args: argparse.Namespace, model: UNet, n_classes: int, ignore: int | None, device):
+    ``compound`` replaces the default :class:`CompoundLoss` (from ``args``): any module
+    called as ``loss(logits, label, tube)`` with a ``terms`` method returning at least
+    ``total``, ``dice``, ``ce`` and ``recall``.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        model: UNet,
+        n_classes: int,
+        ignore: int | None,
+        device,
+        compound: nn.Module | None = None,
+    ):
         self.args, self.model, self.device = args, model.to(device), device
-        self.compound = CompoundLoss(
+        self.compound = compound or CompoundLoss(
             recall_weight=args.recall_weight, batch_dice=args.batch_dice, ignore_index=ignore
         )
         self.criterion = DeepSupervisionLoss(self.compound) if model.deep_supervision else self.compound
