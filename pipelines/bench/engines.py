@@ -556,12 +556,21 @@ class NnunetRead:
 
 
 class ItemPrototype:
-    """An item read from part A's arrays by one engine: batched read, z-score, skelprep's item tensors."""
+    """An item read from part A's arrays by one engine: batched read, z-score, tensors.
+
+    The tensors of skelprep's item (float32 image, int64 label and tube), or with
+    ``lean`` those of nnU-Net's loader's dtypes' size: the z-score in one float32
+    pass, label and tube as stored (uint8), so the figure shows what the casts cost.
+    """
 
     def __init__(
-        self, read: Callable[[tuple[slice, ...]], list[np.ndarray]], image: np.ndarray, patch: int
+        self,
+        read: Callable[[tuple[slice, ...]], list[np.ndarray]],
+        image: np.ndarray,
+        patch: int,
+        lean: bool = False,
     ) -> None:
-        self.read, self.shape, self.patch = read, image.shape, patch
+        self.read, self.shape, self.patch, self.lean = read, image.shape, patch, lean
         self.mean, self.std = float(image.mean()), float(image.std())
         self.rng = np.random.default_rng(2)
 
@@ -569,9 +578,17 @@ class ItemPrototype:
         import torch
 
         image, label, tube = self.read(_patch_at(self.rng, self.shape, self.patch))
-        image = (image.astype(np.float32) - self.mean) / self.std
+        if self.lean:
+            normalized = np.subtract(image, self.mean, dtype=np.float32)
+            normalized *= np.float32(1 / self.std)
+            return {
+                "image": torch.from_numpy(normalized),
+                "label": torch.from_numpy(label),
+                "tube": torch.from_numpy(tube),
+            }
+        normalized = (image.astype(np.float32) - self.mean) / self.std
         return {
-            "image": torch.from_numpy(image),
+            "image": torch.from_numpy(normalized),
             "label": torch.from_numpy(label.astype(np.int64)),
             "tube": torch.from_numpy(tube.astype(np.int64)),
         }
@@ -729,26 +746,26 @@ def _prototypes(case: dict[str, Any], arrays: dict[str, np.ndarray], work: Path,
     out: dict[str, Callable[[int], Any]] = {}
     closers: list[Callable[[], None]] = []
     patch = case["patch"]
+    readers: dict[str, Callable[[tuple[slice, ...]], list[np.ndarray]]] = {}
     if "tensorstore" in engines:
         handles = [open_tensorstore(p) for p in paths]
-        out[f"prototype: tensorstore futures, image {CANDIDATE}"] = ItemPrototype(
-            lambda sel: [f.result() for f in [h[sel].read() for h in handles]], arrays["image"], patch
-        )
+        readers["tensorstore futures"] = lambda sel: [f.result() for f in [h[sel].read() for h in handles]]
     for engine in ("zarrs", "zarr"):
         if engine in engines:
             batch = AsyncZarr(paths, ZARRS_PIPELINE if engine == "zarrs" else None)
             closers.append(batch.close)
-            out[f"prototype: {engine} asyncio.gather, image {CANDIDATE}"] = ItemPrototype(
-                batch.gather, arrays["image"], patch
-            )
+            readers[f"{engine} asyncio.gather"] = batch.gather
     b2 = [open_blosc2(work / f"{n}.b2nd") for n in arrays]
+    readers["blosc2 nnU-Net layout, in turn"] = lambda sel: [read_blosc2(a, sel) for a in b2]
     # the same item from memory: what normalizing and casting cost without any read
-    out["prototype: memory copy"] = ItemPrototype(
-        lambda sel: [np.array(a[sel]) for a in arrays.values()], arrays["image"], patch
-    )
-    out["prototype: blosc2 nnU-Net layout, in turn"] = ItemPrototype(
-        lambda sel: [read_blosc2(a, sel) for a in b2], arrays["image"], patch
-    )
+    readers["memory copy"] = lambda sel: [np.array(a[sel]) for a in arrays.values()]
+    for lean in (False, True):
+        for name, read in readers.items():
+            if lean and name.startswith("zarr "):
+                continue  # zarr-python's pipeline is far behind the others already
+            layout = f", image {CANDIDATE}" if "futures" in name or "gather" in name else ""
+            tensors = ", uint8 targets, one-pass z-score" if lean else ""
+            out[f"prototype: {name}{layout}{tensors}"] = ItemPrototype(read, arrays["image"], patch, lean)
     return out, closers
 
 
