@@ -47,7 +47,9 @@ tensors); that read plus the reference recipe on the seg patch
 (:func:`bench.common.reference_recipe`); one item of
 ``SkeletonDataset.from_store`` on a store built ``--with-images``; and, for the
 engines of part A, an item prototype: the batched read of image + label + tube in
-a candidate layout, z-score normalization, the tensors of skelprep's item. Ratios:
+a candidate layout, z-score normalization, the tensors of skelprep's item (and,
+"lean", in one float32 pass with the targets kept uint8), beside the same from
+memory (what normalizing and casting cost without a read). Ratios:
 item / nnU-Net stock read (target <= 1.0) and item / (nnU-Net read + recipe)
 (target <= 0.25).
 """
