@@ -59,10 +59,12 @@ lint: install
 bench: install
 	$(BIN)/python pipelines/bench.py --quick --out results/bench-quick
 	$(BIN)/python pipelines/bench_streaming.py --quick --out results/bench-streaming-quick
+	$(BIN)/python pipelines/bench_engines.py --quick --out results/bench-engines-quick
 
 bench-full: install
 	$(BIN)/python pipelines/bench.py --out results/bench
 	$(BIN)/python pipelines/bench_streaming.py --full --out results/bench-streaming
+	$(BIN)/python pipelines/bench_engines.py --full --out results/bench-engines
 
 ## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data;
 ## train.py builds each store --with-images first and streams the patches from it

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import build, cli_build, compute, layouts, loading, loss, storage, streaming
+from . import build, cli_build, compute, engines, layouts, loading, loss, storage, streaming
 from .common import Comparison, Part, fmt_bytes
 
 # bench.md's sections after the summary, in this order (not the order the sections run in)
@@ -23,6 +23,7 @@ SECTION_LINES = (
     storage.report_lines,
     layouts.report_lines,
     streaming.report_lines,
+    engines.report_lines,
 )
 
 

@@ -18,13 +18,13 @@ import numpy as np
 from skelprep.io import read_mask
 from skelprep.skeleton import skeleton_targets
 
-from . import build, cli_build, compute, layouts, loading, loss, streaming
+from . import build, cli_build, compute, engines, layouts, loading, loss, streaming
 from .common import CONFIGS, ROOT, Config, log, prepare_datasets
 from .report import Results, write_all
 
-# the default sections; ``streaming`` (its own outputs too, minutes in full mode) runs when named
+# the default sections; ``streaming`` and ``engines`` (their own outputs too, minutes in full mode) run when named
 ALL_SECTIONS = ("build", "cli", "compute", "loading", "loss", "layouts")
-OPTIONAL_SECTIONS = ("streaming",)
+OPTIONAL_SECTIONS = ("streaming", "engines")
 
 
 def run(cfg: Config, out: Path, device: str, work: Path, sections: set[str]) -> Results:
@@ -57,6 +57,8 @@ def run(cfg: Config, out: Path, device: str, work: Path, sections: set[str]) -> 
         res.add(layouts.run(cfg, work, arrays))
     if "streaming" in sections:
         res.add(streaming.section(cfg.mode, out))
+    if "engines" in sections:
+        res.add(engines.section(cfg.mode, out))
 
     res.meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_all(res, out)
