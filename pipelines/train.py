@@ -507,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base": args.base_channels,
         "levels": args.levels,
         "deep_supervision": model.deep_supervision,
+        "patch_size": list(patch_size),  # pipelines/predict.py's sliding window
     }
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -394,7 +394,9 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
 @cli.command("eval")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
+@click.option(
+    "--store", help="Store of the ground truth [default: the label folder's ../skeletons.zarr if present]."
+)
 @_storage_option
 @click.option("--classes", help="Comma-separated classes to score in every case [default: those present].")
 @click.option(
@@ -425,6 +427,9 @@ def eval_(
     json_path: Path | None,
 ) -> None:
     """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed).
+
+    GT_DIR is a folder of label maps or a dataset folder as 'skelprep build' takes it (nnU-Net raw with
+    labelsTr/, or labels/): then its label folder is the ground truth.
 
     Reports per case the class mean and the merged binary values (all labels >= 1 as one foreground), and
     per class the mean over the cases that have it. A class absent from both masks, and a blank case (no
@@ -458,7 +463,9 @@ def eval_(
         click.echo(f"{name:<{width}}  {cells}  {note}".rstrip())
 
     def table(title: str, key: str, mean: dict[str, float]) -> None:
-        click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads))
+        # The last column says where the ground-truth skeleton came from and which conventions applied.
+        notes = "gt skeleton; notes" if key == "mean" else "notes"
+        click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads) + f"  {notes}")
         for case in report.cases:
             notes = [case.gt_skeleton] if key == "mean" else []
             notes += ["blank"] if case.scores["blank"] else []
@@ -476,10 +483,18 @@ def eval_(
         for c, values in report.class_mean.items():
             row(f"class {c}", values, str(report.class_cases[c]))
     counts = report.counts()
+    # Thinning follows each scored case's dimensionality: Zhang for 2D, Lee for 3D.
+    dims = [len(c.shape) for c in report.cases]
+    thinning = ", ".join(
+        f"{name} for {n}D ({dims.count(n)} case{'s' if dims.count(n) != 1 else ''})"
+        for n, name in ((2, "Zhang"), (3, "Lee"))
+        if n in dims
+    )
     click.echo(
         f"{counts['scored']} scored, {counts['failed']} failed; {counts['blank_cases']} blank case(s) and "
-        f"{counts['empty_class_scores']} empty class score(s) counted as perfect; skeleton {skeleton_method}; "
-        f"singleton axes {'kept (3D, Lee)' if keep_singleton_axes else 'squeezed (2D, Zhang)'}"
+        f"{counts['empty_class_scores']} empty class score(s) counted as perfect; skeleton {skeleton_method}"
+        + (f": {thinning}" if thinning else "")
+        + f"; one-slice NIfTI {'kept 3D' if keep_singleton_axes else 'squeezed to 2D'}"
     )
     for reason in report.failed.values():
         click.echo(f"failed: {reason}", err=True)
