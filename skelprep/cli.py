@@ -235,10 +235,18 @@ def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
 @_storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(store: str, as_json: bool) -> None:
-    """Show the cases, parameters and label counts of a built STORE."""
-    from skelprep.store import open_store
+    """Show the cases, parameters and label counts of a built STORE (or of DATASET/skeletons.zarr)."""
+    from skelprep.store import StoreError, default_store_path, open_store
 
-    opened = open_store(store)
+    try:
+        opened = open_store(store)
+    except StoreError:
+        # A dataset folder names its default store: show that one.
+        default = default_store_path(store)
+        if "://" in store or not Path(default).is_dir():
+            raise
+        click.echo(f"note: {store} is no store; showing its default store {default}", err=True)
+        store, opened = default, open_store(default)
     cases = {}
     for case_id in opened.case_ids:
         meta = opened.case_attrs(case_id) or {}
@@ -278,10 +286,13 @@ def info(store: str, as_json: bool) -> None:
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
     with_images = sum(1 for meta in cases.values() if meta["images"])
-    click.echo(
-        f"images    {with_images} of {len(cases)} cases carry image and label arrays"
-        + ("" if with_images == len(cases) else " (add them with 'skelprep build DATASET --with-images')")
-    )
+    if attrs.get("layout") == "nnunet-preprocessed":  # skelprep nnunet build: targets only, by design
+        advice = " (an nnU-Net sidecar: the trainer reads images from nnU-Net's preprocessed folder)"
+    elif with_images < len(cases):
+        advice = " (add them with 'skelprep build DATASET --with-images')"
+    else:
+        advice = ""
+    click.echo(f"images    {with_images} of {len(cases)} cases carry image and label arrays{advice}")
     width = max((len(c) for c in cases), default=4)
     click.echo(f"{'case':<{width}}  {'shape':<16} {'image':<22} {'tube voxels per class':<30} fallback")
     for case_id, meta in cases.items():

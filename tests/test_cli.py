@@ -153,3 +153,14 @@ def test_a_store_root_of_the_wrong_types_gives_one_line(runner, tmp_path, meta, 
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     result = runner.invoke(cli, ["verify", dataset, "--out", str(out)])
     assert result.exit_code == 1 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_info_on_a_dataset_folder_shows_its_default_store(runner, cracks_dataset, tmp_path):
+    result = runner.invoke(cli, ["info", str(cracks_dataset)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1  # not built yet: one line
+    assert (
+        runner.invoke(cli, ["build", str(cracks_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
+    )
+    result = runner.invoke(cli, ["info", str(cracks_dataset)])
+    assert result.exit_code == 0, result.output
+    assert "3 complete" in result.stdout and str(cracks_dataset / "skeletons.zarr") in result.stderr
