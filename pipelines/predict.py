@@ -310,14 +310,12 @@ def write_label_map(labels: np.ndarray, out: Path, case_id: str, affine: np.ndar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=train.HelpFormatter)
     p.add_argument("checkpoint", type=Path, help="checkpoint of pipelines/train.py (best.pt, last.pt)")
     p.add_argument("input", type=Path, help="dataset folder, image folder, or store built --with-images")
     p.add_argument("--out", type=Path, required=True, help="folder for the predicted label maps")
     p.add_argument(
-        "--patch-size", type=int, nargs="+", help="window size [default: the checkpoint's training patch]"
+        "--patch-size", type=int, nargs="+", help="window size (default: the checkpoint's training patch)"
     )
     p.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring windows, in [0, 1)")
     p.add_argument("--weighting", choices=("gaussian", "uniform"), default="gaussian", help="window weights")
