@@ -361,17 +361,31 @@ def verify(
 @click.argument("case")
 @_storage_option
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write [default: CASE.png in the current folder, '/' in CASE as '_'].",
 )
 @click.option(
-    "--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="Projection axis for 3D."
+    "--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="3D: projection and slice axis."
 )
-def preview(store: str, case: str, output: Path, axis: int) -> None:
-    """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
+@click.option(
+    "--slice",
+    "slice_index",
+    type=click.IntRange(min=0),
+    help="3D: the slice along --axis shown beside the projection [default: the middle one].",
+)
+def preview(store: str, case: str, output: Path | None, axis: int, slice_index: int | None) -> None:
+    """Write a PNG of CASE: the image (stores built --with-images) under the mask tinted per class, the tube
+    in class colours, the thin skeleton in white, and a legend with the class names.
+
+    3D cases show the maximum projection along --axis beside one slice normal to it.
+    """
+    import numpy as np
     from PIL import Image
 
     from skelprep.io import InputError, read_mask
-    from skelprep.preview import render_preview
+    from skelprep.preview import render_preview, with_legend
     from skelprep.store import open_store
 
     opened = open_store(store)
@@ -379,25 +393,57 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
         known = ", ".join(opened.case_ids[:5]) + (" ..." if len(opened) > 5 else "")
         _fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
     targets = opened[case]
-    mask = None
-    mask_path = opened.source_path(case)
-    if mask_path is None:
-        click.echo(
-            f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
-            "showing the skeleton only",
-            err=True,
-        )
+    tube, thin = targets.tube[...], targets.thin[...]
+    image = targets.image[...] if targets.image is not None else None
+    mask = targets.label[...] if targets.label is not None else None
+    if mask is None:
+        mask_path = opened.source_path(case)
+        if mask_path is None:
+            click.echo(
+                f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
+                "showing the skeleton only",
+                err=True,
+            )
+        else:
+            try:
+                mask = read_mask(mask_path).array
+            except InputError:
+                click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+    if mask is not None and mask.shape != tube.shape:
+        click.echo(f"note: mask shape {mask.shape} differs from the stored {tube.shape}; not shown", err=True)
+        mask = None
+    if tube.ndim == 3:
+        if slice_index is None:
+            slice_index = tube.shape[axis] // 2
+        elif slice_index >= tube.shape[axis]:
+            raise click.BadParameter(
+                f"{slice_index} is outside 0..{tube.shape[axis] - 1} along axis {axis}", param_hint="--slice"
+            )
+        views = [
+            render_preview(tube, thin, mask, image=image, axis=axis, slice_index=s)
+            for s in (None, slice_index)
+        ]
+        # small cases are enlarged, pixels kept square and sharp
+        scale = max(1, 384 // max(views[0].shape[:2]))
+        views = [np.repeat(np.repeat(v, scale, axis=0), scale, axis=1) for v in views]
+        gap = np.full((views[0].shape[0], 4, 3), 255, np.uint8)
+        picture = np.concatenate([views[0], gap, views[1]], axis=1)
+        title = f"left: maximum projection along axis {axis} (skeleton only); right: slice {slice_index}"
     else:
-        try:
-            mask = read_mask(mask_path).array
-        except InputError:
-            click.echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
-    picture = Image.fromarray(render_preview(targets.tube[...], targets.thin[...], mask, axis=axis))
-    scale = max(1, 512 // max(picture.size))  # small cases are enlarged, pixels kept square and sharp
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+        picture = render_preview(tube, thin, mask, image=image)
+        scale = max(1, 512 // max(picture.shape[:2]))
+        picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+        title = ""
+    labels = sorted(
+        {int(v) for v in np.unique(tube) if v > 0}
+        | ({int(v) for v in np.unique(mask) if v > 0} if mask is not None else set())
+    )
+    names = {int(k): v for k, v in (opened.attrs.get("label_names") or {}).items() if str(k).isdigit()}
+    picture = with_legend(picture, labels, names, title)
+    if output is None:
+        output = Path(case.replace("/", "_") + ".png")
     output.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(output)
+    Image.fromarray(picture).save(output)
     click.echo(f"wrote {output}")
 
 
