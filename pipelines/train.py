@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from skelprep.build import BuildParams, build
 from skelprep.evaluate import store_thin
-from skelprep.layout import discover
+from skelprep.layout import LayoutError, discover
 from skelprep.metrics import evaluate_case, mean_metrics
 from skelprep.store import StoreError, default_store_path, open_store
 from skelprep.torch import CompoundLoss, DeepSupervisionLoss, SkeletonDataset
@@ -120,6 +120,19 @@ class UNet(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # Data
+
+
+def check_images(dataset: Path) -> None:
+    """Exit with one line unless the dataset can be found and has images: the model learns from them."""
+    try:
+        layout = discover(dataset)
+    except LayoutError as exc:
+        sys.exit(f"train: error: {exc}")
+    if not any(case.images for case in layout.cases):
+        sys.exit(
+            f"train: error: {dataset}: no images (imagesTr/ or images/ beside the labels); training needs an "
+            "image for every case, a labels-only dataset can only be built ('skelprep build')"
+        )
 
 
 def ensure_store(dataset: Path, store: str, allow_build: bool, prog: str = "train") -> None:
@@ -289,21 +302,31 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 # Main
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except where there is none to show (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("dataset", type=Path, help="dataset folder (nnU-Net raw or generic, with images)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
-    p.add_argument("--store", help="store path [default: DATASET/skeletons.zarr]")
+    p.add_argument("--store", help="store path (default: DATASET/skeletons.zarr)")
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing/stale store")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch")
     p.add_argument(
-        "--patch-size", type=int, nargs="+", help="patch size (one value or one per axis) [2D: 256, 3D: 64]"
+        "--patch-size",
+        type=int,
+        nargs="+",
+        help="patch size, one value or one per axis (default: 2D 256, 3D 64)",
     )
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="patches per step")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument(
         "--val-fraction", type=float, default=0.25, help="fraction of cases held out (by case, seeded)"
     )
@@ -314,14 +337,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--foreground-prob", type=float, default=0.33, help="fraction of patches centred on the tube"
     )
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (poly decay)")
-    p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--levels", type=int, default=4)
-    p.add_argument("--no-deep-supervision", action="store_true")
-    p.add_argument("--batch-dice", action="store_true")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--base-channels", type=int, default=16, help="channels of the first level")
+    p.add_argument("--levels", type=int, default=4, help="resolution levels of the U-Net")
+    p.add_argument("--no-deep-supervision", action="store_true", help="train the full-resolution output only")
+    p.add_argument("--batch-dice", action="store_true", help="Dice and recall summed over the batch")
+    p.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: CUDA if available"
+    )
     p.add_argument("--val-max-voxels", type=int, default=2**22, help="larger cases use a sliding window")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the patches and the weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -507,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     store = args.store or default_store_path(args.dataset)
+    check_images(args.dataset)
     ensure_store(args.dataset, store, allow_build=not args.no_build)
 
     n_classes, ignore = class_count(args.dataset, store)
@@ -522,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base": args.base_channels,
         "levels": args.levels,
         "deep_supervision": model.deep_supervision,
+        "patch_size": list(patch_size),  # pipelines/predict.py's sliding window
     }
 
     args.out.mkdir(parents=True, exist_ok=True)

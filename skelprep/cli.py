@@ -263,10 +263,18 @@ def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
 @_storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(store: str, as_json: bool) -> None:
-    """Show the cases, parameters and label counts of a built STORE."""
-    from skelprep.store import open_store
+    """Show the cases, parameters and label counts of a built STORE (or of DATASET/skeletons.zarr)."""
+    from skelprep.store import StoreError, default_store_path, open_store
 
-    opened = open_store(store)
+    try:
+        opened = open_store(store)
+    except StoreError:
+        # A dataset folder names its default store: show that one.
+        default = default_store_path(store)
+        if "://" in store or not Path(default).is_dir():
+            raise
+        click.echo(f"note: {store} is no store; showing its default store {default}", err=True)
+        store, opened = default, open_store(default)
     cases = {}
     for case_id in opened.case_ids:
         meta = opened.case_attrs(case_id) or {}
@@ -306,10 +314,13 @@ def info(store: str, as_json: bool) -> None:
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
     with_images = sum(1 for meta in cases.values() if meta["images"])
-    click.echo(
-        f"images    {with_images} of {len(cases)} cases carry image and label arrays"
-        + ("" if with_images == len(cases) else " (add them with 'skelprep build DATASET --with-images')")
-    )
+    if attrs.get("layout") == "nnunet-preprocessed":  # skelprep nnunet build: targets only, by design
+        advice = " (an nnU-Net sidecar: the trainer reads images from nnU-Net's preprocessed folder)"
+    elif with_images < len(cases):
+        advice = " (add them with 'skelprep build DATASET --with-images')"
+    else:
+        advice = ""
+    click.echo(f"images    {with_images} of {len(cases)} cases carry image and label arrays{advice}")
     width = max((len(printable(c)) for c in cases), default=4)
     click.echo(f"{'case':<{width}}  {'shape':<16} {'image':<22} {'tube voxels per class':<30} fallback")
     for case_id, meta in cases.items():
@@ -385,17 +396,31 @@ def verify(
 @click.argument("case")
 @_storage_option
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write [default: CASE.png in the current folder, '/' in CASE as '_'].",
 )
 @click.option(
-    "--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="Projection axis for 3D."
+    "--axis", type=click.IntRange(0, 2), default=0, show_default=True, help="3D: projection and slice axis."
 )
-def preview(store: str, case: str, output: Path, axis: int) -> None:
-    """Write a PNG of CASE: mask in grey, tube in colour, thin skeleton in white (3D: max projection)."""
+@click.option(
+    "--slice",
+    "slice_index",
+    type=click.IntRange(min=0),
+    help="3D: the slice along --axis shown beside the projection [default: the middle one].",
+)
+def preview(store: str, case: str, output: Path | None, axis: int, slice_index: int | None) -> None:
+    """Write a PNG of CASE: the image (stores built --with-images) under the mask tinted per class, the tube
+    in class colours, the thin skeleton in white, and a legend with the class names.
+
+    3D cases show the maximum projection along --axis beside one slice normal to it.
+    """
+    import numpy as np
     from PIL import Image
 
     from skelprep.io import InputError, read_mask
-    from skelprep.preview import render_preview
+    from skelprep.preview import render_preview, with_legend
     from skelprep.store import open_store
 
     opened = open_store(store)
@@ -403,25 +428,57 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
         known = ", ".join(opened.case_ids[:5]) + (" ..." if len(opened) > 5 else "")
         _fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
     targets = opened[case]
-    mask = None
-    mask_path = opened.source_path(case)
-    if mask_path is None:
-        _echo(
-            f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
-            "showing the skeleton only",
-            err=True,
-        )
+    tube, thin = targets.tube[...], targets.thin[...]
+    image = targets.image[...] if targets.image is not None else None
+    mask = targets.label[...] if targets.label is not None else None
+    if mask is None:
+        mask_path = opened.source_path(case)
+        if mask_path is None:
+            _echo(
+                f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
+                "showing the skeleton only",
+                err=True,
+            )
+        else:
+            try:
+                mask = read_mask(mask_path).array
+            except InputError:
+                _echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+    if mask is not None and mask.shape != tube.shape:
+        _echo(f"note: mask shape {mask.shape} differs from the stored {tube.shape}; not shown", err=True)
+        mask = None
+    if tube.ndim == 3:
+        if slice_index is None:
+            slice_index = tube.shape[axis] // 2
+        elif slice_index >= tube.shape[axis]:
+            raise click.BadParameter(
+                f"{slice_index} is outside 0..{tube.shape[axis] - 1} along axis {axis}", param_hint="--slice"
+            )
+        views = [
+            render_preview(tube, thin, mask, image=image, axis=axis, slice_index=s)
+            for s in (None, slice_index)
+        ]
+        # small cases are enlarged, pixels kept square and sharp
+        scale = max(1, 384 // max(views[0].shape[:2]))
+        views = [np.repeat(np.repeat(v, scale, axis=0), scale, axis=1) for v in views]
+        gap = np.full((views[0].shape[0], 4, 3), 255, np.uint8)
+        picture = np.concatenate([views[0], gap, views[1]], axis=1)
+        title = f"left: maximum projection along axis {axis} (skeleton only); right: slice {slice_index}"
     else:
-        try:
-            mask = read_mask(mask_path).array
-        except InputError:
-            _echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
-    picture = Image.fromarray(render_preview(targets.tube[...], targets.thin[...], mask, axis=axis))
-    scale = max(1, 512 // max(picture.size))  # small cases are enlarged, pixels kept square and sharp
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+        picture = render_preview(tube, thin, mask, image=image)
+        scale = max(1, 512 // max(picture.shape[:2]))
+        picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+        title = ""
+    labels = sorted(
+        {int(v) for v in np.unique(tube) if v > 0}
+        | ({int(v) for v in np.unique(mask) if v > 0} if mask is not None else set())
+    )
+    names = {int(k): v for k, v in (opened.attrs.get("label_names") or {}).items() if str(k).isdigit()}
+    picture = with_legend(picture, labels, names, title)
+    if output is None:
+        output = Path(case.replace("/", "_") + ".png")
     output.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(output)
+    Image.fromarray(picture).save(output)
     click.echo(f"wrote {output}")
 
 
@@ -429,7 +486,9 @@ def preview(store: str, case: str, output: Path, axis: int) -> None:
 @cli.command("eval")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--store", help="Store of the ground truth [default: GT_DIR/../skeletons.zarr if present].")
+@click.option(
+    "--store", help="Store of the ground truth [default: the label folder's ../skeletons.zarr if present]."
+)
 @_storage_option
 @click.option("--classes", help="Comma-separated classes to score in every case [default: those present].")
 @click.option(
@@ -460,6 +519,9 @@ def eval_(
     json_path: Path | None,
 ) -> None:
     """Score the label maps of PRED_DIR against GT_DIR: Dice, clDice, Betti errors (exit 1 if a case failed).
+
+    GT_DIR is a folder of label maps or a dataset folder as 'skelprep build' takes it (nnU-Net raw with
+    labelsTr/, or labels/): then its label folder is the ground truth.
 
     Reports per case the class mean and the merged binary values (all labels >= 1 as one foreground), and
     per class the mean over the cases that have it. A class absent from both masks, and a blank case (no
@@ -493,7 +555,9 @@ def eval_(
         _echo(f"{printable(name):<{width}}  {cells}  {note}".rstrip())
 
     def table(title: str, key: str, mean: dict[str, float]) -> None:
-        click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads))
+        # The last column says where the ground-truth skeleton came from and which conventions applied.
+        notes = "gt skeleton; notes" if key == "mean" else "notes"
+        click.echo(f"{title:<{width}}  " + " ".join(f"{h:>8}" for h in heads) + f"  {notes}")
         for case in report.cases:
             notes = [case.gt_skeleton] if key == "mean" else []
             notes += ["blank"] if case.scores["blank"] else []
@@ -511,10 +575,18 @@ def eval_(
         for c, values in report.class_mean.items():
             row(f"class {c}", values, str(report.class_cases[c]))
     counts = report.counts()
+    # Thinning follows each scored case's dimensionality: Zhang for 2D, Lee for 3D.
+    dims = [len(c.shape) for c in report.cases]
+    thinning = ", ".join(
+        f"{name} for {n}D ({dims.count(n)} case{'s' if dims.count(n) != 1 else ''})"
+        for n, name in ((2, "Zhang"), (3, "Lee"))
+        if n in dims
+    )
     click.echo(
         f"{counts['scored']} scored, {counts['failed']} failed; {counts['blank_cases']} blank case(s) and "
-        f"{counts['empty_class_scores']} empty class score(s) counted as perfect; skeleton {skeleton_method}; "
-        f"singleton axes {'kept (3D, Lee)' if keep_singleton_axes else 'squeezed (2D, Zhang)'}"
+        f"{counts['empty_class_scores']} empty class score(s) counted as perfect; skeleton {skeleton_method}"
+        + (f": {thinning}" if thinning else "")
+        + f"; one-slice NIfTI {'kept 3D' if keep_singleton_axes else 'squeezed to 2D'}"
     )
     for reason in report.failed.values():
         _echo(f"failed: {reason}", err=True)

@@ -1,5 +1,7 @@
 """Evaluate a folder of predicted label maps against a folder of ground truths.
 
+The ground truth is a folder of label maps or a dataset folder as ``skelprep
+build`` takes it, whose label folder is then used (:func:`ground_truth_folder`).
 Files are paired by case id: the path relative to each folder, without
 extension (``case_001.png`` with ``case_001.nii.gz`` too), found with the walk
 and case-id rules of :func:`skelprep.layout.masks_by_case_id` and read with
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from skelprep.io import MASK_SUFFIXES, InputError, file_sha256, read_mask, split_suffix
-from skelprep.layout import masks_by_case_id
+from skelprep.layout import LayoutError, discover, masks_by_case_id
 from skelprep.metrics import EMPTY_CONVENTION, SKELETON_METHODS, CaseScores, evaluate_case, mean_metrics
 from skelprep.store import case_state, default_store_path
 
@@ -42,6 +44,7 @@ __all__ = [
     "EvaluationReport",
     "GroundTruthSkeletons",
     "find_masks",
+    "ground_truth_folder",
     "read_label_map",
     "evaluate_folders",
     "stored_skeletons",
@@ -78,6 +81,31 @@ def find_masks(folder: str | os.PathLike) -> tuple[dict[str, Path], dict[str, st
         raise InputError(folder, "folder not found")
     masks, problems = masks_by_case_id(folder)
     return masks, {p.case_id: str(p) for p in problems}
+
+
+def ground_truth_folder(gt: str | os.PathLike) -> Path:
+    """The folder of ground-truth label maps that ``gt`` names: itself, or a dataset folder's label folder.
+
+    A dataset folder as ``skelprep build`` takes it (``dataset.json`` with
+    ``labelsTr/``, or a ``labels/``, ``masks/`` or ``labelsTr/`` subfolder) gives
+    the label folder :func:`skelprep.layout.discover` finds in it; any other
+    folder is a folder of label maps.
+
+    Raises
+    ------
+    InputError
+        The folder does not exist, or is a dataset folder whose layout is broken.
+    """
+    gt = Path(gt)
+    if not gt.is_dir():
+        raise InputError(gt, "folder not found")
+    if (gt / "dataset.json").exists() or any((gt / n).is_dir() for n in ("labels", "masks", "labelsTr")):
+        try:
+            layout = discover(gt)
+        except LayoutError as exc:
+            raise InputError(gt, f"not a usable dataset folder ({exc})") from exc
+        return Path(layout.mask_dir)
+    return gt
 
 
 def _open_store(store: str | os.PathLike | None, gt_dir: Path):
@@ -334,7 +362,9 @@ def evaluate_folders(
     Parameters
     ----------
     pred_dir, gt_dir : path
-        Folders of label maps (PNG, NIfTI, TIFF), paired by case id.
+        Folders of label maps (PNG, NIfTI, TIFF), paired by case id. ``gt_dir``
+        may also be a dataset folder as ``skelprep build`` takes it (see
+        :func:`ground_truth_folder`): its label folder is the ground truth.
     store : path, optional
         skelprep store of the ground truth; default ``gt_dir/../skeletons.zarr``
         if it exists. Its thin skeletons are reused where valid (see
@@ -362,10 +392,14 @@ def evaluate_folders(
     """
     if skeleton_method not in SKELETON_METHODS:
         raise ValueError(f"skeleton method must be one of {SKELETON_METHODS}, got {skeleton_method!r}")
-    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    gt_dir, pred_dir = ground_truth_folder(gt_dir), Path(pred_dir)
     gts, gt_problems = find_masks(gt_dir)
     if not gts and not gt_problems:
-        raise InputError(gt_dir, "no ground-truth masks found")
+        raise InputError(
+            gt_dir,
+            "no ground-truth masks found (expected label maps, or a dataset folder: dataset.json with "
+            "labelsTr/, or labels/)",
+        )
     preds, pred_problems = find_masks(pred_dir)
     opened = _open_store(store, gt_dir)
     report = EvaluationReport(

@@ -46,7 +46,8 @@ def test_build_info_verify_preview(runner, cracks_dataset, tmp_path):
     result = runner.invoke(cli, ["preview", store, "crack_000", "-o", str(out)])
     assert result.exit_code == 0, result.output
     rgb = np.asarray(Image.open(out))
-    assert rgb.shape == (640, 1024, 3) and (rgb == 255).all(axis=-1).any() and (rgb == 70).all(axis=-1).any()
+    # the case (640 x 1024) above a legend band; white skeleton pixels in it
+    assert rgb.shape[1:] == (1024, 3) and rgb.shape[0] > 640 and (rgb[:640] == 255).all(axis=-1).any()
 
     result = runner.invoke(cli, ["preview", store, "nope", "-o", str(out)])
     assert result.exit_code == 1 and "no complete case 'nope'" in result.stderr
@@ -59,8 +60,13 @@ def test_preview_3d_is_a_projection(runner, octa_dataset, tmp_path):
         cli, ["preview", str(octa_dataset / "skeletons.zarr"), "octa_000", "-o", str(out), "--axis", "2"]
     )
     assert result.exit_code == 0
-    # 64 x 64 projection, enlarged (nearest) so a person can see it
-    assert np.asarray(Image.open(out)).shape == (512, 512, 3)
+    # the 64 x 64 projection and the middle slice side by side, enlarged (nearest) so a person can see them
+    rgb = np.asarray(Image.open(out))
+    assert rgb.shape[1] == 2 * 384 + 4 and rgb.shape[0] > 384
+    result = runner.invoke(
+        cli, ["preview", str(octa_dataset / "skeletons.zarr"), "octa_000", "-o", str(out), "--slice", "64"]
+    )
+    assert result.exit_code == 2 and "--slice" in result.stderr and "0..63" in result.stderr
 
 
 def test_failures_give_one_line_and_exit_1(runner, tmp_path):
@@ -315,3 +321,37 @@ def test_out_and_dataset_spelled_like_a_url_with_one_slash_or_with_no_name_are_r
             result.stderr,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k3d"]
+
+
+def test_info_on_a_dataset_folder_shows_its_default_store(runner, cracks_dataset, tmp_path):
+    result = runner.invoke(cli, ["info", str(cracks_dataset)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1  # not built yet: one line
+    assert (
+        runner.invoke(cli, ["build", str(cracks_dataset), "--workers", "1", "--no-progress"]).exit_code == 0
+    )
+    result = runner.invoke(cli, ["info", str(cracks_dataset)])
+    assert result.exit_code == 0, result.output
+    assert "3 complete" in result.stdout and str(cracks_dataset / "skeletons.zarr") in result.stderr
+
+
+def test_preview_shows_the_image_classes_in_colours_and_a_legend(
+    runner, cracks_dataset, tmp_path, monkeypatch
+):
+    from skelprep.preview import class_colour
+
+    build = ["build", str(cracks_dataset), "--workers", "1", "--no-progress", "--with-images"]
+    assert runner.invoke(cli, build).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, ["preview", str(cracks_dataset / "skeletons.zarr"), "crack_000"])
+    assert result.exit_code == 0, result.output
+    rgb = np.asarray(Image.open(tmp_path / "crack_000.png")).astype(int)  # the default name
+    label = np.asarray(Image.open(cracks_dataset / "labelsTr" / "crack_000.png"))
+    picture, legend = rgb[:640], rgb[640:]
+    # the photo is under the overlay: background pixels are not one flat colour
+    assert picture[label == 0].std(axis=0).min() > 10
+    # each class its own colour: the mean colour of class 1 (road) and class 3 (crack) pixels differ
+    means = {c: picture[label == c].mean(axis=0) for c in (1, 3)}
+    assert np.abs(means[1] - means[3]).max() > 40
+    # the legend band carries a swatch of every class colour of the case
+    for c in np.unique(label[label > 0]):
+        assert (legend == class_colour(c)).all(axis=-1).any(), c

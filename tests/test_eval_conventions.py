@@ -278,3 +278,39 @@ def test_eval_refuses_bad_classes(folders, value):
     pred_dir, gt_dir = folders
     result = CliRunner().invoke(cli, ["eval", str(pred_dir), str(gt_dir), "--classes", value])
     assert result.exit_code == 2 and "--classes" in result.output
+
+
+def test_a_dataset_folder_is_ground_truth_through_its_label_folder(tmp_path):
+    # nnU-Net raw (labelsTr/ beside imagesTr/) and generic (labels/ beside images/): the label folder
+    # is found as a build finds it; the images are no ground truth.
+    cracks = copy_dataset(EXAMPLES / "road_cracks", tmp_path / "cracks")
+    generic = tmp_path / "generic"
+    (generic / "labels").mkdir(parents=True)
+    (generic / "images").mkdir()
+    for path in (cracks / "labelsTr").iterdir():
+        (generic / "labels" / path.name).write_bytes(path.read_bytes())
+    for path in (cracks / "imagesTr").iterdir():
+        (generic / "images" / path.name.replace("_0000", "")).write_bytes(path.read_bytes())
+    for dataset, labels in ((cracks, "labelsTr"), (generic, "labels")):
+        report = evaluate_folders(dataset / labels, dataset)
+        assert report.gt_dir == str(dataset / labels)
+        assert report.failed == {} and len(report.cases) == 3 and report.mean["dice"] == 1.0
+        result = CliRunner().invoke(cli, ["eval", str(dataset / labels), str(dataset)])
+        assert result.exit_code == 0, result.output
+    # A folder with neither label maps nor a dataset layout says what it expected, in one line.
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["eval", str(cracks / "labelsTr"), str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "expected label maps, or a dataset folder" in result.stderr
+
+
+def test_eval_table_names_every_column_and_the_thinning_per_dimensionality(tmp_path):
+    octa = copy_dataset(EXAMPLES / "octa3d", tmp_path / "octa")
+    result = CliRunner().invoke(cli, ["eval", str(octa / "labelsTr"), str(octa / "labelsTr")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header, first = lines[0], lines[1]
+    # the header names the note column too: as many names as the first case row has cells
+    assert header.split()[-1] == "notes" and first.split()[-1] == "computed"
+    footer = lines[-1]
+    assert "Lee for 3D (4 cases)" in footer and "Zhang" not in footer and "(2D" not in footer

@@ -440,3 +440,68 @@ def test_numpy_format_preprocessing_is_read_too(built, tmp_path, monkeypatch):
         assert seg == str(pre / OCTA / "nnUNetPlans_3d_fullres" / f"{case_id}.npz")
     assert ours.attrs["dataset"] == "../.."
     require_current(locate(OCTA, "3d_fullres"))
+
+
+@pytest.mark.slow
+def test_documented_smoke_route_trains_two_iterations_on_the_cpu(built):
+    """The README's Python route on 4-or-fewer cases: fold 'all', the CPU, 2 iterations, unshrunk plans."""
+    from skelprep.nnunet.trainer import make_trainer
+
+    trainer = make_trainer(991, "2d", "all", device="cpu")
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1
+    trainer.run_training()
+    assert (Path(trainer.output_folder) / "checkpoint_final.pth").is_file()
+    assert trainer.output_folder.endswith("fold_all")
+
+
+def test_run_length_from_environment(monkeypatch):
+    from skelprep.nnunet.trainer import SkeletonRecallTrainerError, training_length
+
+    assert training_length() == {}
+    monkeypatch.setenv("SKELPREP_NUM_EPOCHS", "1")
+    monkeypatch.setenv("SKELPREP_ITERATIONS_PER_EPOCH", "2")
+    assert training_length() == {"num_epochs": 1, "num_iterations_per_epoch": 2}
+    for bad in ("0", "-3", "two", "1.5"):
+        monkeypatch.setenv("SKELPREP_VAL_ITERATIONS_PER_EPOCH", bad)
+        with pytest.raises(
+            SkeletonRecallTrainerError, match="SKELPREP_VAL_ITERATIONS_PER_EPOCH=.*integer >= 1"
+        ):
+            training_length()
+
+
+@pytest.mark.slow
+def test_environment_shortens_the_trainer_and_a_missing_sidecar_ends_in_one_line(built, tmp_path):
+    """As nnUNetv2_train runs it (a process that creates the trainer and trains): no traceback, exit 1."""
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(built["preprocessed"] / CRACKS, pre / CRACKS, ignore=shutil.ignore_patterns("skelprep"))
+    code = (
+        "from skelprep.nnunet.trainer import make_trainer\n"
+        "t = make_trainer(991, '2d', 'all', device='cpu')\n"
+        "assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (1, 2, 1)\n"
+        "t.run_training()\n"
+    )
+    env = {**os.environ, "nnUNet_preprocessed": str(pre), "SKELPREP_NUM_EPOCHS": "1"}
+    env |= {"SKELPREP_ITERATIONS_PER_EPOCH": "2", "SKELPREP_VAL_ITERATIONS_PER_EPOCH": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"no Skeleton Recall targets; build them with: skelprep nnunet build {CRACKS} -c 2d")
+    )
+
+
+@pytest.mark.slow
+def test_info_on_a_sidecar_gives_sidecar_advice(built):
+    sidecar = built["preprocessed"] / CRACKS / "skelprep" / "nnUNetPlans_2d"
+    result = _run("info", str(sidecar))
+    assert result.exit_code == 0, result.output
+    assert "an nnU-Net sidecar" in result.stdout and "--with-images" not in result.stdout
+
+
+def test_build_help_says_the_workers_are_threads():
+    result = _run("nnunet", "build", "--help")
+    text = " ".join(result.output.split())  # click wraps the help
+    assert result.exit_code == 0
+    assert "threads of this process" in text and "worker processes [default" not in text

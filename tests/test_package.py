@@ -65,3 +65,27 @@ def test_public_api():
     for name in skelprep.__all__:
         assert getattr(skelprep, name) is not None
     assert callable(skelprep.open_store)
+
+
+def test_metadata_builds_without_licence_deprecation_warnings(tmp_path) -> None:
+    """The licence is an SPDX expression with its file (PEP 639): setuptools warns about neither."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "skelprep", src / "skelprep", ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys; from setuptools import build_meta\n"
+        f"print(build_meta.prepare_metadata_for_build_wheel({str(tmp_path)!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=src, capture_output=True, text=True, check=True
+    )
+    assert "license" not in done.stderr.lower(), done.stderr
+    metadata = (tmp_path / done.stdout.strip().splitlines()[-1] / "METADATA").read_text()
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+    assert "Copyright (c) skelprep developers" in (root / "LICENSE").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,23 @@ def test_predict_whole_and_sliding_window(ndim):
     assert tiled.shape == (3, *shape)
     torch.testing.assert_close(tiled.sum(0), torch.ones(shape))
     assert not torch.allclose(tiled, whole)  # windows see less context than the whole volume
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--epochs", 10), ("--steps-per-epoch", 50), ("--batch-size", 2), ("--seed", 0)):
+        assert f"{option} {option[2:].upper().replace('-', '_')} " in text
+        assert f"(default: {default})" in text.split(option, 2)[2].split(" --", 1)[0]
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_train_on_a_labels_only_dataset_is_one_line(tmp_path):
+    dataset = tmp_path / "chase"
+    shutil.copytree(DATA / "chase_vessels", dataset, ignore=shutil.ignore_patterns("skeletons*"))
+    with pytest.raises(SystemExit) as exc:
+        train.main([str(dataset), "--out", str(tmp_path / "r"), "--device", "cpu"])
+    message = str(exc.value.code)
+    assert "\n" not in message and message.startswith(f"train: error: {dataset}: no images")
+    assert not (dataset / "skeletons.zarr").exists()  # nothing built, nothing lost

@@ -68,7 +68,8 @@ def nnunet() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Local worker processes [default: CPU count]; with 1 (or one case to build) in this process.",
+    help="Local workers [default: CPU count]: threads of this process, or with --memory-limit Dask worker "
+    "processes. With 1 (or one case to build) the cases run one after another.",
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
 @click.option("--memory-limit", metavar="SIZE", help="Per-worker memory limit, e.g. 4GB.")

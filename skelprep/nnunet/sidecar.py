@@ -44,8 +44,16 @@ __all__ = [
 LAYOUT = "nnunet-preprocessed"
 
 
-class SidecarError(RuntimeError):
-    """The sidecar is missing or not current; the message names the command that builds it."""
+class SidecarError(SystemExit):
+    """The sidecar is missing or not current; the message names the command that builds it.
+
+    A :class:`SystemExit`: raised in the trainer's ``on_train_start``, uncaught, it ends ``nnUNetv2_train``
+    with this one line on stderr and exit status 1 instead of a traceback. Catch it by name (``except
+    Exception`` does not).
+    """
+
+    def __str__(self) -> str:
+        return str(self.code)
 
 
 def sidecar_params(config: PreprocessedConfiguration) -> BuildParams:

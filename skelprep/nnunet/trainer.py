@@ -17,9 +17,21 @@ The recall weight ``w`` is the class attribute ``skeleton_recall_weight`` (1.0, 
 environment variable ``SKELPREP_RECALL_WEIGHT`` overrides (e.g. ``SKELPREP_RECALL_WEIGHT=0.5
 nnUNetv2_train ...``); subclass and set the attribute for a fixed other value.
 
+Short runs (a smoke test, a CPU): the environment variables ``SKELPREP_NUM_EPOCHS``,
+``SKELPREP_ITERATIONS_PER_EPOCH`` and ``SKELPREP_VAL_ITERATIONS_PER_EPOCH`` (integers >= 1) replace nnU-Net's
+1000 epochs of 250 + 50 iterations, so ``nnUNetv2_train`` itself trains briefly::
+
+    SKELPREP_NUM_EPOCHS=1 SKELPREP_ITERATIONS_PER_EPOCH=2 SKELPREP_VAL_ITERATIONS_PER_EPOCH=1 \
+        nnUNetv2_train 9 2d all -tr nnUNetTrainerSkeletonRecall -device cpu
+
+From Python, :func:`make_trainer` creates the trainer as ``nnUNetv2_train`` does (plans and dataset.json of
+the preprocessed folder) without nnU-Net's search for the class by name; set ``num_epochs`` and
+``num_iterations_per_epoch`` on it before ``run_training()``.
+
 At the start of training the sidecar is checked against the preprocessed segmentations (SHA-256) and
 parameters: a missing or stale one stops training with one line naming the ``skelprep nnunet build``
-command. Region-based training and the cascade (whose previous-stage slot the tube occupies) are refused
+command (a :class:`~skelprep.nnunet.sidecar.SidecarError`, which ends ``nnUNetv2_train`` with that line and
+exit status 1, no traceback). Region-based training and the cascade (whose previous-stage slot the tube occupies) are refused
 when the trainer is created.
 """
 
@@ -38,13 +50,33 @@ from skelprep.nnunet.loss import DiceCERecallLoss, split_tube
 from skelprep.nnunet.preprocessed import PreprocessedConfiguration, locate
 from skelprep.nnunet.transforms import with_tube_downsampling
 
-__all__ = ["nnUNetTrainerSkeletonRecall", "TubeDataset", "SkeletonRecallTrainerError", "recall_weight"]
+__all__ = [
+    "nnUNetTrainerSkeletonRecall",
+    "TubeDataset",
+    "SkeletonRecallTrainerError",
+    "make_trainer",
+    "recall_weight",
+    "training_length",
+]
 
 RECALL_WEIGHT_ENV = "SKELPREP_RECALL_WEIGHT"
+# trainer attribute <- environment variable: the length of a run (nnU-Net's defaults 1000, 250, 50)
+LENGTH_ENV = {
+    "num_epochs": "SKELPREP_NUM_EPOCHS",
+    "num_iterations_per_epoch": "SKELPREP_ITERATIONS_PER_EPOCH",
+    "num_val_iterations_per_epoch": "SKELPREP_VAL_ITERATIONS_PER_EPOCH",
+}
 
 
-class SkeletonRecallTrainerError(RuntimeError):
-    """The trainer cannot train this dataset/configuration as it is (one line, says what to do)."""
+class SkeletonRecallTrainerError(SystemExit):
+    """The trainer cannot train this dataset/configuration as it is (one line, says what to do).
+
+    A :class:`SystemExit`, as :class:`~skelprep.nnunet.sidecar.SidecarError`: ``nnUNetv2_train`` ends with
+    the line and exit status 1, no traceback; catch it by name.
+    """
+
+    def __str__(self) -> str:
+        return str(self.code)
 
 
 def recall_weight(default: float) -> float:
@@ -59,6 +91,19 @@ def recall_weight(default: float) -> float:
     if not value >= 0:  # also rejects NaN
         raise SkeletonRecallTrainerError(f"{RECALL_WEIGHT_ENV}={raw!r}: expected a number >= 0")
     return value
+
+
+def training_length() -> dict[str, int]:
+    """The run-length attributes the environment sets (see :data:`LENGTH_ENV`): integers >= 1."""
+    length = {}
+    for attribute, name in LENGTH_ENV.items():
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        if not raw.isdigit() or int(raw) < 1:
+            raise SkeletonRecallTrainerError(f"{name}={raw!r}: expected an integer >= 1")
+        length[attribute] = int(raw)
+    return length
 
 
 class TubeDataset:
@@ -128,6 +173,9 @@ class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
             )
         self.recall_weight = recall_weight(self.skeleton_recall_weight)
         self.print_to_log_file(f"Skeleton Recall weight: {self.recall_weight}")
+        for attribute, value in training_length().items():
+            setattr(self, attribute, value)
+            self.print_to_log_file(f"{attribute}: {value} (from {LENGTH_ENV[attribute]})")
 
     def preprocessed_configuration(self) -> PreprocessedConfiguration:
         """This trainer's dataset and configuration, located as ``skelprep nnunet build`` locates them."""
@@ -187,3 +235,37 @@ class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
             seg_only = split_tube(target)[0]
         with self._loss_with_target(target):
             return super().validation_step({**batch, "target": seg_only})
+
+
+def make_trainer(
+    dataset: str | int,
+    configuration: str,
+    fold: int | str = "all",
+    *,
+    plans_identifier: str = "nnUNetPlans",
+    device: str | torch.device = "cpu",
+    trainer_class: type[nnUNetTrainerSkeletonRecall] = nnUNetTrainerSkeletonRecall,
+) -> nnUNetTrainerSkeletonRecall:
+    """A trainer for a preprocessed dataset, created as ``nnUNetv2_train`` creates it.
+
+    nnU-Net's ``get_trainer_from_args`` does the same after looking the class up by name, which imports
+    every trainer module of nnunetv2 (some need torchvision); here the class is given. ``fold="all"``
+    trains on every case (nnU-Net's 5-fold split needs at least 5). A subclass passed as ``trainer_class``
+    must keep nnU-Net's ``__init__`` signature (nnU-Net records its arguments by name) or define none.
+
+    Examples
+    --------
+    Two iterations on the CPU (after ``nnUNetv2_plan_and_preprocess`` and ``skelprep nnunet build``)::
+
+        trainer = make_trainer(9, "2d", "all", device="cpu")
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 2, 1
+        trainer.run_training()
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    config = locate(dataset, configuration, plans_identifier)
+    plans = load_json(str(config.dataset_folder / f"{plans_identifier}.json"))
+    plans["continue_training"] = False  # what get_trainer_from_args adds; nnUNetTrainer pops it
+    dataset_json = load_json(str(config.dataset_folder / "dataset.json"))
+    fold = fold if fold == "all" else int(fold)
+    return trainer_class(plans, configuration, fold, dataset_json, torch.device(device))
