@@ -284,8 +284,12 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
             time.sleep(0.5)
     assert second is not None, "the expired lease was never taken over"
     try:
-        assert not first.renew()  # its own clock said so before the server could
-        assert first.lost.startswith(f"cannot renew the lease {url}.lease since ")
+        assert not first.renew()
+        # Its own clock usually says so first; S3's LastModified has whole seconds, so the server may
+        # have let the lease go before 3/4 of the ttl passed here: then the renewal finds it taken over.
+        assert first.lost.startswith(f"cannot renew the lease {url}.lease since ") or first.lost == (
+            f"the lease {url}.lease was taken over by another build"
+        ), first.lost
         first.release()  # must not delete the new holder's lease
         assert s3.fs.exists(url + ".lease")
     finally:
