@@ -49,7 +49,15 @@ if TYPE_CHECKING:
 # skelprep._lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
 # same again to compile it where no bytecode is cached) is imported for remote stores only.
 
-__all__ = ["is_local", "HeldLock", "store_lock", "store_is_busy", "lease_lost", "remove_partial_files"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "is_local",
+    "HeldLock",
+    "store_lock",
+    "store_is_busy",
+    "lease_lost",
+    "remove_partial_files",
+]
 
 _LEASES: dict[str, Lease] = {}  # the leases this process holds, by store path as given to store_lock
 
@@ -211,7 +219,9 @@ def store_is_busy(path: str | os.PathLike) -> bool:
         return False
 
 
-_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+# The suffix of a file being written whole (skelprep._files, as zarr's LocalStore names it).
+PARTIAL_SUFFIX = r"\.[0-9a-f]{32}\.partial"
+_PARTIAL = re.compile(PARTIAL_SUFFIX + "$")
 
 
 def remove_partial_files(path: str, held: HeldLock | None = None) -> list[str]:

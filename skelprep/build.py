@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
 from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options, url_typo
-from skelprep._lock import lease_lost, remove_partial_files, store_lock
+from skelprep._lock import PARTIAL_SUFFIX, lease_lost, remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
     IMAGE_SUFFIXES,
@@ -663,7 +663,7 @@ def _existing_store(out: str) -> tuple[SkeletonStore | None, dict[str, Any] | No
 
 
 # What a first build killed before its root document leaves in a new store's folder.
-_ROOT_PARTIAL = re.compile(r"zarr\.json\.[0-9a-f]{32}\.partial")
+_ROOT_PARTIAL = re.compile(r"zarr\.json" + PARTIAL_SUFFIX)
 
 
 def _resolved(path: str | os.PathLike | RemotePath) -> str:
