@@ -353,8 +353,7 @@ def zscore(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np
     shape = (-1,) + (1,) * (image.ndim - 1)
     mean_ = np.asarray(mean, np.float32).reshape(shape)
     scale = (1.0 / np.maximum(np.asarray(std, np.float64), 1e-8)).astype(np.float32).reshape(shape)
-    out = image.astype(np.float32)
-    out -= mean_
+    out = np.subtract(image, mean_, dtype=np.float32)  # the cast and the subtraction in one pass
     out *= scale
     return out
 
