@@ -258,6 +258,8 @@ def subjects_dataset(
                 f"{store.path}: case '{case_id}' has no stored image ({where}); pass the dataset folder "
                 "or build with --with-images"
             )
+        elif case.image_problem is not None:
+            raise StoreError(str(case.image_problem))
         elif not case.images:
             raise StoreError(f"{case.mask}: case '{case_id}' has no image file")
         else:

@@ -53,6 +53,8 @@ def check_case(
     or when the stored case carries images: a changed image makes it ``stale``.
     """
     meta = store.case_attrs(case.case_id)
+    if case.image_problem is not None and (with_images or (meta or {}).get("images")):
+        return CaseCheck(case.case_id, "failed-input", str(case.image_problem))
     state = case_state(meta)
     if state.ok:
         try:

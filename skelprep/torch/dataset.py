@@ -300,6 +300,8 @@ class SkeletonDataset(Dataset):
             )
         for cid in legacy:
             case = self._sources_by_id[cid]
+            if case is not None and case.image_problem is not None:
+                raise ValueError(str(case.image_problem))
             if case is None or not case.images:
                 raise ValueError(f"{self.dataset}: case '{cid}' has no image")
         if self.normalization == "ct":
