@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.skelprep-installed
 DATA   ?=
 WORKERS ?= 2
 
-.PHONY: install lock demo test build lint bench bench-full train reproduce clean
+.PHONY: install lock demo test build lint docs bench bench-full train reproduce clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,torch,fast,nnunet,monai,torchio,s3]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,torch,fast,nnunet,monai,torchio,s3]"
 	@# An editable install leaves skelprep's own bytecode uncompiled (pip compiles what it installs);
 	@# where PYTHONDONTWRITEBYTECODE is set, every run compiled it again (70-80 ms a process).
 	$(BIN)/python -m compileall -q skelprep
@@ -55,6 +55,10 @@ lint: install
 	$(BIN)/ruff check skelprep pipelines tests
 	$(BIN)/ruff format --check skelprep pipelines tests
 
+## make docs: the documentation site (MkDocs) in site/; strict: a warning, a broken link or reference fails it
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 ## make bench: the quick benchmark (CI-sized); make bench-full: the full one (minutes)
 bench: install
 	$(BIN)/python pipelines/bench.py --quick --out results/bench-quick
@@ -80,4 +84,4 @@ reproduce: install
 	$(BIN)/python pipelines/reproduce.py --device $(DEVICE) $(if $(QUICK),--quick) $(if $(DATA),--data "$(DATA)")
 
 clean:
-	rm -rf $(VENV) results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache
+	rm -rf $(VENV) site results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache

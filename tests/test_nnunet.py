@@ -444,7 +444,7 @@ def test_numpy_format_preprocessing_is_read_too(built, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_documented_smoke_route_trains_two_iterations_on_the_cpu(built):
-    """The README's Python route on 4-or-fewer cases: fold 'all', the CPU, 2 iterations, unshrunk plans."""
+    """The nnU-Net guide's Python route on 4-or-fewer cases: fold 'all', the CPU, 2 iterations, unshrunk plans."""
     from skelprep.nnunet.trainer import make_trainer
 
     trainer = make_trainer(991, "2d", "all", device="cpu")
