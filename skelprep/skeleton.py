@@ -70,14 +70,14 @@ def _ndi():
     return ndimage
 
 
-def _check_labels(labels: np.ndarray, *, allow_ndim: tuple[int, ...] = (2, 3)) -> np.ndarray:
+def _check_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
     if labels.dtype == bool:
         return labels.view(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be an integer or boolean array, got dtype {labels.dtype}")
-    if labels.ndim not in allow_ndim:
-        raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ValueError(f"labels must be non-negative, found {labels.min()}")
     return labels

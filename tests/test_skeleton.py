@@ -192,6 +192,8 @@ def test_empty_and_full_inputs():
     [
         (np.zeros((4, 4), np.float32), "integer"),
         (np.zeros((4,), np.uint8), "2D or 3D"),
+        (np.zeros((4,), bool), "2D or 3D"),
+        (np.zeros((2, 3, 4, 5), bool), "2D or 3D"),
         (np.full((4, 4), -1, np.int16), "non-negative"),
     ],
 )
