@@ -334,7 +334,7 @@ def _one_file(as_mask: bool) -> str:
     return "a mask file" if as_mask else "an image file"
 
 
-def _png_header(path: Path | RemotePath, img, *, as_mask: bool) -> Header:
+def _pillow_header(path: Path | RemotePath, img, *, as_mask: bool) -> Header:
     """The header of an opened PIL image; a multi-frame PNG (APNG) is refused, not read as its first frame."""
     import numpy as np
     from PIL import ImageMode
@@ -347,7 +347,10 @@ def _png_header(path: Path | RemotePath, img, *, as_mask: bool) -> Header:
     return Header((height, width), np.dtype(mode.typestr), len(mode.bands))
 
 
-def _read_png(path: Path, raw: bytes, *, as_mask: bool, before_decode: BeforeDecode | None = None) -> Volume:
+def _read_pillow(
+    path: Path, raw: bytes, *, as_mask: bool, before_decode: BeforeDecode | None = None
+) -> Volume:
+    """A PNG mask or image, or a JPEG image, decoded by Pillow."""
     import numpy as np
     from PIL import Image
 
@@ -355,7 +358,7 @@ def _read_png(path: Path, raw: bytes, *, as_mask: bool, before_decode: BeforeDec
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as img:
-                _before_decode(path, before_decode, _png_header(path, img, as_mask=as_mask))
+                _before_decode(path, before_decode, _pillow_header(path, img, as_mask=as_mask))
                 img.load()
                 mode = img.mode
                 if mode == "P":
@@ -628,7 +631,7 @@ def _read_any(
     if raw is None:
         raw = read_bytes(path)[0]
     if suffix in (".png", ".jpg", ".jpeg"):
-        return _read_png(path, raw, as_mask=as_mask, before_decode=before_decode)
+        return _read_pillow(path, raw, as_mask=as_mask, before_decode=before_decode)
     if suffix in (".nii", ".nii.gz"):
         return _read_nifti(path, raw, before_decode)
     return _read_tiff(path, raw, as_mask=as_mask, before_decode=before_decode)
@@ -710,7 +713,7 @@ def _header_shape(source, suffix: str, path: Path | RemotePath) -> Header:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
-                return _png_header(path, img, as_mask=False)
+                return _pillow_header(path, img, as_mask=False)
     except InputError:
         raise
     except Exception as exc:  # PIL raises many types for broken headers
