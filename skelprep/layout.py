@@ -177,8 +177,8 @@ def _case_id_problem(case_id: str) -> str | None:
 
 def _case_id(path: AnyPath, base: AnyPath) -> str:
     if isinstance(path, Path) and isinstance(base, Path):
-        # A local path's str is normalized, so a prefix ending in "/" is relative_to's lexical test;
-        # 0.6 us a mask instead of 8 us (relative_to parses base again): 4 ms of planning 504 crops.
+        # A local path's str is normalized, so a prefix ending in "/" is relative_to's lexical test,
+        # without relative_to parsing the base again for every mask (about 13x the cost).
         text, prefix = str(path), str(base).rstrip("/") + "/"
         if text.startswith(prefix):
             return split_suffix(text[len(prefix) :], MASK_SUFFIXES)[0]

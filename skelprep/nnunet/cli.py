@@ -17,7 +17,7 @@ MIN_NNUNET = (2, 8)
 
 
 def _nnunet_version() -> tuple[int, ...] | None:
-    from importlib import metadata  # 15-25 ms of import: not for every skelprep command
+    from importlib import metadata  # a slow import: not for every skelprep command
 
     try:
         version = metadata.version("nnunetv2")
