@@ -98,7 +98,7 @@ def _fallback_skeleton(component: np.ndarray) -> np.ndarray:
     """Skeleton for a component that thinning deleted whole.
 
     Lee's (and Zhang's) thinning deletes some perfectly symmetric shapes entirely,
-    e.g. straight bars of even width (scikit-image issue 3757): every voxel is a
+    e.g. straight bars of even width (scikit-image#3757): every voxel is a
     deletable border voxel and no ordering keeps one. We break the symmetry with an
     asymmetric one-voxel erosion (keep a voxel only if its successor along every
     axis is foreground too), which turns even widths odd, and thin again. If that
