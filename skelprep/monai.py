@@ -1,4 +1,4 @@
-"""MONAI adapter: stored Skeleton Recall targets as keys of a MONAI data dict (``pip install skelprep[monai]``).
+"""MONAI adapter: stored Skeleton Recall targets as keys of a MONAI data dict (the ``monai`` extra).
 
 :class:`LoadSkeletonTargetsd` puts the stored arrays of a case (``tube``, and
 ``thin``, or ``image``/``label`` from a store that holds them) into the data

@@ -1,4 +1,4 @@
-"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (``pip install skelprep[torchio]``).
+"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (the ``torchio`` extra).
 
 :func:`skeleton_label_map` gives one stored array of a case as a lazy
 ``tio.LabelMap`` (read from the store when TorchIO first needs the data) in
