@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.skelprep-installed
 DATA   ?=
 WORKERS ?= 2
 
-.PHONY: install lock demo test build lint docs bench bench-full train reproduce clean
+.PHONY: install lock demo test test-fast build lint docs bench bench-full train reproduce clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ demo: install
 ## make test: install and run the test suite
 test: install
 	$(BIN)/python -m pytest -q
+
+## make test-fast: the unit tests alone (no slow or integration test, no adapter doctest: see conftest.py)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration" \
+		--ignore=skelprep/torch --ignore=skelprep/nnunet --ignore=skelprep/monai.py --ignore=skelprep/torchio.py
 
 ## make build DATA=path/to/dataset [WORKERS=n]
 build: install
