@@ -922,7 +922,7 @@ def build(
         remove_partial_files(out, held)  # walks only if the last build may have been killed
         store, since = _existing_store(out)  # opened once: each open parses the root document
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
-        if with_images and layout.cases and not any(c.images for c in layout.cases):
+        if with_images and layout.cases and not any(c.images or c.image_problem for c in layout.cases):
             raise BuildError(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
@@ -930,6 +930,9 @@ def build(
         if store is not None:
             store.prefetch_attrs(c.case_id for c in layout.cases)
         for case in layout.cases:
+            if with_images and case.image_problem is not None:  # a stored case stays as it is
+                report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
+                continue
             check = (
                 check_case(store, case, param_dict, with_images=with_images) if store is not None else None
             )

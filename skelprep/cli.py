@@ -482,7 +482,7 @@ def preview(store: str, case: str, output: Path | None, axis: int, slice_index: 
     click.echo(f"wrote {output}")
 
 
-# --- skelprep eval (issues #3, #13) -------------------------------------------------------------
+# --- skelprep eval -------------------------------------------------------------------------------
 @cli.command("eval")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -600,7 +600,7 @@ def eval_(
 # --- end of skelprep eval -----------------------------------------------------------------------
 
 
-# --- skelprep nnunet (issue #9): the group imports click only; nnunetv2 is imported when a command runs.
+# --- skelprep nnunet: the group imports click only; nnunetv2 is imported when a command runs.
 from skelprep.nnunet.cli import nnunet as _nnunet  # noqa: E402
 
 cli.add_command(_nnunet)

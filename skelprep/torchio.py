@@ -1,4 +1,4 @@
-"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (``pip install skelprep[torchio]``).
+"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (the ``torchio`` extra).
 
 :func:`skeleton_label_map` gives one stored array of a case as a lazy
 ``tio.LabelMap`` (read from the store when TorchIO first needs the data) in
@@ -258,6 +258,8 @@ def subjects_dataset(
                 f"{store.path}: case '{case_id}' has no stored image ({where}); pass the dataset folder "
                 "or build with --with-images"
             )
+        elif case.image_problem is not None:
+            raise StoreError(str(case.image_problem))
         elif not case.images:
             raise StoreError(f"{case.mask}: case '{case_id}' has no image file")
         else:

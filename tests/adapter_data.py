@@ -92,9 +92,9 @@ def flipped(affine: np.ndarray, length: int) -> np.ndarray:
 
 
 def store_copy_with_images(store: Path, dst: Path, dataset: Path) -> Path:
-    """A copy of ``store`` whose cases also hold ``image`` and ``label`` arrays, as the v2 format will.
+    """A copy of ``store`` whose cases also hold ``image`` and ``label`` arrays, as format 2 does.
 
-    Written as issue 8 specifies them: ``image`` channel-first in the mask's
+    Written as docs/store-format.md specifies them: ``image`` channel-first in the mask's
     voxel order and the source dtype, ``label`` the mask as read.
     """
     shutil.copytree(store, dst)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,17 +69,21 @@ def test_public_api():
     assert callable(skelprep.open_store)
 
 
-def test_metadata_builds_without_licence_deprecation_warnings(tmp_path) -> None:
-    """The licence is an SPDX expression with its file (PEP 639): setuptools warns about neither."""
-    import shutil
-    from pathlib import Path
-
+def _source_tree(tmp_path: Path) -> Path:
+    """What an sdist holds for a build: the project files and the package, without bytecode."""
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(root / name, src / name)
     shutil.copytree(root / "skelprep", src / "skelprep", ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def test_metadata_builds_without_licence_deprecation_warnings(tmp_path) -> None:
+    """The licence is an SPDX expression with its file (PEP 639): setuptools warns about neither."""
+    root = Path(__file__).resolve().parents[1]
+    src = _source_tree(tmp_path)
     code = (
         "import sys; from setuptools import build_meta\n"
         f"print(build_meta.prepare_metadata_for_build_wheel({str(tmp_path)!r}))\n"
@@ -89,3 +95,14 @@ def test_metadata_builds_without_licence_deprecation_warnings(tmp_path) -> None:
     metadata = (tmp_path / done.stdout.strip().splitlines()[-1] / "METADATA").read_text()
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
     assert "Copyright (c) skelprep developers" in (root / "LICENSE").read_text()
+
+
+def test_the_wheel_carries_the_type_marker(tmp_path) -> None:
+    """Type checkers read skelprep's annotations only where the installed package has py.typed (PEP 561)."""
+    import zipfile
+
+    src = _source_tree(tmp_path)
+    code = f"from setuptools import build_meta\nprint(build_meta.build_wheel({str(tmp_path)!r}))\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, check=True)
+    wheel = tmp_path / done.stdout.strip().splitlines()[-1]
+    assert "skelprep/py.typed" in zipfile.ZipFile(wheel).namelist()

@@ -347,7 +347,7 @@ def test_bad_image_inputs_fail_their_case_in_one_line_and_keep_what_was_built(tm
         "other_shape_0001.nii.gz": "differs from the shape",
         "complex_0001.nii.gz": "unsupported image dtype complex64",
         "unreadable_0001.nii.gz": "cannot read NIfTI",
-        "missing.nii.gz": "needs image channels _0000, _0001",
+        "missing_0001.nii.gz": "missing: image channel 1 of case 'missing'",
     }
     assert len(lines) == len(expected), done.stderr
     for name, reason in expected.items():

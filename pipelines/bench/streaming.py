@@ -1,4 +1,4 @@
-"""Benchmark streaming training items from a store built ``--with-images`` (issue 8).
+"""Benchmark streaming training items from a store built ``--with-images``.
 
 Usage::
 

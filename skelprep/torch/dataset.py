@@ -303,6 +303,8 @@ class SkeletonDataset(Dataset):
             )
         for cid in legacy:
             case = self._sources_by_id[cid]
+            if case is not None and case.image_problem is not None:
+                raise ValueError(str(case.image_problem))
             if case is None or not case.images:
                 raise ValueError(f"{self.dataset}: case '{cid}' has no image")
         if self.normalization == "ct":
@@ -510,8 +512,8 @@ class SkeletonDataset(Dataset):
             return _pad_to(self._normalize(raw, targets), start, size, shape)
 
         # Reading, decoding, normalizing and casting run side by side (zarr, zstd and numpy release
-        # the GIL): on a CT-size case a 128^3 item took 52 ms done in turn, 35-40 ms so. Small
-        # patches are read in turn: a 64^3 OCT-A item took 5.4 ms so, 8.7 ms with the threads.
+        # the GIL), which saves about a third of a 128^3 item of a CT-size case. Small patches are
+        # read in turn: there the threads cost more than they overlap.
         if math.prod(size) < _THREADED_VOXELS:
             return image(), labels(targets.label), {name: labels(getattr(targets, name)) for name in names}
         if self._pool is None:
