@@ -356,8 +356,8 @@ def verify(
     metadata, rebuilt from the cases by 'skelprep build --repair'); orphan (mask
     gone: 'skelprep build --prune'); failed-input (fix the file).
     """
-    from skelprep._lock import store_is_busy
     from skelprep.store import default_store_path
+    from skelprep.store.lock import store_is_busy
     from skelprep.verify import verify as run_verify
 
     if store_is_busy(out or default_store_path(dataset)):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from skelprep import open_store, skeleton_targets
-from skelprep._lock import store_lock
 from skelprep.build import BuildError, BuildParams, build
 from skelprep.io import read_mask
 from skelprep.layout import discover
+from skelprep.store.lock import store_lock
 from skelprep.verify import verify
 
 from .helpers import CLI, shard_files, write_png
@@ -144,7 +144,7 @@ def test_a_killed_builds_partial_files_are_removed_by_the_next_build(octa_datase
     partial = out / "octa_001" / "tube" / f"c.0.0.0.{'ab' * 16}.partial"
     # a build killed between zarr's write of a temporary file and its rename into place
     killed = (
-        "import os, signal\nfrom skelprep._lock import store_lock\n"
+        "import os, signal\nfrom skelprep.store.lock import store_lock\n"
         f"with store_lock({os.fspath(out)!r}):\n"
         f"    open({os.fspath(partial)!r}, 'wb').write(b'half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
