@@ -209,6 +209,8 @@ class CaseJob:
     ``images`` likewise for the image files. ``with_images`` writes the image arrays;
     ``reuse_targets`` takes the stored targets instead of recomputing them
     (their mask and parameters are current, only the images need writing).
+    ``label_names``: the dataset's (value, name) pairs, for viewers; ``patch_size``:
+    the patch the store's chunks are laid out for (None: the default).
     """
 
     case: Case
@@ -217,6 +219,8 @@ class CaseJob:
     with_images: bool = False
     images: tuple[str, ...] = ()
     reuse_targets: bool = False
+    label_names: tuple[tuple[int, str], ...] = ()
+    patch_size: tuple[int, ...] | None = None
 
 
 def _case_attrs(
@@ -465,17 +469,22 @@ def build_case(
                 image, attrs["images"], small = images.result()
                 small["tube_locations"] = class_locations(targets.tube, seed_from_fingerprint(fingerprint, 2))
         phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
-        arrays, target_attrs = target_arrays(targets, map(int, attrs["mask_label_counts"]))
+        names = dict(job.label_names)
+        classes = {int(v): names.get(int(v), f"label {v}") for v in attrs["mask_label_counts"]}
+        arrays, target_attrs = target_arrays(targets, list(classes), classes)
         attrs.update(target_attrs)
         if image is not None:
-            arrays.update(image=(image, None), label=(vol.array, None))
-            arrays.update((name, (data, None)) for name, data in small.items())
+            arrays["image"] = (image, None)
+        arrays["label"] = (vol.array, {"classes": classes})
+        arrays.update((name, (data, None)) for name, data in (small or {}).items())
         from skelprep.store.write import StoreWriter
 
         if (lost := stopped()) is not None:
             return lost
         try:
-            phases.update(StoreWriter.attach(out).write_case(case.case_id, arrays, attrs))
+            phases.update(
+                StoreWriter.attach(out).write_case(case.case_id, arrays, attrs, patch=job.patch_size)
+            )
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
@@ -489,11 +498,14 @@ def build_case(
     return guarded(case.case_id, case.mask, work)
 
 
-def target_arrays(targets: Any, labels: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def target_arrays(
+    targets: Any, labels: Any = None, classes: dict[int, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``write_case`` arrays, case attributes ``dtype`` and ``label_counts``) of computed targets.
 
     Stored as uint8, or uint16 when a label exceeds 255; ``labels``: the labels the
-    targets can hold (the mask's), if known: counting them is then cheaper.
+    targets can hold (the mask's), if known: counting them is then cheaper;
+    ``classes``: their names, for viewers.
     """
     import numpy as np
 
@@ -501,7 +513,7 @@ def target_arrays(targets: Any, labels: Any = None) -> tuple[dict[str, Any], dic
     high = max((int(a.max()) if a.size else 0) for a in data.values())
     dtype = np.dtype(np.uint8 if high <= 255 else np.uint16)
     labels = None if labels is None else list(labels)
-    arrays = {name: (np.asarray(a, dtype=dtype), None) for name, a in data.items()}
+    arrays = {name: (np.asarray(a, dtype=dtype), {"classes": classes or {}}) for name, a in data.items()}
     counts = {name: label_counts(a, labels) for name, a in data.items()}
     return arrays, {"dtype": dtype.name, "label_counts": counts}
 
@@ -592,11 +604,17 @@ def _dataset_attrs(root: AnyPath, out: str, absolute: bool) -> dict[str, Any]:
 
 
 def _root_attrs(
-    layout: DatasetLayout, params: BuildParams, with_images: bool, out: str, absolute: bool = False
+    layout: DatasetLayout,
+    params: BuildParams,
+    with_images: bool,
+    out: str,
+    absolute: bool = False,
+    patch_size: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """What a build records in the store's root attributes (and ``versions``, when it writes)."""
     return {
         "with_images": with_images,
+        "patch_size": None if patch_size is None else list(patch_size),
         "params": params.as_dict(),
         **_dataset_attrs(layout.root, out, absolute),
         "layout": layout.kind,
@@ -817,6 +835,7 @@ def build(
     repair: bool = False,
     with_images: bool = False,
     absolute_paths: bool = False,
+    patch_size: tuple[int, ...] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -856,6 +875,10 @@ def build(
         dataset relative to the store). Not a target parameter: cases that are
         up to date keep the paths they were recorded with (``force`` rewrites
         them all); the root's ``dataset`` follows every build.
+    patch_size : tuple of int, optional
+        The patch a training reads (voxels per axis): chunks of the cases this build
+        writes are laid out for it (default 512² in 2D, 128³ in 3D). Recorded in the
+        root; later builds without it keep the store's.
 
     Returns
     -------
@@ -876,6 +899,8 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
+    if patch_size is not None and (not patch_size or min(patch_size) < 1):
+        raise BuildError(f"--patch-size {patch_size}: every edge must be a positive number of voxels")
     _check_out(out, layout, masks, images)
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
@@ -893,6 +918,10 @@ def build(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
         jobs = []
+        label_names = tuple((int(k), str(v)) for k, v in layout.label_names.items() if int(k) != 0)
+        if patch_size is None and store is not None and store.attrs.get("patch_size"):
+            patch_size = store.attrs["patch_size"]  # sticky: later builds chunk for the same patches
+        patch_size = None if patch_size is None else tuple(int(n) for n in patch_size)
         for case in layout.cases:
             check = (
                 check_case(store, case, param_dict, with_images=with_images) if store is not None else None
@@ -904,6 +933,8 @@ def build(
                         _source(case, layout, absolute_paths),
                         with_images=with_images,
                         images=_image_sources(case, layout, absolute_paths),
+                        label_names=label_names,
+                        patch_size=patch_size,
                     )
                 )
             elif check.state == "ok" and not force and not repair:
@@ -919,11 +950,13 @@ def build(
                     with_images=with_images,
                     images=_image_sources(case, layout, absolute_paths),
                     reuse_targets=check.images_only and not force,
+                    label_names=label_names,
+                    patch_size=patch_size,
                 )
                 jobs.append(job)
         planned = time.perf_counter()
         report.plan_phases["plan"] = planned - start
-        attrs = _root_attrs(layout, params, with_images, out, absolute_paths)
+        attrs = _root_attrs(layout, params, with_images, out, absolute_paths, patch_size)
         if not jobs and not prune and store is not None and _recorded(store, attrs):
             # Nothing to write: the store, its case list and consolidated metadata stay as they are.
             report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0

@@ -124,7 +124,9 @@ def test_verify_finds_a_corrupted_chunk_and_repair_mends_it(s3, tmp_path):
     url = f"s3://{BUCKET}/stores/cracks.zarr"
     dataset = f"s3://{BUCKET}/raw/road_cracks"
     assert run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress").returncode == 0
-    shard = sorted(p for p in s3.fs.find(f"{url}/crack_001/tube") if p.rsplit("/", 1)[-1].startswith("c."))[0]
+    shard = sorted(
+        p for p in s3.fs.find(f"{url}/crack_001/labels/tube/0") if p.rsplit("/", 1)[-1].startswith("c.")
+    )[0]
     data = bytearray(s3.fs.cat_file(shard))
     data[len(data) // 2] ^= 0xFF
     s3.fs.pipe_file(shard, bytes(data))

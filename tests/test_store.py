@@ -23,10 +23,10 @@ def _new_store(path):
     return StoreWriter.open(str(path), {})
 
 
-def write_case(writer, case_id, *, tube, thin, attrs, slice_chunks=False):
+def write_case(writer, case_id, *, tube, thin, attrs):
     """The targets of a case through the store's one write path, as a build writes them."""
     arrays, target_attrs = target_arrays(type("T", (), {"tube": tube, "thin": thin})())
-    return writer.write_case(case_id, arrays, {**attrs, **target_attrs}, slice_chunks=slice_chunks)
+    return writer.write_case(case_id, arrays, {**attrs, **target_attrs})
 
 
 def test_write_and_read_back(tmp_path):
@@ -42,7 +42,7 @@ def test_write_and_read_back(tmp_path):
     np.testing.assert_array_equal(case.tube[...], targets.tube)
     np.testing.assert_array_equal(case.thin[...], targets.thin)
     np.testing.assert_array_equal(case.tube[10:50, 5:30, 64:128], targets.tube[10:50, 5:30, 64:128])
-    assert case.tube.dtype == np.uint8 and case.tube.chunks == (70, 40, 128)
+    assert case.tube.dtype == np.uint8 and case.tube.chunks == (64, 40, 64)
     assert case.attrs["complete"] is True and case.shape == labels.shape
     assert case.attrs["label_counts"]["tube"] == {
         str(v): int((targets.tube == v).sum()) for v in np.unique(targets.tube) if v
@@ -50,7 +50,7 @@ def test_write_and_read_back(tmp_path):
     assert verify_case_data(case) == []
     # plain zarr reads it, as the README promises
     plain = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-    np.testing.assert_array_equal(plain["sub/case_1/tube"][...], targets.tube)
+    np.testing.assert_array_equal(plain["sub/case_1/labels/tube/0"][...], targets.tube)
 
 
 def test_uint16_labels(tmp_path):
@@ -74,7 +74,7 @@ def test_altered_chunk_detected(tmp_path):
     tube = tubes_3d(shape=(20, 20, 20), seed=5)
     writer = _new_store(tmp_path / "s.zarr")
     write_case(writer, "c", tube=tube, thin=tube, attrs={"source": "c"})
-    chunk = shard_files(tmp_path / "s.zarr" / "c" / "tube")[0]
+    chunk = shard_files(tmp_path / "s.zarr" / "c" / "labels" / "tube" / "0")[0]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 3] ^= 0xFF
     chunk.write_bytes(bytes(data))
@@ -85,7 +85,12 @@ def test_altered_chunk_detected(tmp_path):
 def test_chunk_shape():
     assert chunk_shape((999, 960)) == ((256, 256), (1024, 1024))
     assert chunk_shape((64, 64, 64)) == ((64, 64, 64), (64, 64, 64))
-    assert chunk_shape((30, 600, 600)) == ((30, 128, 128), (30, 256, 256))
+    assert chunk_shape((30, 600, 600)) == ((30, 64, 64), (30, 256, 256))
+    assert chunk_shape((300, 512, 512), patch=(64, 64, 64)) == ((32, 32, 32), (128, 128, 128))
+    assert chunk_shape((40, 512, 512), patch=(1, 512, 512)) == ((1, 256, 256), (16, 512, 512))
+    assert chunk_shape((40, 512, 512), patch=(512, 512)) == chunk_shape(
+        (40, 512, 512)
+    )  # a 2D hint: 3D default
 
 
 def test_open_errors(tmp_path):
@@ -95,8 +100,10 @@ def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="not a skelprep store"):
         open_store(tmp_path / "plain.zarr")
     root = zarr.open_group(str(tmp_path / "v9.zarr"), mode="w")
-    root.attrs["skelprep"] = {"format_version": 9}
-    with pytest.raises(StoreError, match="format version 9"):
+    root.attrs["skelprep"] = {"format_version": 9, "versions": {"skelprep": "9.1"}}
+    with pytest.raises(
+        StoreError, match="format version 9, this skelprep reads 1, 2 and 3; upgrade skelprep to 9.1"
+    ):
         open_store(tmp_path / "v9.zarr")
     assert open_root(tmp_path / "plain.zarr") is not None
 
@@ -200,5 +207,7 @@ def test_a_case_write_and_a_rewrite_leave_only_the_complete_case(tmp_path):
     write_case(writer, "c", tube=small, thin=small, attrs={"source": "c"})
     case = open_store(tmp_path / "s.zarr")["c"]
     assert case.attrs["complete"] is True and verify_case_data(case) == []
-    assert shard_files(tmp_path / "s.zarr" / "c" / "tube") == []  # all-zero chunks are not stored
+    assert (
+        shard_files(tmp_path / "s.zarr" / "c" / "labels" / "tube" / "0") == []
+    )  # all-zero chunks are not stored
     assert not list(Path(tmp_path).rglob("*.partial"))

@@ -28,7 +28,15 @@ from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
-from skelprep.store import CaseState, SkeletonStore, StoreError, case_state, label_counts, open_root
+from skelprep.store import (
+    FORMAT_VERSION,
+    CaseState,
+    SkeletonStore,
+    StoreError,
+    case_state,
+    label_counts,
+    open_root,
+)
 from skelprep.store.lock import remove_partial_files, store_lock
 from skelprep.store.write import StoreWriter
 
@@ -99,9 +107,12 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
             "built": utc_now(),
         }
         arrays, target_attrs = target_arrays(targets)
-        StoreWriter.attach(out).write_case(
-            case.case_id, arrays, {**attrs, **target_attrs}, slice_chunks=case.two_d
-        )
+        arrays["label"] = (
+            seg[0].clip(min=0),
+            None,
+        )  # the case's OME-Zarr image: the seg, as nnU-Net stores it
+        patch = (1, 512, 512) if case.two_d else None  # 2D configurations read one slice at a time
+        StoreWriter.attach(out).write_case(case.case_id, arrays, {**attrs, **target_attrs}, patch=patch)
         return CaseOutcome(case.case_id, "built", fallback_components=targets.fallback_components)
 
     return guarded(case.case_id, case.seg_file, work)
@@ -114,10 +125,12 @@ def _state(store: SkeletonStore, config: PreprocessedConfiguration, case_id: str
     if not state.ok:
         return state
     try:
-        state = case_state(meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params)
+        state = case_state(
+            meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params, layout=FORMAT_VERSION
+        )
     except InputError as exc:
         return CaseState("failed-input", str(exc))
-    if state.state == "stale":
+    if state.state == "stale" and not state.images_only:
         return CaseState("stale", "preprocessed segmentation changed since it was built")
     return state
 

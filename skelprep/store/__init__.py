@@ -2,72 +2,13 @@
 (:mod:`.write`), and one builder per store (:mod:`.lock`, :mod:`.lease`).
 
 The authoritative description is ``docs/store-format.md``. Reading needs nothing but
-zarr: ``zarr.open_group(out)["case_001/tube"][...]``. zarr is imported where a
+zarr: ``zarr.open_group(out)["case_001/labels/tube/0"][...]``. zarr is imported where a
 store is opened, not when this package is.
 """
 
-from skelprep.store.format import (
-    ARRAY_NAMES,
-    ATTRS_KEY,
-    DEFAULT_STORE_NAME,
-    FORMAT_VERSION,
-    IMAGE_ARRAY_NAMES,
-    READABLE_VERSIONS,
-    TARGET_NAMES,
-    CaseState,
-    StoreError,
-    array_checksum,
-    case_state,
-    checked_root_meta,
-    chunk_shape,
-    default_store_path,
-    label_counts,
-)
-from skelprep.store.read import (
-    CaseTargets,
-    CheckedArray,
-    SkeletonStore,
-    as_store,
-    case_group,
-    damaged_root,
-    has_arrays,
-    open_root,
-    open_store,
-    read_array,
-    read_checked,
-    read_regions,
-    stored_array,
-    verify_case_data,
-)
+from skelprep.store.format import *  # noqa: F403 - the names in format.__all__ and read.__all__
+from skelprep.store.format import __all__ as _format_names
+from skelprep.store.read import *  # noqa: F403
+from skelprep.store.read import __all__ as _read_names
 
-__all__ = [
-    "ARRAY_NAMES",
-    "ATTRS_KEY",
-    "DEFAULT_STORE_NAME",
-    "FORMAT_VERSION",
-    "IMAGE_ARRAY_NAMES",
-    "READABLE_VERSIONS",
-    "TARGET_NAMES",
-    "CaseState",
-    "CaseTargets",
-    "CheckedArray",
-    "SkeletonStore",
-    "StoreError",
-    "array_checksum",
-    "as_store",
-    "case_group",
-    "case_state",
-    "checked_root_meta",
-    "chunk_shape",
-    "damaged_root",
-    "default_store_path",
-    "has_arrays",
-    "label_counts",
-    "open_root",
-    "open_store",
-    "read_array",
-    "read_checked",
-    "read_regions",
-    "stored_array",
-    "verify_case_data",
-]
+__all__ = [*_format_names, *_read_names]

@@ -1,4 +1,5 @@
-"""The store's contract: format versions, array names, chunking and codecs, and the one "is this case current" rule.
+"""The store's contract: format versions, where a case's arrays lie, chunking and codecs, OME-Zarr metadata,
+and the one "is this case current" rule.
 
 The authoritative description is ``docs/store-format.md``. Nothing here does I/O;
 zarr's codec classes are imported where an array is laid out (:func:`array_layout`).
@@ -16,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: targets only; 2 adds image, label and sampling arrays (--with-images)
+__all__ = (
+    "FORMAT_VERSION READABLE_VERSIONS ATTRS_KEY DEFAULT_STORE_NAME TARGET_NAMES ARRAY_NAMES IMAGE_ARRAY_NAMES "
+    "StoreError CaseState case_state checked_root_meta default_store_path label_counts array_checksum chunk_shape"
+).split()
+
+FORMAT_VERSION = 3
+# 1: targets only; 2 adds image, label and sampling arrays (--with-images); 3: each case an OME-Zarr image
+READABLE_VERSIONS = (1, 2, 3)
+OME_VERSION = "0.5"
 ATTRS_KEY = "skelprep"
 DEFAULT_STORE_NAME = "skeletons.zarr"
 # The stored targets, by name: the one list every reader and writer takes them from.
@@ -26,15 +34,22 @@ ARRAY_NAMES = TARGET_NAMES
 IMAGE_ARRAY_NAMES: tuple[str, ...] = ("image", "label")
 # Chunk keys ``c.i.j``: an array's shards lie in its own folder, no folder per index level.
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
-# Label maps: 128^3 chunks. Tubes are sparse and compress ~100x, so decoding a chunk is cheap and
-# zarr's per-chunk overhead dominates a patch read (random 96^3 patch of a 256x512x512 vessel case:
-# 2.6 ms with 128^3 chunks, 4.7 ms with 64^3, 14.9 ms with 32^3; pipelines/bench.py, store layouts).
-_CHUNK = {2: (256, 256), 3: (128, 128, 128)}
-_SHARD_CHUNKS = {2: (8, 8), 3: (2, 2, 2)}
-# Images are dense and noisy, so decoding dominates: smaller chunks decode less per patch.
-_IMAGE_CHUNK = {2: (256, 256), 3: (64, 64, 64)}
-_IMAGE_SHARD_CHUNKS = {2: (8, 8), 3: (4, 4, 4)}
+# The patch a training reads, when the build is not told (--patch-size): chunks are laid out for it.
+DEFAULT_PATCH = {2: (512, 512), 3: (128, 128, 128)}
+# Chunks per shard edge: shards bundle chunks into few files; a patch read decodes only its chunks.
+_SHARD_CHUNKS = {2: 8, 3: 4}
 _ZSTD_LEVEL = 3
+# Colours of classes 1, 2, ... (class k: CLASS_COLOURS[(k - 1) % 8]), for viewers and previews alike.
+CLASS_COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+)
 
 
 class StoreError(ValueError):
@@ -75,13 +90,15 @@ def case_state(
     fingerprint: str | None = None,
     params: Mapping[str, Any] | None = None,
     image_fingerprints: Sequence[str] | None = None,
+    layout: int | None = None,
 ) -> CaseState:
     """The one rule for "is this stored case complete and current?".
 
     ``meta``: the case's attributes (None when it is not in the store). The
     source's ``fingerprint``, the build's ``params`` and the SHA-256 of the image
     files (``image_fingerprints``, when the case should carry its images) are
-    compared where given.
+    compared where given, and so is the case's ``layout`` (the store format its
+    arrays are laid out in: a build rewrites an older one, its targets reused).
 
     >>> case_state(None).state
     'missing'
@@ -101,6 +118,8 @@ def case_state(
         return CaseState("stale", "mask changed since it was built")
     if params is not None and meta.get("params") != params:
         return CaseState("params-changed", "built with other parameters")
+    if layout is not None and meta.get("layout", 1) != layout:
+        return CaseState("stale", f"stored in an older store format (a build rewrites it as {layout})", True)
     if image_fingerprints is not None:
         stored = (meta.get("images") or {}).get("fingerprints")
         if stored is None:
@@ -139,9 +158,12 @@ def checked_root_meta(path: str, meta: Any, *, writing: bool = False) -> dict[st
                 f"{path}: store format version {version}, this skelprep writes {FORMAT_VERSION}; build into "
                 "a new store (--out) or upgrade skelprep"
             )
-        known = " and ".join(map(str, READABLE_VERSIONS))
+        known = ", ".join(map(str, READABLE_VERSIONS[:-1])) + f" and {READABLE_VERSIONS[-1]}"
+        versions = meta.get("versions")
+        writer = versions.get("skelprep") if isinstance(versions, dict) else None
+        needs = f" to {writer} or later (it wrote this store)" if isinstance(writer, str) else ""
         raise StoreError(
-            f"{path}: store format version {version}, this skelprep reads {known}; upgrade skelprep"
+            f"{path}: store format version {version}, this skelprep reads {known}; upgrade skelprep{needs}"
         )
     return meta
 
@@ -172,53 +194,113 @@ def array_checksum(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def chunk_shape(shape: tuple[int, ...], *, image: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(chunks, shards) for an array's spatial axes: chunks sized for patch reads, a few chunks per shard.
+def _edge(patch: int) -> int:
+    """A chunk edge for a patch edge: half of it, a power of two in 16..256; 1 for a patch of one slice."""
+    return 1 if patch <= 1 else max(16, min(256, 1 << max(0, (patch // 2).bit_length() - 1)))
+
+
+def chunk_shape(
+    shape: tuple[int, ...], patch: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunks, shards) of an array's spatial axes, laid out for reading patches of ``patch`` voxels.
+
+    Chunk edges are half the patch's (a power of two in 16..256; 1 along an axis
+    the patch is one slice thick), as nnU-Net's ``comp_blosc2_params`` sizes its
+    blocks from the patch. Shards hold 4 (3D) or 8 (2D) chunks per edge, 16
+    one-slice chunks; both are clipped to the array. ``patch`` defaults to
+    :data:`DEFAULT_PATCH`.
 
     >>> chunk_shape((300, 512, 512))
-    ((128, 128, 128), (256, 256, 256))
-    >>> chunk_shape((300, 512, 512), image=True)
     ((64, 64, 64), (256, 256, 256))
+    >>> chunk_shape((40, 512, 512), patch=(1, 512, 512))
+    ((1, 256, 256), (16, 512, 512))
+    >>> chunk_shape((999, 960))
+    ((256, 256), (1024, 1024))
     """
-    ndim = len(shape)
-    base, per_shard = (_IMAGE_CHUNK, _IMAGE_SHARD_CHUNKS) if image else (_CHUNK, _SHARD_CHUNKS)
-    chunks = tuple(min(c, s) for c, s in zip(base[ndim], shape, strict=True))
+    if patch is None or len(patch) != len(shape):  # a hint for other arrays (2D for 3D) does not apply
+        patch = DEFAULT_PATCH.get(len(shape), (128,) * len(shape))
+    chunks = tuple(min(_edge(p), n) for p, n in zip(patch, shape, strict=True))
+    per = _SHARD_CHUNKS.get(len(shape), 4)
     shards = tuple(
-        c * min(k, math.ceil(s / c)) for c, k, s in zip(chunks, per_shard[ndim], shape, strict=True)
+        c * min(16 if c == 1 else per, math.ceil(n / c)) for c, n in zip(chunks, shape, strict=True)
     )
     return chunks, shards
 
 
-def array_layout(
-    name: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    spatial: tuple[int, ...],
-    *,
-    slice_chunks: bool = False,
-) -> dict[str, Any]:
-    """The ``create_array`` arguments of a case array: chunks, shards and codecs by its role.
+def array_kind(name: str, shape: tuple[int, ...], dtype: np.dtype, spatial: tuple[int, ...]) -> str:
+    """How a case array is stored: ``image`` (``image``, channel-first), ``label`` (an integer map of the
+    case's spatial shape: the mask, ``tube``, ``thin``, any new label target) or ``array`` (anything else)."""
+    if name == "image" and tuple(shape[1:]) == tuple(spatial):
+        return "image"
+    return "label" if tuple(shape) == tuple(spatial) and dtype.kind in "uib" else "array"
 
-    An array of the case's ``spatial`` shape is a label map (Zstandard, 128³/256²
-    chunks); ``image`` is channel-first (Blosc-Zstandard level 1 after a byte
-    shuffle: on a 512x512x300 int16 CT 60 MB instead of 71 MB with plain
-    Zstandard 3, written 3x faster; 64³ chunks); anything else is a small array in
-    one chunk. With ``slice_chunks`` a 3D label map is chunked one slice along axis
-    0 at a time, 16 slices a shard (nnU-Net's 2D configurations read slices). Every
-    chunk carries a CRC-32C.
+
+def array_layout(
+    kind: str, shape: tuple[int, ...], dtype: np.dtype, patch: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """The ``create_array`` arguments (chunks, shards, codecs) of a case array of this kind.
+
+    Images: Blosc-Zstandard level 1 after a byte shuffle (stored bytes 0.80x the
+    ``.nii.gz``; Blosc-LZ4 decodes faster but keeps 1.18x); labels: Blosc-LZ4 with
+    shuffle (sparse maps: every chunk decodes at memory speed); both chunked for
+    ``patch`` (:func:`chunk_shape`), an image one channel a chunk. Other arrays
+    (samples): Zstandard in one chunk (read whole, once). Every chunk carries a CRC-32C.
     """
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    compressor = ZstdCodec(level=_ZSTD_LEVEL)
-    if name == "image" and tuple(shape[1:]) == tuple(spatial):
-        chunks, shards = chunk_shape(spatial, image=True)
-        chunks, shards = (1, *chunks), (1, *shards)
-        compressor = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=dtype.itemsize)
-    elif tuple(shape) == tuple(spatial) and slice_chunks and len(shape) == 3:
-        chunks, shards = chunk_shape(shape[1:])
-        chunks, shards = (1, *chunks), (min(16, shape[0]), *shards)
-    elif tuple(shape) == tuple(spatial):
-        chunks, shards = chunk_shape(shape)
-    else:
-        return {"chunks": tuple(max(n, 1) for n in shape), "compressors": [compressor, Crc32cCodec()]}
-    return {"chunks": chunks, "shards": shards, "compressors": [compressor, Crc32cCodec()]}
+    if kind == "array":
+        chunks = tuple(max(n, 1) for n in shape)
+        return {"chunks": chunks, "compressors": [ZstdCodec(level=_ZSTD_LEVEL), Crc32cCodec()]}
+    lead = (1,) if kind == "image" else ()
+    chunks, shards = chunk_shape(tuple(shape[len(lead) :]), patch)
+    cname, clevel = ("zstd", 1) if kind == "image" else ("lz4", 5)
+    blosc = BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle", typesize=dtype.itemsize)
+    return {"chunks": lead + chunks, "shards": lead + shards, "compressors": [blosc, Crc32cCodec()]}
+
+
+def array_paths(kinds: Mapping[str, str]) -> dict[str, str]:
+    """Where each array of a case lies in its group (format 3), by name, from :func:`array_kind`.
+
+    The image is the OME-Zarr image ``0``; without one (a store built without
+    images) the mask (``label``) is. Label maps are OME-Zarr image-labels
+    ``labels/<name>/0``; other arrays lie in the case group by their name.
+
+    >>> array_paths({"tube": "label", "label": "label", "image": "image", "tube_locations": "array"})
+    {'tube': 'labels/tube/0', 'label': 'labels/label/0', 'image': '0', 'tube_locations': 'tube_locations'}
+    >>> array_paths({"tube": "label", "label": "label"})
+    {'tube': 'labels/tube/0', 'label': '0'}
+    """
+    image = next((n for n, k in kinds.items() if k == "image"), "label" if "label" in kinds else None)
+    return {n: "0" if n == image else f"labels/{n}/0" if k == "label" else n for n, k in kinds.items()}
+
+
+def array_path(meta: Mapping[str, Any], name: str) -> str:
+    """Where array ``name`` lies in a case group: as its attributes record it (format 3), else by its name."""
+    return (meta.get("arrays") or {}).get(name, name)
+
+
+def axis_names(axes: Any, ndim: int) -> list[str]:
+    """OME-Zarr axis names of a case's spatial axes: its ``axes`` letters (``zyx``, ``ijk``), else z, y, x."""
+    ok = isinstance(axes, str) and len(axes) == ndim and len(set(axes)) == ndim and "c" not in axes
+    return list(axes) if ok else list("zyx"[-ndim:])
+
+
+def ome_multiscale(names: list[str], spacing: Sequence[float], channels: bool) -> dict[str, Any]:
+    """An OME-Zarr 0.5 ``multiscales`` entry: one level ``0`` scaled by the spacing, axes named."""
+    axes = [{"name": n, "type": "space"} for n in names]
+    scale = [float(s) for s in spacing]
+    if channels:
+        axes, scale = [{"name": "c", "type": "channel"}, *axes], [1.0, *scale]
+    return {
+        "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }
+
+
+def ome_label(classes: Mapping[int, str]) -> dict[str, Any]:
+    """The ``image-label`` metadata of a label map: a colour and a name per class."""
+    colours = [
+        {"label-value": v, "rgba": [*CLASS_COLOURS[(v - 1) % len(CLASS_COLOURS)], 255]} for v in classes
+    ]
+    names = [{"label-value": v, "name": name} for v, name in classes.items()]
+    return {"version": OME_VERSION, "colors": colours, "properties": names, "source": {"image": "../../"}}

@@ -35,6 +35,7 @@ from skelprep.store.format import (
     TARGET_NAMES,
     StoreError,
     array_checksum,
+    array_path,
     case_state,
     checked_root_meta,
 )
@@ -42,6 +43,11 @@ from skelprep.store.format import (
 if TYPE_CHECKING:
     import numpy as np
     import zarr
+
+__all__ = (
+    "CaseTargets CheckedArray SkeletonStore open_store open_root damaged_root read_regions read_checked "
+    "verify_case_data as_store case_group has_arrays stored_array read_array"
+).split()
 
 _MAX_DEPTH = 32  # case ids nest a few folders deep (``left/img_07``); the walk stops here (a symlink loop)
 
@@ -277,7 +283,7 @@ class SkeletonStore(Mapping[str, "CaseTargets"]):
         try:
             group = self.group(case_id)
             for name in names:
-                arrays[name] = CheckedArray(group[name], confirm)
+                arrays[name] = CheckedArray(group[array_path(meta, name)], confirm)
         except Exception as exc:
             confirm()  # a build replaced the case while it was opened
             what = "its group" if group is None else f"array '{names[len(arrays)]}'"
@@ -406,9 +412,6 @@ class CheckedArray:
     def __len__(self) -> int:
         return len(self.array)
 
-    def __repr__(self) -> str:
-        return f"CheckedArray({self.array!r})"
-
 
 @dataclass(frozen=True)
 class CaseTargets:
@@ -442,8 +445,8 @@ class CaseTargets:
         """A whole array of the case by name (e.g. ``"tube_locations"``)."""
         if self.group is None:
             raise KeyError(name)
-        group = self.group
-        return self.checked(lambda: group[name][...])
+        group, path = self.group, array_path(self.attrs, name)
+        return self.checked(lambda: group[path][...])
 
     def array_names(self) -> list[str]:
         """Names of the case's arrays that carry a checksum (every array a build wrote)."""
@@ -517,7 +520,11 @@ def read_checked(case: CaseTargets, name: str) -> tuple[np.ndarray | None, str]:
     matches its recorded checksum; ``data`` is None when it cannot be read."""
     expected = case.attrs.get("checksums", {}).get(name)
     try:
-        data = case.group[name][...] if case.group is not None else getattr(case, name)[...]
+        data = (
+            case.group[array_path(case.attrs, name)][...]
+            if case.group is not None
+            else getattr(case, name)[...]
+        )
     except KeyError:
         return None, f"{name}: missing"
     except Exception as exc:  # the CRC-32C codec raises on altered chunk bytes
@@ -569,10 +576,10 @@ def case_group(store: SkeletonStore, case_id: str) -> tuple[zarr.Group, dict[str
 def has_arrays(store: SkeletonStore, case_id: str, names: Iterable[str]) -> bool:
     """Whether the complete case ``case_id`` holds every array in ``names``."""
     try:
-        group, _ = case_group(store, case_id)
+        group, meta = case_group(store, case_id)
     except (KeyError, StoreError):
         return False
-    return all(name in group for name in names)
+    return all(array_path(meta, name) in group for name in names)
 
 
 def stored_array(store: SkeletonStore, case_id: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -584,7 +591,7 @@ def stored_array(store: SkeletonStore, case_id: str, name: str) -> tuple[np.ndar
 def read_array(group: zarr.Group, name: str, store_path: str = "") -> np.ndarray:
     """One array of a case group (from :func:`case_group`); StoreError if it has no such array."""
     try:
-        array = group[name]
+        array = group[array_path(_meta(group) or {}, name)]
     except KeyError:
         hint = " (build with --with-images)" if name in IMAGE_ARRAY_NAMES else ""
         raise StoreError(f"{store_path}: case '{group.basename}' has no array '{name}'{hint}") from None

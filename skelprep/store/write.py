@@ -30,10 +30,16 @@ from skelprep.store.format import (
     ATTRS_KEY,
     CHUNK_KEY_ENCODING,
     FORMAT_VERSION,
+    OME_VERSION,
     StoreError,
     array_checksum,
+    array_kind,
     array_layout,
+    array_paths,
+    axis_names,
     checked_root_meta,
+    ome_label,
+    ome_multiscale,
 )
 from skelprep.store.read import SkeletonStore, _meta, _node, damaged_root, open_root, store_key
 
@@ -43,8 +49,9 @@ if TYPE_CHECKING:
 
     from skelprep.store.lock import HeldLock
 
-# ``write_case``'s arrays: name -> (data, zarr attributes of the array). The mapping is the extension
-# point for new stored arrays: their chunks and codecs follow from their shape (format.array_layout).
+# ``write_case``'s arrays: name -> (data, options). The mapping is the extension point for new stored
+# arrays: where they lie, their chunks and codecs follow from their shape and dtype (format.array_kind);
+# options: ``classes`` ({value: name}) of a label map, for viewers.
 Arrays = Mapping[str, "tuple[np.ndarray, Mapping[str, Any] | None]"]
 
 
@@ -115,42 +122,77 @@ class StoreWriter:
         return lease_lost(self.path)
 
     def write_case(
-        self, case_id: str, arrays: Arrays, attrs: Mapping[str, Any], *, slice_chunks: bool = False
+        self,
+        case_id: str,
+        arrays: Arrays,
+        attrs: Mapping[str, Any],
+        *,
+        patch: tuple[int, ...] | None = None,
     ) -> dict[str, float]:
         """Write one case so that it is never seen as complete before all its data are; seconds per phase.
 
-        ``arrays``: name -> (data, attributes of the array), written in this order;
-        the first has the case's spatial shape (``shape`` in the attributes, unless
-        ``attrs`` says it). ``attrs``: the case's provenance; ``shape``,
-        ``checksums``, ``generation`` and ``complete`` are added here. With
-        ``slice_chunks`` 3D label maps are chunked one slice along axis 0 at a time
-        (see :func:`skelprep.store.format.array_layout`). NaN or infinite
-        attributes raise ValueError before anything is touched (not JSON: strict readers refuse them).
+        ``arrays``: name -> (data, options), written in this order; the first has
+        the case's spatial shape (unless ``attrs`` says it). The case group is an
+        OME-Zarr image (the image, or the mask ``label`` without one, at ``0``, the
+        spacing as scale) with its label maps as image-labels (``labels/<name>``),
+        other arrays by name beside them (:func:`~skelprep.store.format.array_paths`);
+        chunks are laid out for ``patch``. ``attrs``: the case's provenance;
+        ``shape``, ``layout``, ``arrays``, ``checksums``, ``generation`` and
+        ``complete`` are added here. NaN or infinite attributes raise ValueError
+        before anything is touched (not JSON: strict readers refuse them).
         """
         import numpy as np
 
         _check_key(case_id)
         start = time.perf_counter()
-        spatial = tuple(attrs.get("shape") or np.shape(next(iter(arrays.values()))[0]))
-        meta = {**attrs, "shape": list(spatial), "checksums": {}, "complete": False}
-        meta["generation"] = uuid.uuid4().hex  # this write's token: a reader's second look tells a rewrite
+        data = {name: np.ascontiguousarray(a) for name, (a, _) in arrays.items()}
+        spatial = tuple(attrs.get("shape") or next(iter(data.values())).shape)
+        kinds = {name: array_kind(name, a.shape, a.dtype, spatial) for name, a in data.items()}
+        paths = array_paths(kinds)
+        meta = {**attrs, "shape": list(spatial), "layout": FORMAT_VERSION, "arrays": paths, "checksums": {}}
+        # generation: this write's token; a reader's second look at the attributes tells a rewrite by it
+        meta.update(complete=False, generation=uuid.uuid4().hex)
         json.dumps(meta, allow_nan=False)
+        names = axis_names(attrs.get("axes"), len(spatial))
+        spacing = attrs.get("spacing") or [1.0] * len(spatial)
+        image = next((n for n, p in paths.items() if p == "0"), None)
+        channels = image is not None and data[image].ndim > len(spatial)
+        ome = {"version": OME_VERSION, "multiscales": [ome_multiscale(names, spacing, channels)]}
         self.delete_case(case_id)
-        group = self.root.create_group(case_id, attributes={ATTRS_KEY: meta})
-        for name, (data, array_attrs) in arrays.items():
-            data = np.ascontiguousarray(data)
-            array = group.create_array(
-                name,
-                shape=data.shape,
-                dtype=data.dtype,
+        group = self.root.create_group(
+            case_id, attributes={ATTRS_KEY: dict(meta), **({"ome": ome} if image is not None else {})}
+        )
+        labels = [n for n, p in paths.items() if p.startswith("labels/")]
+        if labels:
+            group.create_group("labels", attributes={"ome": {"version": OME_VERSION, "labels": labels}})
+        for name, a in data.items():
+            node, key = group, paths[name]
+            dims = None
+            if kinds[name] != "array":
+                dims = (["c"] if a.ndim > len(spatial) else []) + names
+            if name in labels:
+                options = arrays[name][1] or {}
+                classes = {int(v): str(n) for v, n in (options.get("classes") or {}).items()}
+                label = {
+                    "multiscales": [ome_multiscale(names, spacing, False)],
+                    "image-label": ome_label(classes),
+                }
+                node = group.create_group(
+                    f"labels/{name}", attributes={"ome": {"version": OME_VERSION, **label}}
+                )
+                key = "0"
+            array = node.create_array(
+                key,
+                shape=a.shape,
+                dtype=a.dtype,
                 fill_value=0,
                 chunk_key_encoding=CHUNK_KEY_ENCODING,
-                attributes=dict(array_attrs or {}),
-                **array_layout(name, data.shape, data.dtype, spatial, slice_chunks=slice_chunks),
+                dimension_names=dims,
+                **array_layout(kinds[name], a.shape, a.dtype, patch),
             )
-            if data.size:
-                array[...] = data
-            meta["checksums"][name] = array_checksum(data)
+            if a.size:
+                array[...] = a
+            meta["checksums"][name] = array_checksum(a)
         meta["complete"] = True
         group.attrs.update({ATTRS_KEY: meta})  # last write: the case now counts as built
         return {"store": time.perf_counter() - start}
