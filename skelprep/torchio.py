@@ -53,11 +53,10 @@ import torch
 import torchio as tio
 from torchio.data.io import read_affine
 
-from skelprep._stored import as_store, has_arrays, stored_array
 from skelprep.geometry import GeometryError, framework_geometry, same_affine, to_framework
 from skelprep.io import read_mask
 from skelprep.layout import discover
-from skelprep.store import SkeletonStore, StoreError
+from skelprep.store import SkeletonStore, StoreError, as_store, has_arrays, stored_array
 
 __all__ = ["skeleton_label_map", "stored_scalar_image", "subjects_dataset"]
 
