@@ -103,7 +103,7 @@ def test_stored_image_and_label_equal_the_source_files(kind, tmp_path):
     report = build(dataset, workers=1, with_images=True)
     assert report.ok and len(report.built) == 2, report.as_dict()
     store = open_store(dataset / "skeletons.zarr")
-    assert store.attrs["format_version"] == 2 and store.attrs["with_images"] is True
+    assert store.attrs["format_version"] == 3 and store.attrs["with_images"] is True
     pooled = []
     for case_id in store.case_ids:
         case = store[case_id]

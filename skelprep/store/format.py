@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = (
     "FORMAT_VERSION READABLE_VERSIONS ATTRS_KEY DEFAULT_STORE_NAME TARGET_NAMES ARRAY_NAMES IMAGE_ARRAY_NAMES "
-    "StoreError CaseState case_state checked_root_meta default_store_path label_counts array_checksum chunk_shape"
+    "StoreError CaseState case_state checked_root_meta default_store_path label_counts array_checksum chunk_shape "
+    "array_path"
 ).split()
 
 FORMAT_VERSION = 3
@@ -140,7 +141,7 @@ def checked_root_meta(path: str, meta: Any, *, writing: bool = False) -> dict[st
     >>> checked_root_meta("s.zarr", {"format_version": "2"})
     Traceback (most recent call last):
     ...
-    skelprep.store.format.StoreError: s.zarr: invalid store format_version '2' (a str), not a version number; a skelprep store records an integer (2 for this skelprep)
+    skelprep.store.format.StoreError: s.zarr: invalid store format_version '2' (a str), not a version number; a skelprep store records an integer (3 for this skelprep)
     """
     if not isinstance(meta, dict):
         raise StoreError(f"{path}: not a skelprep store (attributes 'skelprep' is not an object)")
