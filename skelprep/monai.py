@@ -75,11 +75,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from skelprep._stored import as_store, case_group, read_array
 from skelprep.geometry import GeometryError, VoxelGeometry, framework_geometry, same_affine, to_framework
 from skelprep.io import _squeezed
 from skelprep.layout import discover
-from skelprep.store import SkeletonStore, StoreError
+from skelprep.store import SkeletonStore, StoreError, as_store, case_group, read_array
 
 __all__ = ["LoadSkeletonTargetsd", "data_dicts"]
 

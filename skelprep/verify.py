@@ -15,6 +15,7 @@ from skelprep._fs import RemotePath
 from skelprep.io import InputError, file_sha256
 from skelprep.layout import Case, discover
 from skelprep.store import (
+    FORMAT_VERSION,
     SkeletonStore,
     StoreError,
     case_state,
@@ -74,7 +75,11 @@ def check_case(
             if with_images or (meta or {}).get("images"):
                 images = [file_sha256(path) for path in case.images]
             state = case_state(
-                meta, fingerprint=file_sha256(case.mask), params=params, image_fingerprints=images
+                meta,
+                fingerprint=file_sha256(case.mask),
+                params=params,
+                image_fingerprints=images,
+                layout=FORMAT_VERSION,
             )
         except InputError as exc:
             return CaseCheck(case.case_id, "failed-input", str(exc))

@@ -165,9 +165,10 @@ class SkeletonDataset(Dataset):
     -----
     Items are dicts of channel-first tensors: ``image`` float32 ``(C, *spatial)``,
     ``label`` ``(1, *spatial)``, ``tube`` ``(1, *spatial)``, optionally ``thin``, in
-    the store's integer dtype (uint8; uint16 for labels above 255), plus ``case_id`` (str), ``spacing`` (float64 ``(ndim,)``) and
-    ``offset`` (int64 ``(ndim,)``: the patch's first voxel in the case, negative
-    where the patch overhangs the border). Padding is zero after normalization.
+    the store's integer dtype (uint8; uint16 for labels above 255), plus
+    ``case_id`` (str), ``spacing`` (float64 ``(ndim,)``) and ``offset`` (int64
+    ``(ndim,)``: the patch's first voxel in the case, negative where the patch
+    overhangs the border). Padding is zero after normalization.
     Labels stay narrow, as nnU-Net's loader keeps its int16 seg: an int64 copy
     of a 128³ label and tube costs more than reading them, and skelprep's losses
     cast on the device (``target.long()``).
