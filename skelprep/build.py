@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from skelprep import __version__
 from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options, url_typo
@@ -149,7 +149,7 @@ class BuildReport:
     seconds: float = 0.0
     plan_phases: dict[str, float] = field(default_factory=dict)  # client side: plan, run, finalize
 
-    def _with(self, status: str) -> list[CaseOutcome]:
+    def _with(self, status: Literal["built", "up-to-date", "failed"]) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.status == status]
 
     @property
