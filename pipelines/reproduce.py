@@ -46,7 +46,8 @@ check, no meaningful accuracy).
 Outputs in ``--out`` (default ``results/reproduce``; ``results/reproduce-quick`` with ``--quick``):
 ``table.md``, ``results.json`` (configuration, versions, commit, per arm x seed x image every
 metric, training history and timings, summaries, paired differences), ``curves.png`` and
-``examples.png``.
+``examples.png``. ``--timing ROUNDS`` times training steps of every arm side by side in one process
+(:func:`time_arms`) into ``timing.json``; the next summary puts them in ``table.md``.
 
 State in ``--work`` (default ``runs/reproduce``, ``runs/reproduce-quick``): the store, one folder
 per arm and seed with ``last.pt`` (written atomically after every epoch) and ``run.json`` (written
@@ -405,20 +406,14 @@ def _peak_memory(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def run_one(cfg: Config, data: Data, work: Path, arm: str, seed: int, progress: bool) -> None:
-    """Train (or resume) one arm and seed, then score it; writes ``run.json`` last."""
+def arm_setup(cfg: Config, arm: str, seed: int, store: Path, case_ids: tuple[str, ...], progress: bool):
+    """(trainer, training dataset) of one arm and seed: the network, loss, optimizer and loader's items."""
     import torch
     import train
-    from torch.utils.data import DataLoader, RandomSampler
 
     from skelprep.torch import DeepSupervisionLoss, SkeletonDataset
 
-    parent = os.getppid()
-    out = run_dir(work, arm, seed)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
     model = train.UNet(2, 3, 2, cfg.base, cfg.levels, deep_supervision=True)
     args = argparse.Namespace(
@@ -432,14 +427,30 @@ def run_one(cfg: Config, data: Data, work: Path, arm: str, seed: int, progress: 
     compound = make_loss(arm, cfg)
     trainer = train.Trainer(args, model, 2, None, device, compound=compound.to(device))
     trainer.criterion = DeepSupervisionLoss(trainer.compound)
-    store = work / "store.zarr"
     train_ds = SkeletonDataset.from_store(
         store,
         patch_size=2 * cfg.patch,
         foreground_prob=cfg.foreground_prob,
-        case_ids=list(data.train),
+        case_ids=list(case_ids),
         transform=Augment(cfg.patch, recompute_tube=arm == "c"),
     )
+    return trainer, train_ds
+
+
+def run_one(cfg: Config, data: Data, work: Path, arm: str, seed: int, progress: bool) -> None:
+    """Train (or resume) one arm and seed, then score it; writes ``run.json`` last."""
+    import torch
+    import train
+    from torch.utils.data import DataLoader, RandomSampler
+
+    parent = os.getppid()
+    out = run_dir(work, arm, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer, train_ds = arm_setup(cfg, arm, seed, work / "store.zarr", data.train, progress)
+    model = trainer.model
     val_cases = {c: read_eval_case(data, c) for c in data.val}
 
     history: list[dict[str, Any]] = []
@@ -528,6 +539,55 @@ def run_one(cfg: Config, data: Data, work: Path, arm: str, seed: int, progress: 
     _write_json_atomic(result, out / "run.json")
 
 
+def time_arms(cfg: Config, data: Data, work: Path, rounds: int, steps: int) -> dict[str, Any]:
+    """The cost of a training step per arm, measured side by side in one process.
+
+    Every arm gets its trainer and loader (seed of the first run); then ``rounds``
+    rounds of ``steps`` steps per arm, the arms in turn, so that whatever else loads
+    the machine falls on all of them alike (the full run trains one arm after another,
+    hours apart). A first round warms up each arm (allocator, loader workers) and is not
+    counted. Per arm: the median step (wall and CPU time) and loader wait over the
+    counted steps, and the ratio of each arm's median step to the baseline's.
+    """
+    import itertools
+
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    iterators, trainers = {}, {}
+    schedule = replace(
+        cfg, epochs=rounds + 1, steps_per_epoch=steps
+    )  # the learning rate decays over these steps
+    for arm in cfg.arms:
+        trainer, train_ds = arm_setup(schedule, arm, cfg.seeds[0], work / "store.zarr", data.train, False)
+        generator = torch.Generator().manual_seed(cfg.seeds[0])
+        sampler = RandomSampler(
+            train_ds, replacement=True, num_samples=(rounds + 1) * steps * cfg.batch, generator=generator
+        )
+        loader = DataLoader(
+            train_ds, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.num_workers, drop_last=True
+        )
+        trainers[arm], iterators[arm] = trainer, iter(loader)
+    counted: dict[str, list[dict[str, float]]] = {arm: [] for arm in cfg.arms}
+    for index in range(rounds + 1):
+        for arm in cfg.arms:
+            _, records = trainers[arm].epoch(itertools.islice(iterators[arm], steps), index)
+            if index:
+                counted[arm] += records
+    result: dict[str, Any] = {"rounds": rounds, "steps_per_round": steps, "arms": {}}
+    for arm, records in counted.items():
+        result["arms"][arm] = {
+            "steps": len(records),
+            "median_step_seconds": float(np.median([r["compute_seconds"] for r in records])),
+            "median_step_cpu_seconds": float(np.median([r["cpu_seconds"] for r in records])),
+            "mean_loader_wait_seconds": float(np.mean([r["wait_seconds"] for r in records])),
+        }
+    base = result["arms"][cfg.arms[0]]["median_step_seconds"]
+    for entry in result["arms"].values():
+        entry["step_vs_baseline"] = entry["median_step_seconds"] / base
+    return result
+
+
 def _predict(model, case: EvalCase, cfg: Config, device) -> np.ndarray:
     import train
 
@@ -589,7 +649,9 @@ def _pm(mean: float, sd: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def write_table(path: Path, cfg: Config, summary: dict, human: dict, test: tuple[str, ...]) -> None:
+def write_table(
+    path: Path, cfg: Config, summary: dict, human: dict, test: tuple[str, ...], timing: dict | None = None
+) -> None:
     digits = {"dice": 3, "cldice": 3, "betti0_error": 1, "betti1_error": 1}
     lines = [
         f"# Does it help? CHASE_DB1 test split ({len(test)} images), {len(cfg.seeds)} seed(s), device {cfg.device}",
@@ -624,7 +686,9 @@ def write_table(path: Path, cfg: Config, summary: dict, human: dict, test: tuple
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Cost per arm (median over seeds of the median training step; mean loader wait per step; largest peak memory):",
+        "Cost per arm in the runs above (median over seeds of the median training step; mean loader wait per "
+        "step; largest peak memory; each run trained on its own, so the step times carry the machine's load "
+        "at its hour):",
         "",
         "| arm | step (ms) | step CPU (ms) | loader wait (ms/step) | peak memory (MiB) |",
         "|---|---|---|---|---|",
@@ -634,6 +698,20 @@ def write_table(path: Path, cfg: Config, summary: dict, human: dict, test: tuple
             f"| {arm} | {s['median_step_seconds'] * 1e3:.0f} | {s['median_step_cpu_seconds'] * 1e3:.0f} | "
             f"{s['mean_loader_wait_seconds'] * 1e3:.1f} | {s['peak_memory_bytes'] / 2**20:.0f} |"
         )
+    if timing is not None:
+        lines += [
+            "",
+            f"Training steps side by side ({timing['rounds']} rounds of {timing['steps_per_round']} steps per arm, "
+            "the arms in turn in one process, `--timing`): median step, against the baseline's:",
+            "",
+            "| arm | step (ms) | step CPU (ms) | loader wait (ms/step) | step / baseline |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, t in timing["arms"].items():
+            lines.append(
+                f"| {arm} | {t['median_step_seconds'] * 1e3:.0f} | {t['median_step_cpu_seconds'] * 1e3:.0f} | "
+                f"{t['mean_loader_wait_seconds'] * 1e3:.1f} | {t['step_vs_baseline']:.2f}× |"
+            )
     lines += [
         "",
         f"Network: U-Net width {cfg.base}, {cfg.levels} levels; patch {cfg.patch}², batch {cfg.batch}, "
@@ -744,6 +822,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="outputs [results/reproduce, results/reproduce-quick]")
     p.add_argument("--work", type=Path, help="store and checkpoints [runs/reproduce, runs/reproduce-quick]")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--timing",
+        type=int,
+        metavar="ROUNDS",
+        help="time training steps of every arm side by side (ROUNDS rounds of 10 steps) into timing.json",
+    )
     p.add_argument("--run", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)  # the per-run process
     return p.parse_args(argv)
 
@@ -800,6 +884,18 @@ def main(argv: list[str] | None = None) -> int:
     train.ensure_store(dataset, str(work / "store.zarr"), allow_build=True, prog=PROG)
     human = human_reference(data)
 
+    if args.timing:
+        if cfg.device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        out.mkdir(parents=True, exist_ok=True)
+        timing = {**time_arms(cfg, data, work, args.timing, 10), "versions": versions(), **commit()}
+        _write_json_atomic(timing, out / "timing.json")
+        print(json.dumps(timing["arms"], indent=1))
+        print(f"wrote {out / 'timing.json'}; rerun without --timing to put it in table.md", file=sys.stderr)
+        return 0
+
     runs: dict[str, dict[int, dict]] = {arm: {} for arm in cfg.arms}
     started = time.perf_counter()
     for seed in cfg.seeds:
@@ -838,8 +934,12 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": {arm: {str(s): r for s, r in by_seed.items()} for arm, by_seed in runs.items()},
     }
+    timing_path = out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    if timing is not None:
+        results["timing_side_by_side"] = timing
     _write_json_atomic(results, out / "results.json")
-    write_table(out / "table.md", cfg, summary, human, data.test)
+    write_table(out / "table.md", cfg, summary, human, data.test, timing)
     plot_curves(out / "curves.png", cfg, runs)
     plot_examples(out / "examples.png", data, work, cfg)
     print((out / "table.md").read_text())

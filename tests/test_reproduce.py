@@ -85,6 +85,18 @@ def test_quick_run_resumes_after_kill_and_never_retrains(tmp_path):
     for arm, mtime in finished.items():
         assert (tmp_path / "work" / "runs" / f"{arm}-seed0" / "run.json").stat().st_mtime_ns == mtime
 
+    # The side-by-side step timing of every arm lands in the table at the next summary, trained runs untouched.
+    timed = subprocess.run(cmd + ["--timing", "1"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert timed.returncode == 0, timed.stderr
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(timing["arms"]) == {"a", "b"} and timing["arms"]["a"]["step_vs_baseline"] == 1.0
+    assert all(t["steps"] == 10 and t["median_step_seconds"] > 0 for t in timing["arms"].values())
+    assert subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300).returncode == 0
+    assert "Training steps side by side (1 rounds of 10 steps" in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["timing_side_by_side"]["arms"] == timing["arms"]
+    for arm, mtime in finished.items():
+        assert (tmp_path / "work" / "runs" / f"{arm}-seed0" / "run.json").stat().st_mtime_ns == mtime
+
 
 @pytest.mark.parametrize(
     ("remove", "named"),
