@@ -54,6 +54,7 @@ __all__ = [
     "is_local",
     "HeldLock",
     "store_lock",
+    "store_lock_file",
     "store_is_busy",
     "lease_lost",
     "remove_partial_files",
@@ -71,6 +72,11 @@ def _lock_path(path: str) -> Path:
     """``<store>.lock`` beside the store's real folder: every spelling of one store gets one lock."""
     folder = Path(os.path.realpath(path.removeprefix("file://")))  # resolves the symlinks that exist
     return folder.with_name(folder.name + ".lock")
+
+
+def store_lock_file(path: str) -> Path:
+    """The store's lock file, ``<store>.lock`` (a shard builder holds it shared: :mod:`skelprep.shard`)."""
+    return _lock_path(path)
 
 
 @dataclass

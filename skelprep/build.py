@@ -776,9 +776,40 @@ def _write_phase(
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
-    from skelprep.writer import delete_case, finalize_store
+    from skelprep.writer import delete_case
 
     root = _open_for_build(out, {**attrs, "versions": _versions()})
+    _run_jobs(report, out, jobs, params, root, run_options)
+    _check_lease(out, lease)
+    if prune:
+        wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
+        store = SkeletonStore(root_group(root), out)
+        stored = set(store.case_ids) | set(store.incomplete_case_ids)
+        for case_id in sorted(stored - wanted):
+            delete_case(root, case_id)
+            report.pruned.append(case_id)
+    ran = time.perf_counter()
+    report.plan_phases["run"] = ran - planned
+    written: dict[str, Any] = {}
+    for outcome in report.built:
+        written.update(outcome.documents)
+    # failed and pruned cases, and those written through zarr's API (with images), are read again
+    touched = {o.case_id for o in report.failed} | set(report.pruned)
+    touched |= {o.case_id for o in report.built if not o.documents}
+    _check_lease(out, lease)  # once more after pruning, before the root is written
+    _finish_root(report, out, root, attrs, since=since, written=written, touched=touched)
+    report.plan_phases["finalize"] = time.perf_counter() - ran
+
+
+def _run_jobs(
+    report: BuildReport,
+    out: str,
+    jobs: list[CaseJob],
+    params: BuildParams,
+    root: Any,
+    run_options: dict[str, Any],
+) -> None:
+    """Run the case jobs (the runner picks how); a full disk then ends the build in one line."""
     if jobs:
         report.outcomes.extend(
             run_cases(
@@ -796,37 +827,86 @@ def _write_phase(
                 **run_options,
             )
         )
-    _check_lease(out, lease)
     if any(o.detail == _DISK_FULL for o in report.outcomes):
         raise _disk_full(out, report, SkeletonStore(root_group(root), out))
-    if prune:
-        wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-        store = SkeletonStore(root_group(root), out)
-        stored = set(store.case_ids) | set(store.incomplete_case_ids)
-        for case_id in sorted(stored - wanted):
-            delete_case(root, case_id)
-            report.pruned.append(case_id)
-    ran = time.perf_counter()
-    report.plan_phases["run"] = ran - planned
-    written: dict[str, Any] = {}
-    for outcome in report.built:
-        written.update(outcome.documents)
-    # failed and pruned cases, and those written through zarr's API (with images), are read again
-    touched = {o.case_id for o in report.failed} | set(report.pruned)
-    touched |= {o.case_id for o in report.built if not o.documents}
-    _check_lease(out, lease)  # once more after pruning, before the root is written
+
+
+def _finish_root(report: BuildReport, out: str, root: Any, attrs: dict[str, Any], **changes: Any) -> None:
+    """The dataset statistics (stores with images), the case list and consolidated metadata.
+
+    ``changes`` as :func:`skelprep.writer.finalize_store` takes them (``since`` None:
+    every node is read).
+    """
+    from skelprep.writer import finalize_store
+
     try:
         if attrs.get("with_images"):
             root = root_group(root)
             meta = dict(root.attrs["skelprep"])
             statistics = _dataset_statistics(SkeletonStore(root, out))
             root.attrs.update({"skelprep": {**meta, "intensity_statistics": statistics}})
-        finalize_store(root, out, since=since, written=written, touched=touched)
+        finalize_store(root, out, **changes)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise _disk_full(out, report, SkeletonStore(root_group(root), out)) from None
         raise
+
+
+def _shard_write_phase(
+    report: BuildReport,
+    out: str,
+    attrs: dict[str, Any],
+    jobs: list[CaseJob],
+    shard: tuple[int, int],
+    params: BuildParams,
+    planned: float,
+    run_options: dict[str, Any],
+) -> None:
+    """A shard builder's writes (see :mod:`skelprep.shard`): record its start, run its jobs, record its end.
+
+    Each root update holds the root-update lock; the builder that completes the last
+    shard consolidates the store's metadata.
+    """
+    from skelprep.shard import root_update, shard_record, shards_running
+    from skelprep.writer import record_build
+
+    with root_update(out):
+        meta = _root_meta_now(out)
+        others = shards_running(out, besides=shard)
+        counts = sorted({n for _, n in others} - {shard[1]})
+        if counts:
+            raise BuildError(
+                f"{out}: builders of {counts[0]} shards are running on this store; a shard of {shard[1]} would "
+                f"overlap their cases (use --shard I/{counts[0]}, or wait for them to finish)"
+            )
+        if others and meta is not None and any(meta.get(k) != v for k, v in attrs.items()):
+            changed = ", ".join(sorted(k for k, v in attrs.items() if meta.get(k) != v))
+            raise BuildError(
+                f"{out}: other shards are being built with other {changed}; build every shard with the same "
+                "options (or wait for them to finish)"
+            )
+        root = _open_for_build(
+            out, {**attrs, "versions": _versions(), "shards": shard_record(meta, shard, done=False)}
+        )
+    _run_jobs(report, out, jobs, params, root, run_options)
+    ran = time.perf_counter()
+    report.plan_phases["run"] = ran - planned
+    with root_update(out):
+        record = shard_record(_root_meta_now(out), shard, done=report.ok)
+        root = record_build(out, {"shards": record})
+        if len(record["done"]) == record["count"]:  # the last shard: the store is complete
+            _finish_root(report, out, root, attrs, since=None)
+        else:
+            cases = SkeletonStore(None, out, attributes={ATTRS_KEY: _root_meta_now(out)}).case_ids
+            record_build(out, {"cases": cases, "updated": utc_now()})
     report.plan_phases["finalize"] = time.perf_counter() - ran
+
+
+def _root_meta_now(out: str) -> dict[str, Any] | None:
+    """The skelprep attributes of a local store's root as stored now (None: no store yet)."""
+    doc = local_root_document(out)
+    meta = (doc or {}).get("attributes", {}).get(ATTRS_KEY)
+    return dict(meta) if isinstance(meta, dict) else None
 
 
 def _check_lease(out: str, lease: Any) -> None:
@@ -854,6 +934,7 @@ def build(
     repair: bool = False,
     with_images: bool = False,
     absolute_paths: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -893,6 +974,10 @@ def build(
         dataset relative to the store). Not a target parameter: cases that are
         up to date keep the paths they were recorded with (``force`` rewrites
         them all); the root's ``dataset`` follows every build.
+    shard : (int, int), optional
+        ``(I, N)``: build only the cases of shard I of N (:mod:`skelprep.shard`),
+        beside the builders of the other shards; not with ``prune``, and only
+        into a store on a file system.
 
     Returns
     -------
@@ -914,22 +999,31 @@ def build(
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     _check_out(out, layout, masks, images)
+    cases, problems = layout.cases, layout.problems
+    if shard is not None:
+        from skelprep.shard import shard_index, shard_lock
+
+        if prune:
+            raise BuildError("--prune deletes stored cases of every shard; prune in a build without --shard")
+        cases = [c for c in cases if shard_index(c.case_id, shard[1]) == shard[0]]
+        problems = [p for p in problems if shard_index(p.case_id, shard[1]) == shard[0]]
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
-    report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
+    report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with store_lock(out) as held:
+    with store_lock(out) if shard is None else shard_lock(out, shard) as held:
         lease = held.lease
-        remove_partial_files(out, held)  # walks only if the last build may have been killed
+        if shard is None:  # a shard builder never walks: the other shards are writing
+            remove_partial_files(out, held)  # walks only if the last build may have been killed
         store, since = _existing_store(out)  # opened once: each open parses the root document
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
-        if with_images and layout.cases and not any(c.images for c in layout.cases):
+        if with_images and cases and not any(c.images for c in cases):
             raise BuildError(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
         jobs = []
         if store is not None:
-            store.prefetch_attrs(c.case_id for c in layout.cases)
-        for case in layout.cases:
+            store.prefetch_attrs(c.case_id for c in cases)
+        for case in cases:
             check = (
                 check_case(store, case, param_dict, with_images=with_images) if store is not None else None
             )
@@ -960,7 +1054,14 @@ def build(
         planned = time.perf_counter()
         report.plan_phases["plan"] = planned - start
         attrs = _root_attrs(layout, params, with_images, out, absolute_paths)
-        if not jobs and not prune and since is not None and store is not None and _recorded(store, attrs):
+        if shard is not None:
+            _shard_write_phase(report, out, attrs, jobs, shard, params, planned, run_options)
+        elif store is not None and store.attrs.get("shards") is not None:
+            # Built in shards: this whole-store build completes the root (every node is read) and
+            # drops the shard record.
+            attrs["shards"] = None
+            _write_phase(report, out, attrs, jobs, None, layout, params, prune, planned, lease, **run_options)
+        elif not jobs and not prune and since is not None and store is not None and _recorded(store, attrs):
             # Nothing to write: the store, its case list and consolidated metadata stay as they are.
             report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
         else:
