@@ -5,7 +5,7 @@ it depends on the case's own id only, so adding, removing or changing other case
 never moves a case to another shard, and every case is in exactly one shard of N.
 
 **Who may run** (a local store, or one on a shared file system that honours
-``flock``). The store's lock ``<store>.lock`` (:mod:`skelprep._lock`) is held
+``flock``). The store's lock ``<store>.lock`` (:mod:`skelprep.store.lock`) is held
 *shared* by every shard builder and *exclusively* by a build of the whole store,
 so a whole-store build refuses while any shard builder runs, and a shard builder
 refuses while a whole-store build runs. Each shard builder also holds
@@ -45,8 +45,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from skelprep._lock import HeldLock, is_local, store_lock_file
 from skelprep.runner import BuildError
+from skelprep.store.lock import HeldLock, is_local, lock_is_held, store_lock_file
 
 __all__ = [
     "parse_shard",
@@ -92,7 +92,7 @@ def shard_index(case_id: str, count: int) -> int:
 
 
 def _beside(path: str, suffix: str) -> Path:
-    """``<store><suffix>`` beside the store's real folder, where :mod:`skelprep._lock` places its lock."""
+    """``<store><suffix>`` beside the store's real folder, where :mod:`skelprep.store.lock` places its lock."""
     lock = store_lock_file(path)
     return lock.with_name(lock.name.removesuffix(".lock") + suffix)
 
@@ -123,21 +123,6 @@ def _try_flock(handle: Any, mode: int, attempts: int = 10) -> bool:
     return False
 
 
-def _held_by_others(lock: Path) -> bool:
-    """Whether another process holds this lock file exclusively (a probe with a shared lock)."""
-    try:
-        handle = open(lock)
-    except OSError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
 def shards_running(path: str | os.PathLike, *, besides: Shard | None = None) -> list[Shard]:
     """The shards whose builders run on a local store now (other than ``besides``), sorted."""
     path = os.fspath(path)
@@ -150,7 +135,7 @@ def shards_running(path: str | os.PathLike, *, besides: Shard | None = None) -> 
         if match is None:
             continue
         shard = (int(match[1]), int(match[2]))
-        if shard != besides and _held_by_others(Path(name)):
+        if shard != besides and lock_is_held(Path(name)):
             found.append(shard)
     return sorted(found)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from skelprep import open_store
-from skelprep._lock import store_lock
 from skelprep.build import BuildError, BuildParams, build
 from skelprep.shard import shard_index, shard_lock
+from skelprep.store.lock import store_lock
 from skelprep.verify import verify
 
 from .helpers import CLI, assert_same_arrays, check_store, make_dataset, start_build, wait_for_a_write
