@@ -23,8 +23,10 @@ import logging
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -79,6 +81,24 @@ def _captured() -> Iterator[_Failures]:
             lg.handlers, lg.propagate = handlers, propagate
 
 
+def _import_jobqueue() -> Any:
+    """dask_jobqueue, with this process's Ctrl-C left as it was.
+
+    Importing dask-jobqueue 0.9.0 sets a SIGINT handler that exits with status 0 (for the
+    processes of its runners): a build interrupted on the login node would then end
+    silently, as if it had succeeded. The build keeps Python's KeyboardInterrupt, which
+    closes the cluster (cancelling its jobs) and ends in one line with status 130.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    interrupt = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue
+    finally:
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
+    return dask_jobqueue
+
+
 @contextlib.contextmanager
 def jobqueue_cluster(system: str, jobs: int, *, start_timeout: float = 600.0) -> Iterator[str]:
     """Run a dask-jobqueue cluster of ``jobs`` worker jobs on ``system``; yield its scheduler address.
@@ -93,7 +113,8 @@ def jobqueue_cluster(system: str, jobs: int, *, start_timeout: float = 600.0) ->
         raise BuildError(f"unknown cluster {system!r} (one of {', '.join(SYSTEMS)})")
     try:
         import dask
-        import dask_jobqueue
+
+        dask_jobqueue = _import_jobqueue()
     except ImportError:
         raise BuildError(f"--cluster {system} needs dask-jobqueue: pip install 'skelprep[hpc]'") from None
     cls = getattr(dask_jobqueue, SYSTEMS[system])

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,27 @@ def _queue_empty(slurm, timeout: float = 60) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def many_cases(tmp_path_factory):
+    """40 small 3D volumes: a build runs long enough to be cancelled mid-way."""
+    return make_dataset(tmp_path_factory.mktemp("preempt") / "ds")
+
+
+def _wait_for_cases(out: Path, running: Callable[[], bool], timeout: float = 120) -> None:
+    """Wait until a build (still ``running()``) has completed a case in the store."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(
+            '"complete":true' in p.read_text().replace(" ", "")
+            for p in out.glob("*/zarr.json")
+            if p.is_file()
+        ):
+            return
+        assert running(), "the build ended before it wrote a case"
+        time.sleep(0.01)
+    raise AssertionError(f"no case written in {timeout} s")
+
+
 def test_a_cluster_slurm_build_equals_a_local_build(slurm, cracks_dataset, tmp_path):
     reference = tmp_path / "local.zarr"
     assert build(cracks_dataset, reference, workers=1).ok
@@ -84,6 +107,34 @@ def test_a_cluster_slurm_build_equals_a_local_build(slurm, cracks_dataset, tmp_p
     assert result.returncode == 0, result.stderr
     assert_same_arrays(out, reference)
     assert _queue_empty(slurm), slurm.run("squeue").stdout  # the worker jobs were cancelled
+
+
+def test_ctrl_c_mid_build_cancels_the_jobs_and_keeps_complete_cases(slurm, many_cases, tmp_path):
+    dataset, expected = many_cases
+    out = tmp_path / "s.zarr"
+    proc = subprocess.Popen(
+        CLI
+        + ["build", str(dataset), "--out", str(out), "--cluster", "slurm", "--workers", "2", "--no-progress"],
+        env=_env(slurm, _jobqueue_config(tmp_path / "dask")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_cases(out, lambda: proc.poll() is None)
+        assert slurm.run("squeue", "-h").stdout.strip(), "no worker job runs"
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == (
+        "skelprep: error: interrupted; cases already written are kept, rerun to finish"
+    ), stderr
+    assert _queue_empty(slurm), slurm.run("squeue").stdout  # the worker jobs were cancelled
+    complete, _ = check_store(out, expected)
+    assert 0 < complete < len(expected)
 
 
 @pytest.mark.parametrize(
@@ -173,27 +224,6 @@ def test_a_job_array_of_shards_equals_a_local_build(slurm, octa_dataset, cracks_
         assert "shards: 4 of 4 done" in checked.stdout
 
 
-@pytest.fixture(scope="module")
-def many_cases(tmp_path_factory):
-    """40 small 3D volumes: a shard job runs long enough to be cancelled mid-build."""
-    return make_dataset(tmp_path_factory.mktemp("preempt") / "ds")
-
-
-def _wait_for_cases(out: Path, job: str, slurm, timeout: float = 120) -> None:
-    """Wait until the job has completed a case in the store."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(
-            '"complete":true' in p.read_text().replace(" ", "")
-            for p in out.glob("*/zarr.json")
-            if p.is_file()
-        ):
-            return
-        assert slurm.states(job), f"job {job} ended before it wrote a case"
-        time.sleep(0.01)
-    raise AssertionError(f"job {job} wrote no case in {timeout} s")
-
-
 @pytest.mark.parametrize("how", ["scancel", "requeue"])
 def test_a_preempted_shard_job_finishes_when_run_again(slurm, many_cases, tmp_path, how):
     dataset, expected = many_cases
@@ -204,7 +234,7 @@ def test_a_preempted_shard_job_finishes_when_run_again(slurm, many_cases, tmp_pa
     job = slurm.sbatch(
         _shard_script(dataset, out, 2, "0"), *options, *(["--requeue"] if how == "requeue" else []), env=env
     )
-    _wait_for_cases(out, job, slurm)
+    _wait_for_cases(out, lambda: bool(slurm.states(job)))
     if how == "scancel":
         slurm.run("scancel", job)
         slurm.wait_gone(job)
