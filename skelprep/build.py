@@ -775,7 +775,9 @@ class BuildPlan:
     (re)build, each run by ``task`` (picklable, returns a :class:`CaseOutcome`,
     never raises; it ends in :func:`store_case`); ``job_id`` and ``job_source``: a
     job's case id and input file; ``keep``: the case ids the store keeps, every
-    other stored case is deleted (None: none is).
+    other stored case is deleted (None: none is); ``shard``: ``(I, N)`` where the
+    jobs are shard I of N, written beside the other shards' builders
+    (:mod:`skelprep.shard`; never with ``keep``).
     """
 
     attrs: dict[str, Any]
@@ -784,25 +786,35 @@ class BuildPlan:
     job_id: Callable[[Any], str]
     job_source: Callable[[Any], str]
     keep: frozenset[str] | None = None
+    shard: tuple[int, int] | None = None
 
 
 @contextlib.contextmanager
-def locked_store(out: str) -> Iterator[tuple[HeldLock, SkeletonStore | None]]:
+def locked_store(
+    out: str, shard: tuple[int, int] | None = None
+) -> Iterator[tuple[HeldLock, SkeletonStore | None]]:
     """Hold the store's lock for one build; yield it and the store as it is then (None if there is none).
 
-    What a killed build left in the store is removed first.
+    What a killed build left in the store is removed first. A builder of ``shard``
+    (I, N) holds the store's lock shared and its shard's exclusively, and walks
+    nothing: the other shards are writing (:func:`skelprep.shard.shard_lock`).
 
     Raises
     ------
     BuildError
-        Another build holds the store, or its lock cannot be written.
+        Another build holds the store (or this shard), or its lock cannot be written.
     """
     with contextlib.ExitStack() as stack:
-        try:
-            held = stack.enter_context(store_lock(out))
-        except StoreError as exc:
-            raise BuildError(str(exc)) from exc
-        remove_partial_files(out, held)  # walks only if the last build may have been killed
+        if shard is not None:
+            from skelprep.shard import shard_lock
+
+            held = stack.enter_context(shard_lock(out, shard))
+        else:
+            try:
+                held = stack.enter_context(store_lock(out))
+            except StoreError as exc:
+                raise BuildError(str(exc)) from exc
+            remove_partial_files(out, held)  # walks only if the last build may have been killed
         yield held, _existing_store(out)
 
 
@@ -835,7 +847,9 @@ def run_plan(
         filled (complete cases are kept).
     """
     planned = time.perf_counter()
-    if plan.jobs or _unwanted(store, plan.keep) or store is None or not _recorded(store, plan.attrs):
+    if plan.shard is not None:
+        _shard_write_phase(plan, report, out, held, planned, **run_options)
+    elif plan.jobs or _unwanted(store, plan.keep) or store is None or not _recorded(store, plan.attrs):
         _write_phase(plan, report, out, held, planned, **run_options)
     else:  # the store, its case list and consolidated metadata stay as they are
         report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
@@ -850,6 +864,19 @@ def _write_phase(
     plan: BuildPlan, report: BuildReport, out: str, held: HeldLock, planned: float, **run_options: Any
 ) -> None:
     writer = _open_for_build(out, {**plan.attrs, "versions": _versions()}, held)
+    _run_jobs(plan, report, out, writer, **run_options)
+    for case_id in _unwanted(SkeletonStore(writer.root, out), plan.keep):
+        writer.delete_case(case_id)
+        report.pruned.append(case_id)
+    ran = time.perf_counter()
+    report.plan_phases["run"] = ran - planned
+    _check_lease(out, held.lease)  # once more after pruning, before the root is written
+    _finalize(plan, report, out, writer)
+    report.plan_phases["finalize"] = time.perf_counter() - ran
+
+
+def _run_jobs(plan: BuildPlan, report: BuildReport, out: str, writer: Any, **run_options: Any) -> None:
+    """Run the plan's jobs (the runner picks how); a lost lease or a full disk then ends the build in one line."""
     if plan.jobs:
         report.outcomes.extend(
             run_cases(
@@ -861,15 +888,13 @@ def _write_phase(
                 **run_options,
             )
         )
-    _check_lease(out, held.lease)
+    _check_lease(out, writer.held.lease)
     if any(o.detail == _DISK_FULL for o in report.outcomes):
         raise _disk_full(out, report, SkeletonStore(writer.root, out))
-    for case_id in _unwanted(SkeletonStore(writer.root, out), plan.keep):
-        writer.delete_case(case_id)
-        report.pruned.append(case_id)
-    ran = time.perf_counter()
-    report.plan_phases["run"] = ran - planned
-    _check_lease(out, held.lease)  # once more after pruning, before the root is written
+
+
+def _finalize(plan: BuildPlan, report: BuildReport, out: str, writer: Any) -> None:
+    """The dataset statistics (stores with images), the case list and consolidated metadata."""
     try:
         extra = {}
         if plan.attrs.get("with_images"):
@@ -879,7 +904,58 @@ def _write_phase(
         if exc.errno == errno.ENOSPC:
             raise _disk_full(out, report, SkeletonStore(writer.root, out)) from None
         raise
+
+
+def _shard_write_phase(
+    plan: BuildPlan, report: BuildReport, out: str, held: HeldLock, planned: float, **run_options: Any
+) -> None:
+    """A shard builder's writes (see :mod:`skelprep.shard`): record its start, run its jobs, record its end.
+
+    Each root update holds the root-update lock and reads the root as it is then; the
+    builder that completes the last shard consolidates the store's metadata.
+    """
+    from skelprep.shard import root_update, shard_record, shards_running
+
+    shard, attrs = plan.shard, plan.attrs
+    assert shard is not None
+    with root_update(out):
+        meta = _root_meta_now(out)
+        others = shards_running(out, besides=shard)
+        counts = sorted({n for _, n in others} - {shard[1]})
+        if counts:
+            raise BuildError(
+                f"{out}: builders of {counts[0]} shards are running on this store; a shard of {shard[1]} would "
+                f"overlap their cases (use --shard I/{counts[0]}, or wait for them to finish)"
+            )
+        if others and meta is not None and any(meta.get(k) != v for k, v in attrs.items()):
+            changed = ", ".join(sorted(k for k, v in attrs.items() if meta.get(k) != v))
+            raise BuildError(
+                f"{out}: other shards are being built with other {changed}; build every shard with the same "
+                "options (or wait for them to finish)"
+            )
+        record = shard_record(meta, shard, done=False)
+        writer = _open_for_build(out, {**attrs, "versions": _versions(), "shards": record}, held)
+    _run_jobs(plan, report, out, writer, **run_options)
+    ran = time.perf_counter()
+    report.plan_phases["run"] = ran - planned
+    with root_update(out):
+        record = shard_record(_root_meta_now(out), shard, done=report.ok)
+        writer = _open_for_build(out, {"shards": record}, held)  # the root as the other shards left it
+        if len(record["done"]) == record["count"]:  # the last shard: the store is complete
+            _finalize(plan, report, out, writer)
+        else:
+            cases = SkeletonStore(writer.root, out).case_ids
+            writer.root.attrs.update({ATTRS_KEY: {**writer.meta, "cases": cases, "updated": utc_now()}})
     report.plan_phases["finalize"] = time.perf_counter() - ran
+
+
+def _root_meta_now(out: str) -> dict[str, Any] | None:
+    """The skelprep attributes of a store's root as stored now (None: no store yet, or not one of ours)."""
+    try:
+        meta = open_root(out, mode="r").attrs.get(ATTRS_KEY)
+    except StoreError:
+        return None
+    return dict(meta) if isinstance(meta, dict) else None
 
 
 def _check_lease(out: str, lease: Any) -> None:
@@ -908,6 +984,7 @@ def build(
     with_images: bool = False,
     absolute_paths: bool = False,
     patch_size: tuple[int, ...] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -951,6 +1028,10 @@ def build(
         The patch a training reads (voxels per axis): chunks of the cases this build
         writes are laid out for it (default 512² in 2D, 128³ in 3D). Recorded in the
         root; later builds without it keep the store's.
+    shard : (int, int), optional
+        ``(I, N)``: build only the cases of shard I of N (:mod:`skelprep.shard`),
+        beside the builders of the other shards; not with ``prune``, and only
+        into a store on a file system.
 
     Returns
     -------
@@ -974,12 +1055,20 @@ def build(
     if patch_size is not None and (not patch_size or min(patch_size) < 1):
         raise BuildError(f"--patch-size {patch_size}: every edge must be a positive number of voxels")
     _check_out(out, layout, masks, images)
+    cases, problems = layout.cases, layout.problems
+    if shard is not None:
+        from skelprep.shard import shard_index
+
+        if prune:
+            raise BuildError("--prune deletes stored cases of every shard; prune in a build without --shard")
+        cases = [c for c in cases if shard_index(c.case_id, shard[1]) == shard[0]]
+        problems = [p for p in problems if shard_index(p.case_id, shard[1]) == shard[0]]
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
-    report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
+    report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in problems)
     options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with locked_store(out) as (held, store):
+    with locked_store(out, shard) as (held, store):
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
-        if with_images and layout.cases and not any(c.images or c.image_problem for c in layout.cases):
+        if with_images and cases and not any(c.images or c.image_problem for c in cases):
             raise BuildError(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
@@ -988,7 +1077,7 @@ def build(
         if patch_size is None and store is not None and store.attrs.get("patch_size"):
             patch_size = store.attrs["patch_size"]  # sticky: later builds chunk for the same patches
         patch_size = None if patch_size is None else tuple(int(n) for n in patch_size)
-        for case in layout.cases:
+        for case in cases:
             if with_images and case.image_problem is not None:  # a stored case stays as it is
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
                 continue
@@ -1017,13 +1106,17 @@ def build(
         task = functools.partial(
             build_case, out=out, params=params, options=storage_options(), memory_limit=memory_limit
         )
+        attrs = _root_attrs(layout, params, with_images, out, absolute_paths, patch_size)
+        if shard is None and store is not None and store.attrs.get("shards") is not None:
+            attrs["shards"] = None  # built in shards: this whole-store build completes the root
         plan = BuildPlan(
-            _root_attrs(layout, params, with_images, out, absolute_paths, patch_size),
+            attrs,
             jobs,
             task,
             job_id=lambda job: job.case.case_id,
             job_source=lambda job: job.case.mask,
             keep=wanted if prune else None,
+            shard=shard,
         )
         run_plan(plan, report, out, held, store, **options)
     report.outcomes.sort(key=lambda o: o.case_id)

@@ -8,6 +8,7 @@ results to stdout; ``--json`` prints a machine-readable result.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -121,6 +122,27 @@ _storage_option = click.option(
     "processes. With 1 (or one case to build) the cases run one after another.",
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
+@click.option(
+    "--cluster",
+    type=click.Choice(["slurm", "pbs", "sge", "lsf"]),
+    help="Run the build on worker jobs of this batch queue (dask-jobqueue, configured by jobqueue.<name> in "
+    "~/.config/dask/jobqueue.yaml); --workers N submits N jobs [default: 1]. The jobs are cancelled at the end.",
+)
+@click.option(
+    "--start-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --cluster: how long to wait for the first job to start.",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Build only shard I of N (0 <= I < N): the cases whose id hashes to I, for one task of a job "
+    "array (--shard $SLURM_ARRAY_TASK_ID/N). Shards of one store run side by side; the last one to finish "
+    "completes the store's root metadata.",
+)
 @click.option("--mode", type=click.Choice(["joint", "per-class"]), default="joint", show_default=True)
 @click.option(
     "--radius", type=click.IntRange(min=0), default=2, show_default=True, help="L1 radius of the tube."
@@ -172,6 +194,9 @@ def build(
     out: str | None,
     workers: int | None,
     scheduler: str | None,
+    cluster: str | None,
+    start_timeout: float,
+    shard: str | None,
     mode: str,
     radius: int,
     ignore_label: int | None,
@@ -204,6 +229,12 @@ def build(
         raise click.UsageError(
             "--memory-limit and --scheduler exclude each other (limit the cluster's workers)"
         )
+    if cluster is not None and scheduler is not None:
+        raise click.UsageError("--cluster and --scheduler exclude each other")
+    if cluster is not None and memory_limit is not None:
+        raise click.UsageError(
+            f"--memory-limit and --cluster exclude each other (set jobqueue.{cluster}.memory instead)"
+        )
     patch = None
     if patch_size is not None:
         try:
@@ -212,24 +243,52 @@ def build(
             raise click.BadParameter(
                 f"{patch_size!r} is no list of integers", param_hint="--patch-size"
             ) from None
-    report = run_build(
-        dataset,
-        out,
-        params=BuildParams(radius=radius, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis),
-        workers=workers,
-        scheduler=scheduler,
-        force=force,
-        prune=prune,
-        masks=masks,
-        images=images,
-        memory_limit=memory_limit,
-        progress=not no_progress and not as_json,
-        repair=repair,
-        with_images=with_images,
-        absolute_paths=absolute_paths,
-        patch_size=patch,
-    )
+    shard_of = _parse_shard(shard, prune)
+    with contextlib.ExitStack() as stack:
+        if cluster is not None:
+            from skelprep.cluster import jobqueue_cluster
+
+            scheduler = stack.enter_context(
+                jobqueue_cluster(cluster, workers or 1, start_timeout=start_timeout)
+            )
+            workers = None
+        report = run_build(
+            dataset,
+            out,
+            params=BuildParams(radius=radius, mode=mode, ignore_label=ignore_label, slice_axis=slice_axis),
+            workers=workers,
+            scheduler=scheduler,
+            force=force,
+            shard=shard_of,
+            prune=prune,
+            masks=masks,
+            images=images,
+            memory_limit=memory_limit,
+            progress=not no_progress and not as_json,
+            repair=repair,
+            with_images=with_images,
+            absolute_paths=absolute_paths,
+            patch_size=patch,
+        )
     exit_with_report(ctx, report, as_json)
+
+
+def _parse_shard(text: str | None, prune: bool) -> tuple[int, int] | None:
+    """``"I/N"`` as (I, N); a usage error for anything else, and for --prune (it would reach other shards)."""
+    if text is None:
+        return None
+    from skelprep.shard import parse_shard
+
+    try:
+        shard = parse_shard(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+    if prune:
+        raise click.UsageError(
+            "--prune deletes stored cases of every shard; run 'skelprep build --prune' (no --shard) once "
+            "the shards are done"
+        )
+    return shard
 
 
 @cli.command()
@@ -287,6 +346,8 @@ def info(store: str, as_json: bool) -> None:
     say(f"dataset   {dataset} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
+    if (shards := _shards_line(attrs, store)) is not None:
+        click.echo(f"shards    {shards}")
     with_images = sum(1 for meta in cases.values() if meta["images"])
     if attrs.get("layout") == "nnunet-preprocessed":  # skelprep nnunet build: targets only, by design
         advice = " (an nnU-Net sidecar: the trainer reads images from nnU-Net's preprocessed folder)"
@@ -311,6 +372,22 @@ def info(store: str, as_json: bool) -> None:
         say(f"{printable(case_id):<{width}}  incomplete (rerun 'skelprep build')")
 
 
+def _shards_line(attrs: dict[str, Any], store: str) -> str | None:
+    """Which shards of a store built with --shard are done (and which run now); None if not sharded."""
+    record = attrs.get("shards")
+    if not isinstance(record, dict):
+        return None
+    from skelprep.shard import shards_running
+
+    count, done = record.get("count"), record.get("done") or []
+    left = [i for i in range(count or 0) if i not in done]
+    text = f"{len(done)} of {count} done" + (f" (not done: {', '.join(map(str, left))})" if left else "")
+    running = shards_running(store)
+    if running:
+        text += "; running: " + ", ".join(f"{i}/{n}" for i, n in running)
+    return text
+
+
 @cli.command()
 @click.argument("dataset", type=_DatasetPath())
 @click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
@@ -330,22 +407,34 @@ def verify(
     metadata, rebuilt from the cases by 'skelprep build --repair'); orphan (mask
     gone: 'skelprep build --prune'); failed-input (fix the file).
     """
-    from skelprep.store import default_store_path
+    from skelprep.shard import shards_running
+    from skelprep.store import StoreError, default_store_path, open_store
     from skelprep.store.lock import store_is_busy
     from skelprep.verify import verify as run_verify
 
-    if store_is_busy(out or default_store_path(dataset)):
+    store_path = out or default_store_path(dataset)
+    if store_is_busy(store_path) or shards_running(store_path):
         click.echo(
             "note: a build is running on this store; the cases it is writing show as missing or incomplete",
             err=True,
         )
     checks = run_verify(dataset, out, masks=masks, images=images, check_data=not no_data)
+    try:
+        shards = _shards_line(open_store(store_path).attrs, store_path)
+    except StoreError:  # no store or a damaged root: the checks say so
+        shards = None
     bad = [c for c in checks if c.state != "ok"]
     if as_json:
         echo_json(
-            {"ok": not bad, "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks}}
+            {
+                "ok": not bad,
+                "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks},
+                "shards": shards,
+            }
         )
     else:
+        if shards is not None:
+            click.echo(f"shards: {shards}")
         for check in bad:
             say(f"{check.state:<15} {check.case_id}: {check.reason}")
         click.echo(f"{len(checks) - len(bad)} ok, {len(bad)} with problems")

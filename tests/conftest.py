@@ -37,3 +37,6 @@ def png(tmp_path_factory):
 
     dataset = png_dataset(tmp_path_factory.mktemp("adapters") / "png")
     return dataset, built(dataset)
+
+
+from ._slurm import slurm  # noqa: E402,F401  (the test Slurm cluster, session-wide)

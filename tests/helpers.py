@@ -190,3 +190,18 @@ def crop_padded(array: np.ndarray, offset, size) -> np.ndarray:
         dst.append(slice(lo - o, lo - o + max(hi - lo, 0)))
     out[(slice(None),) * lead + tuple(dst)] = array[(slice(None),) * lead + tuple(src)]
     return out
+
+
+def stored_arrays(out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{case id: (tube, thin)}`` of every complete case of a store: two builds compare equal by it."""
+    store = open_store(out)
+    return {c: (store[c].tube[...], store[c].thin[...]) for c in store.case_ids}
+
+
+def assert_same_arrays(out: Path, reference: Path) -> None:
+    """The store holds exactly the reference store's cases, array for array."""
+    got, want = stored_arrays(out), stored_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for case_id, (tube, thin) in want.items():
+        np.testing.assert_array_equal(got[case_id][0], tube, err_msg=case_id)
+        np.testing.assert_array_equal(got[case_id][1], thin, err_msg=case_id)

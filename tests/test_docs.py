@@ -22,7 +22,6 @@ NOT_RUN = {
     "loss = criterion(outputs,": "a fragment: 'outputs' and 'logits' are the reader's model's",
     "from skelprep.monai import": "tests/test_docs_adapters.py runs it",
     "from skelprep.torchio import": "tests/test_docs_adapters.py runs it",
-    "from dask_jobqueue import SLURMCluster": "needs a SLURM cluster",
     'SkeletonDataset("s3://': "needs an S3 bucket",
     "from skelprep.nnunet.trainer import make_trainer": "needs nnU-Net's preprocessed folders "
     "(tests/test_nnunet.py runs the route)",

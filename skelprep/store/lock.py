@@ -41,7 +41,9 @@ __all__ = [
     "is_local",
     "HeldLock",
     "store_lock",
+    "store_lock_file",
     "store_is_busy",
+    "lock_is_held",
     "lease_lost",
     "remove_partial_files",
 ]
@@ -58,6 +60,11 @@ def _lock_path(path: str) -> Path:
     """``<store>.lock`` beside the store's real folder: every spelling of one store gets one lock."""
     folder = Path(os.path.realpath(path.removeprefix("file://")))  # resolves the symlinks that exist
     return folder.with_name(folder.name + ".lock")
+
+
+def store_lock_file(path: str) -> Path:
+    """The store's lock file, ``<store>.lock`` (a shard builder holds it shared: :mod:`skelprep.shard`)."""
+    return _lock_path(path)
 
 
 @dataclass
@@ -193,8 +200,13 @@ def store_is_busy(path: str | os.PathLike) -> bool:
         from skelprep.store.lease import lease_holder, supports_lease
 
         return supports_lease(path) and lease_holder(path) is not None
+    return lock_is_held(_lock_path(path))
+
+
+def lock_is_held(lock: Path) -> bool:
+    """Whether a process holds this lock file exclusively: a probe with a brief shared lock (never creates it)."""
     try:
-        handle = open(_lock_path(path))  # never creates it
+        handle = open(lock)
     except OSError:
         return False
     with handle:
