@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Components", "TargetError", "components", "signed_distance", "skeleton_radius"]
+__all__ = ["Components", "TargetError", "components", "distance_inside", "signed_distance", "skeleton_radius"]
 
 # Distances are float32: float16 has an 11-bit significand, so above 2048 (voxels or
 # physical units) its steps exceed 1 and at 512 they are 0.25 -- a quarter voxel on a
@@ -143,6 +143,32 @@ def _unsigned_distance(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarr
     return edt.edt(sides, anisotropy=spacing, black_border=False, parallel=1).astype(
         DISTANCE_DTYPE, copy=False
     )
+
+
+def distance_inside(mask: np.ndarray, *, spacing: Sequence[float] | None) -> np.ndarray:
+    """Inside a binary mask, the distance to the nearest voxel outside it in physical units; 0 outside.
+
+    ``distance_transform_edt(mask, sampling)`` (float32 rounding aside): the unsigned
+    inside half of :func:`signed_distance`, at the cost of the mask's voxels only (``edt``
+    skips the outside), e.g. the distance map of a thresholded prediction. A mask without
+    outside voxels is the image diagonal everywhere (:func:`image_diagonal`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> distance_inside(np.array([[0, 1, 1, 1, 0]], bool), spacing=(1.0, 2.0))
+    array([[0., 2., 4., 2., 0.]], dtype=float32)
+    """
+    import edt
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim not in (2, 3):
+        raise TargetError(f"mask must be 2D or 3D, got shape {mask.shape}")
+    sampling = _checked_spacing(spacing, mask.ndim)
+    if mask.all():
+        return np.full(mask.shape, image_diagonal(mask.shape, sampling), dtype=DISTANCE_DTYPE)
+    distance = edt.edt(np.ascontiguousarray(mask), anisotropy=sampling, black_border=False, parallel=1)
+    return distance.astype(DISTANCE_DTYPE, copy=False)
 
 
 def signed_distance(
@@ -262,13 +288,8 @@ def skeleton_radius(label: np.ndarray, thin: np.ndarray, *, spacing: Sequence[fl
     if outside.any():
         raise TargetError(f"thin skeleton has {int(outside.sum())} voxels on the background")
     out = np.zeros(label.shape, dtype=DISTANCE_DTYPE)
-    if not skeleton.any():
-        return out
-    if foreground.all():
-        out[skeleton] = image_diagonal(label.shape, sampling)
-        return out
-    distance = _unsigned_distance(foreground, sampling)
-    out[skeleton] = distance[skeleton]
+    if skeleton.any():
+        out[skeleton] = distance_inside(foreground, spacing=sampling)[skeleton]
     return out
 
 

@@ -7,7 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from skelprep.skeleton import thin_skeleton
-from skelprep.targets import TargetError, components, image_diagonal, signed_distance, skeleton_radius
+from skelprep.targets import (
+    TargetError,
+    components,
+    distance_inside,
+    image_diagonal,
+    signed_distance,
+    skeleton_radius,
+)
 
 
 def blobs(shape: tuple[int, ...], n_classes: int, seed: int) -> np.ndarray:
@@ -63,6 +70,19 @@ def test_skeleton_radius_is_scipy_distance_to_the_background_on_the_skeleton(sha
     assert radius.dtype == np.float32
     np.testing.assert_allclose(radius, expected, rtol=1e-6)
     np.testing.assert_array_equal(radius > 0, thin > 0)
+
+
+@pytest.mark.parametrize(("shape", "spacing"), CASES)
+def test_distance_inside_is_scipy_distance_transform(shape, spacing):
+    mask = blobs(shape, 1, seed=4) > 0
+    got = distance_inside(mask, spacing=spacing)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ndi.distance_transform_edt(mask, sampling=spacing), rtol=1e-6)
+    full = distance_inside(np.ones(shape, bool), spacing=spacing)
+    assert (
+        np.isfinite(full).all()
+        and (full == np.float32(image_diagonal(shape, spacing or (1,) * len(shape)))).all()
+    )
 
 
 def test_skeleton_radius_without_background_is_the_diagonal():

@@ -165,13 +165,13 @@ class ClDiceLoss(nn.Module):
 def _prediction_distance(hard: torch.Tensor, spacing: Sequence[float] | None) -> torch.Tensor:
     """Distance to the background inside each sample's binary mask ``hard`` ``(B, *spatial)``; 0 outside.
 
-    The exact EDT of :func:`skelprep.targets.signed_distance` on the CPU (the mask is
-    the prediction's, new every step); a mask without background gets the image diagonal.
+    :func:`skelprep.targets.distance_inside`, an exact EDT on the CPU (the mask is the
+    prediction's, new every step); a mask without background gets the image diagonal.
     """
-    from skelprep.targets import signed_distance
+    from skelprep.targets import distance_inside
 
-    masks = hard.detach().to("cpu", torch.uint8).numpy()
-    out = np.stack([np.maximum(-signed_distance(m, [1], spacing=spacing)[0], 0) for m in masks])
+    masks = hard.detach().to("cpu", torch.bool).numpy()
+    out = np.stack([distance_inside(m, spacing=spacing) for m in masks])
     return torch.from_numpy(out).to(hard.device)
 
 
