@@ -143,6 +143,7 @@ def test_boundary_loss_charges_a_class_absent_from_the_case():
         (lambda x: BoundaryLoss(classes=[3])(x, torch.zeros(2, 1, 8, 8)), "must name channels"),
         (lambda x: CbDiceLoss()(x, torch.zeros(2, 1, 8, 7), torch.zeros(2, 1, 8, 8)), "spatial shape"),
         (lambda x: ClDiceLoss()(x, torch.zeros(2, 1, 8, 8), torch.zeros(1, 1, 8, 8)), "does not match"),
+        (lambda x: ClDiceLoss()(x, torch.full((2, 1, 8, 8), 3), torch.zeros(2, 1, 8, 8)), r"lie in \[0, 3\)"),
     ],
 )
 def test_mismatched_targets_are_one_clear_error(call, message):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skelprep.torch.loss import _as_index, _upcast
+from skelprep.torch.loss import _as_index, _check_classes, _upcast
 
 __all__ = ["BoundaryLoss", "CbDiceLoss", "ClDiceLoss", "soft_skeleton"]
 
@@ -151,6 +151,8 @@ class ClDiceLoss(nn.Module):
     def forward(self, input: torch.Tensor, label: torch.Tensor, thin: torch.Tensor) -> torch.Tensor:
         """Loss of ``input`` ``(B, C, *spatial)`` against class ids ``label`` and skeleton ``thin`` ``(B, 1, *spatial)``."""
         label, thin = _as_index(label, input), _as_index(thin, input)
+        _check_classes(label, input.shape[1])
+        _check_classes(thin, input.shape[1])
         probs = torch.softmax(_upcast(input), 1) if self.apply_softmax else _upcast(input)
         skel = soft_skeleton(probs[:, 1:], self.iterations)  # (B, C-1, *spatial)
         # sum_c S_P[c] · V_c: the soft skeleton at the label's class, on the foreground
