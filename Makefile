@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.skelprep-installed
 DATA   ?=
 WORKERS ?= 2
 
-.PHONY: install lock demo test build lint bench bench-full train reproduce clean
+.PHONY: install lock demo test test-fast build lint docs bench bench-full train reproduce clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,torch,fast,nnunet,monai,torchio,s3]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,torch,fast,nnunet,monai,torchio,s3]"
 	@# An editable install leaves skelprep's own bytecode uncompiled (pip compiles what it installs);
 	@# where PYTHONDONTWRITEBYTECODE is set, every run compiled it again (70-80 ms a process).
 	$(BIN)/python -m compileall -q skelprep
@@ -46,6 +46,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+## make test-fast: the unit tests alone (no slow or integration test, no adapter doctest: see conftest.py)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration" \
+		--ignore=skelprep/torch --ignore=skelprep/nnunet --ignore=skelprep/monai.py --ignore=skelprep/torchio.py
+
 ## make build DATA=path/to/dataset [WORKERS=n]
 build: install
 	@test -n "$(DATA)" || { echo "usage: make build DATA=path/to/dataset [WORKERS=n]"; exit 2; }
@@ -54,6 +59,10 @@ build: install
 lint: install
 	$(BIN)/ruff check skelprep pipelines tests
 	$(BIN)/ruff format --check skelprep pipelines tests
+
+## make docs: the documentation site (MkDocs) in site/; strict: a warning, a broken link or reference fails it
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## make bench: the quick benchmark (CI-sized); make bench-full: the full one (minutes)
 bench: install
@@ -80,4 +89,4 @@ reproduce: install
 	$(BIN)/python pipelines/reproduce.py --device $(DEVICE) $(if $(QUICK),--quick) $(if $(DATA),--data "$(DATA)")
 
 clean:
-	rm -rf $(VENV) results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache
+	rm -rf $(VENV) site results runs examples/previews examples/*/skeletons*.zarr examples/*/skeletons*.zarr.lock .pytest_cache

@@ -33,6 +33,42 @@ collect_ignore = [
 ]
 
 
+# End-to-end test modules: whole builds (threads, Dask clusters), CLI processes, object stores, kills,
+# benchmarks, the pipelines, the framework adapters and the documentation. They are marked ``integration``; ``make test-fast`` runs the rest.
+INTEGRATION = {
+    "test_bad_inputs.py",
+    "test_bench.py",
+    "test_bench_engines.py",
+    "test_bench_streaming.py",
+    "test_build.py",
+    "test_cli.py",
+    "test_cluster.py",
+    "test_concurrency.py",
+    "test_crash_safety.py",
+    "test_docs.py",
+    "test_docs_adapters.py",
+    "test_monai.py",
+    "test_nnunet.py",
+    "test_predict.py",
+    "test_readonly_inputs.py",
+    "test_remote.py",
+    "test_reproduce.py",
+    "test_resource_limits.py",
+    "test_streaming.py",
+    "test_torchio.py",
+    "test_train.py",
+}
+# Doctests of the adapter modules import their frameworks: integration too (make test-fast does not collect them).
+ADAPTERS = ("skelprep/torch/", "skelprep/nnunet/", "skelprep/monai.py", "skelprep/torchio.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.relative_to(ROOT).as_posix() if item.path.is_relative_to(ROOT) else ""
+        if item.path.name in INTEGRATION or path.startswith(ADAPTERS):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def built_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a copy of ``examples/`` with every example dataset built (default store paths)."""

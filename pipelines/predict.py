@@ -158,7 +158,7 @@ def _dataset(folder: Path) -> Inputs:
     layout = discover(folder)
     items = [Item(c.case_id, c.images) for c in layout.cases if c.images]
     items += [
-        Item(c.case_id, problem=f"{c.mask}: no image for case '{c.case_id}'")
+        Item(c.case_id, problem=str(c.image_problem or f"{c.mask}: no image for case '{c.case_id}'"))
         for c in layout.cases
         if not c.images
     ]

@@ -3,7 +3,7 @@
 The core functions are pure numpy; I/O, Dask and torch live at the edges and are
 imported only when used (``import skelprep`` imports neither torch nor dask).
 The names below are loaded on first use: ``skelprep --help`` and an up-to-date
-``skelprep build`` never pay for scipy and numba (0.37 s of a 0.5 s start).
+``skelprep build`` never pay for scipy and numba (most of the start of a command).
 """
 
 from __future__ import annotations

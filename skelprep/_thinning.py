@@ -325,9 +325,8 @@ def thin_3d_flagged(mask: np.ndarray) -> tuple[np.ndarray, bool]:
 
     The flag is False only when no voxel lost its last foreground neighbour as
     it was deleted, which a component deleted whole must do (its last voxel).
-    Then the search for such components can be skipped: on the benchmark's
-    sparse 160x320x320 vessel volumes it took as long as the thinning (87 ms
-    against 50-90 ms).
+    Then the search for such components can be skipped: on sparse vessel
+    volumes it takes about as long as the thinning.
 
     >>> bar = np.zeros((8, 8, 36), bool)
     >>> bar[2:4, 2:4, 3:33] = True        # an even-width bar: Lee deletes it whole
@@ -448,7 +447,7 @@ def _zhang_suen_flat(img: np.ndarray, todo: np.ndarray, ncols: int) -> bool:
     dels = np.empty(n_fg, dtype=np.int64)
     # img[i] == 5 (1 | _QUEUED) iff i is already in ``nxt``; keeps each list duplicate-free,
     # hence at most n_fg long. A bit of the image rather than an array of its own: the
-    # test in 3) is then one load and one compare (1.0 -> 0.8 ms per 512x512 vessel crop).
+    # test in 3) is then one load and one compare.
     n_todo = n_fg  # first pass: every foreground pixel (no assumption on the LUT)
     first_pass = True
     # A pixel's LUT value is a function of its 8-neighbourhood only. So a pixel
@@ -598,9 +597,8 @@ def zhang_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     left none of its 8 neighbours in the foreground. That is exact: in the last
     pass that deletes pixels of a component deleted whole, it deletes all that
     is left of it, so each of those pixels loses all its neighbours (they are in
-    the same component). On the benchmark's 512x512 CHASE_DB1 crops the flood
-    took a fifth of the kernel's time (2.2-3.2 -> 1.8-2.1 ms a crop without it),
-    and it is skipped in all 504 of them and in the 14 real 2D masks.
+    the same component). The flood costs about a fifth of the kernel's time on
+    vessel crops, and real 2D masks (CHASE_DB1, road cracks) never need it.
 
     Examples
     --------

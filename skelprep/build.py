@@ -3,10 +3,11 @@
 One task per case (:mod:`skelprep.runner` runs them in process or on Dask).
 Each task reads the mask, computes the targets and writes its own case group,
 so only small outcome records travel back to the client. The client holds the
-store's lock (:mod:`skelprep._lock`) for the whole build, plans from
+store's lock (:mod:`skelprep.store.lock`) for the whole build, plans from
 fingerprints with the store's one "is this case current" rule (so an unchanged
 dataset costs one hash per mask, and per image with ``--with-images``, and no
-cluster), and consolidates the metadata at the end.
+cluster), writes through one :class:`~skelprep.store.write.StoreWriter`, and consolidates the metadata
+at the end.
 
 With ``with_images`` (store format 2) each case group also gets the image
 (channel-first, source dtype), the label, per-channel intensity statistics and
@@ -42,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 from skelprep import __version__
 from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options, url_typo
-from skelprep._lock import PARTIAL_SUFFIX, lease_lost, remove_partial_files, store_lock
 from skelprep._util import utc_now
 from skelprep.io import (
     IMAGE_SUFFIXES,
@@ -72,25 +72,21 @@ from skelprep.runner import (
 )
 from skelprep.store import (
     ATTRS_KEY,
+    TARGET_NAMES,
     SkeletonStore,
     StoreError,
-    consolidated_entries,
     damaged_root,
     default_store_path,
     label_counts,
-    local_root_document,
-    new_local_store,
     open_root,
     read_checked,
-    root_group,
     verify_case_data,
 )
+from skelprep.store.lock import PARTIAL_SUFFIX, lease_lost, remove_partial_files, store_lock
 from skelprep.verify import check_case
 
-# skelprep.writer is imported where something is written, numpy (60-80 ms) and skelprep.stats
-# where a case is computed: planning an up-to-date rerun of a local store needs neither (it reads
-# the store's documents and hashes the masks). zarr (0.2-0.3 s of import) is not imported by a
-# build into a local store unless a case carries images or a pruned or failed case is read again.
+# numpy (60-80 ms), skelprep.stats and the core are imported where a case is computed, zarr where the
+# store is opened: ``import skelprep.build`` (and the CLI's --help) stays light.
 if TYPE_CHECKING:
     import numpy as np
 
@@ -213,6 +209,8 @@ class CaseJob:
     ``images`` likewise for the image files. ``with_images`` writes the image arrays;
     ``reuse_targets`` takes the stored targets instead of recomputing them
     (their mask and parameters are current, only the images need writing).
+    ``label_names``: the dataset's (value, name) pairs, for viewers; ``patch_size``:
+    the patch the store's chunks are laid out for (None: the default).
     """
 
     case: Case
@@ -221,6 +219,8 @@ class CaseJob:
     with_images: bool = False
     images: tuple[str, ...] = ()
     reuse_targets: bool = False
+    label_names: tuple[tuple[int, str], ...] = ()
+    patch_size: tuple[int, ...] | None = None
 
 
 def _case_attrs(
@@ -313,17 +313,6 @@ def __getattr__(name: str):  # ``skelprep.build.skeleton_targets`` stays an attr
     if name == "skeleton_targets":
         return _skeleton_targets()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.lru_cache(maxsize=8)
-def _writable_root(out: str, group: bool = False):
-    """The root that cases are written through, once per process (:func:`skelprep.store.files_at`).
-
-    A local store's folder path (no zarr), or the root group (thread-safe: only
-    its store is used) of a store at a URL, or where ``group`` asks for it (zarr's
-    API writes the images).
-    """
-    return open_root(out, mode="a") if group or is_url(out) else out
 
 
 def _stored_targets(out: str, case_id: str):
@@ -480,21 +469,21 @@ def build_case(
                 image, attrs["images"], small = images.result()
                 small["tube_locations"] = class_locations(targets.tube, seed_from_fingerprint(fingerprint, 2))
         phases = {"read": read_at - start, "core": core_at - read_at, "attrs": time.perf_counter() - core_at}
-        from skelprep.writer import write_case
+        names = dict(job.label_names)
+        classes = {int(v): names.get(int(v), f"label {v}") for v in attrs["mask_label_counts"]}
+        arrays, target_attrs = target_arrays(targets, list(classes), classes)
+        attrs.update(target_attrs)
+        if image is not None:
+            arrays["image"] = (image, None)
+        arrays["label"] = (vol.array, {"classes": classes})
+        arrays.update((name, (data, None)) for name, data in (small or {}).items())
+        from skelprep.store.write import StoreWriter
 
         if (lost := stopped()) is not None:
             return lost
         try:
-            written = write_case(
-                _writable_root(out, job.with_images),
-                case.case_id,
-                tube=targets.tube,
-                thin=targets.thin,
-                attrs=attrs,
-                image=image,
-                label=vol.array if job.with_images else None,
-                small=small,
-                labels=map(int, attrs["mask_label_counts"]),
+            phases.update(
+                StoreWriter.attach(out).write_case(case.case_id, arrays, attrs, patch=job.patch_size)
             )
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
@@ -502,24 +491,39 @@ def build_case(
             _remove_partial_case(out, case.case_id)
             reason = failure_line(out, f"no space left on device while writing '{case.case_id}'")
             return CaseOutcome(case.case_id, "failed", reason, detail=_DISK_FULL)
-        phases.update(written.seconds)
         return CaseOutcome(
-            case.case_id,
-            "built",
-            fallback_components=targets.fallback_components,
-            phases=phases,
-            documents=written.documents,
+            case.case_id, "built", fallback_components=targets.fallback_components, phases=phases
         )
 
     return guarded(case.case_id, case.mask, work)
 
 
+def target_arrays(
+    targets: Any, labels: Any = None, classes: dict[int, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``write_case`` arrays, case attributes ``dtype`` and ``label_counts``) of computed targets.
+
+    Stored as uint8, or uint16 when a label exceeds 255; ``labels``: the labels the
+    targets can hold (the mask's), if known: counting them is then cheaper;
+    ``classes``: their names, for viewers.
+    """
+    import numpy as np
+
+    data = {name: getattr(targets, name) for name in TARGET_NAMES}
+    high = max((int(a.max()) if a.size else 0) for a in data.values())
+    dtype = np.dtype(np.uint8 if high <= 255 else np.uint16)
+    labels = None if labels is None else list(labels)
+    arrays = {name: (np.asarray(a, dtype=dtype), {"classes": classes or {}}) for name, a in data.items()}
+    counts = {name: label_counts(a, labels) for name, a in data.items()}
+    return arrays, {"dtype": dtype.name, "label_counts": counts}
+
+
 def _remove_partial_case(out: str, case_id: str) -> None:
     """Delete a case whose writing the full disk interrupted (frees its space; it was not complete)."""
-    from skelprep.writer import delete_case
+    from skelprep.store.write import StoreWriter
 
     try:
-        delete_case(_writable_root(out), case_id)
+        StoreWriter.attach(out).delete_case(case_id)
     except Exception:  # noqa: S110 - the disk is full: the next build replaces the incomplete group anyway
         pass
 
@@ -579,16 +583,6 @@ def _disk_full(out: str, report: BuildReport, store: SkeletonStore) -> BuildErro
     )
 
 
-def _consolidated_before(out: str) -> dict[str, Any] | None:
-    """The store's consolidated metadata before this build: {} for a new store, None if unknown."""
-    from skelprep.writer import read_consolidated
-
-    try:
-        return read_consolidated(open_root(out, mode="r"))
-    except StoreError:  # no store yet: nothing to consolidate but what this build writes
-        return {}
-
-
 def _dataset_attrs(root: AnyPath, out: str, absolute: bool) -> dict[str, Any]:
     """Where the store records its dataset: ``dataset`` and ``dataset_name`` (see docs/store-format.md).
 
@@ -610,11 +604,17 @@ def _dataset_attrs(root: AnyPath, out: str, absolute: bool) -> dict[str, Any]:
 
 
 def _root_attrs(
-    layout: DatasetLayout, params: BuildParams, with_images: bool, out: str, absolute: bool = False
+    layout: DatasetLayout,
+    params: BuildParams,
+    with_images: bool,
+    out: str,
+    absolute: bool = False,
+    patch_size: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """What a build records in the store's root attributes (and ``versions``, when it writes)."""
     return {
         "with_images": with_images,
+        "patch_size": None if patch_size is None else list(patch_size),
         "params": params.as_dict(),
         **_dataset_attrs(layout.root, out, absolute),
         "layout": layout.kind,
@@ -622,11 +622,11 @@ def _root_attrs(
     }
 
 
-def _open_for_build(out: str, attrs: dict[str, Any]):
-    from skelprep.writer import record_build
+def _open_for_build(out: str, attrs: dict[str, Any], held: Any):
+    from skelprep.store.write import StoreWriter
 
     try:
-        return record_build(out, attrs)
+        return StoreWriter.open(out, attrs, held)
     except StoreError as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:
@@ -638,28 +638,17 @@ def _open_for_build(out: str, attrs: dict[str, Any]):
         raise
 
 
-def _existing_store(out: str) -> tuple[SkeletonStore | None, dict[str, Any] | None]:
-    """(the store as it is, opened for reading; its consolidated metadata, as :func:`_consolidated_before`).
+def _existing_store(out: str) -> SkeletonStore | None:
+    """The store as it is, opened for reading; None if there is none (or not one of ours).
 
-    The store is None if there is none (or not one of ours); one whose root document is
-    damaged is read from its case groups (:meth:`SkeletonStore.of_cases`). A local store's root
-    document is read and parsed once, without zarr, for both (1.1 MB at 504 cases:
-    17 ms a parse, which zarr's open and the consolidated read each did).
+    One whose root document is damaged is read from its case groups (:meth:`SkeletonStore.of_cases`).
     """
-    doc = local_root_document(out)
-    if doc is None and new_local_store(out):  # nothing there yet: nothing to read (and no zarr)
-        return None, {}
-    if doc is None and damaged_root(out) is not None:  # its cases are read from their groups
-        return SkeletonStore.of_cases(out), None  # None: the new root consolidates every case
+    if damaged_root(out) is not None:
+        return SkeletonStore.of_cases(out)
     try:
-        if doc is not None:
-            return SkeletonStore(None, out, attributes=doc.get("attributes", {})), consolidated_entries(doc)
-        store = SkeletonStore(open_root(out, mode="r"), out)
-    except StoreError:  # absent or foreign: open_for_writing creates it or says why not
-        return None, _consolidated_before(out)
-    from skelprep.writer import read_consolidated
-
-    return store, read_consolidated(store.root)
+        return SkeletonStore(open_root(out, mode="r"), out)
+    except StoreError:  # absent or foreign: StoreWriter.open creates it or says why not
+        return None
 
 
 # What a first build killed before its root document leaves in a new store's folder.
@@ -747,8 +736,10 @@ def _check_own_folder(out: str, folder: str) -> None:
     if entries in ([], ["zarr.json"]):  # empty, or an empty group: the store layer may adopt it
         return
     if "zarr.json" in entries:
-        doc = local_root_document(folder)
-        if doc is None or ATTRS_KEY in doc.get("attributes", {}):  # the store layer says what is wrong
+        try:
+            if ATTRS_KEY in open_root(folder).attrs:
+                return
+        except StoreError:  # no readable group: the store layer says what is wrong
             return
     elif damaged_root(folder) is not None:  # skelprep cases under a lost root: rebuilt from them
         return
@@ -758,8 +749,10 @@ def _check_own_folder(out: str, folder: str) -> None:
 
 
 def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
-    """The store's root attributes already say what this build would record."""
-    return all(store.attrs.get(k) == v for k, v in attrs.items())
+    """The store's root attributes already say what this build would record, its complete cases included."""
+    return (
+        all(store.attrs.get(k) == v for k, v in attrs.items()) and store.attrs.get("cases") == store.case_ids
+    )
 
 
 def _write_phase(
@@ -767,18 +760,15 @@ def _write_phase(
     out: str,
     attrs: dict[str, Any],
     jobs: list[CaseJob],
-    since: dict[str, Any] | None,
     layout: DatasetLayout,
     params: BuildParams,
     prune: bool,
     planned: float,
-    lease: Any,
+    held: Any,
     **run_options: Any,
 ) -> None:
     """Record the build in the root, run the jobs, prune, and finalize the store."""
-    from skelprep.writer import delete_case, finalize_store
-
-    root = _open_for_build(out, {**attrs, "versions": _versions()})
+    writer = _open_for_build(out, {**attrs, "versions": _versions()}, held)
     if jobs:
         report.outcomes.extend(
             run_cases(
@@ -792,39 +782,30 @@ def _write_phase(
                 jobs,
                 case_id=lambda job: job.case.case_id,
                 source=lambda job: job.case.mask,
-                stop=functools.partial(lease_lost, out),  # Dask workers do not see the lease: the client does
+                stop=writer.lease_lost,  # Dask workers do not see the lease: the client does
                 **run_options,
             )
         )
-    _check_lease(out, lease)
+    _check_lease(out, held.lease)
     if any(o.detail == _DISK_FULL for o in report.outcomes):
-        raise _disk_full(out, report, SkeletonStore(root_group(root), out))
+        raise _disk_full(out, report, SkeletonStore(writer.root, out))
     if prune:
         wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-        store = SkeletonStore(root_group(root), out)
-        stored = set(store.case_ids) | set(store.incomplete_case_ids)
-        for case_id in sorted(stored - wanted):
-            delete_case(root, case_id)
+        store = SkeletonStore(writer.root, out)
+        for case_id in sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - wanted):
+            writer.delete_case(case_id)
             report.pruned.append(case_id)
     ran = time.perf_counter()
     report.plan_phases["run"] = ran - planned
-    written: dict[str, Any] = {}
-    for outcome in report.built:
-        written.update(outcome.documents)
-    # failed and pruned cases, and those written through zarr's API (with images), are read again
-    touched = {o.case_id for o in report.failed} | set(report.pruned)
-    touched |= {o.case_id for o in report.built if not o.documents}
-    _check_lease(out, lease)  # once more after pruning, before the root is written
+    _check_lease(out, held.lease)  # once more after pruning, before the root is written
     try:
+        extra = {}
         if attrs.get("with_images"):
-            root = root_group(root)
-            meta = dict(root.attrs["skelprep"])
-            statistics = _dataset_statistics(SkeletonStore(root, out))
-            root.attrs.update({"skelprep": {**meta, "intensity_statistics": statistics}})
-        finalize_store(root, out, since=since, written=written, touched=touched)
+            extra["intensity_statistics"] = _dataset_statistics(SkeletonStore(writer.root, out))
+        writer.finalize(**extra)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise _disk_full(out, report, SkeletonStore(root_group(root), out)) from None
+            raise _disk_full(out, report, SkeletonStore(writer.root, out)) from None
         raise
     report.plan_phases["finalize"] = time.perf_counter() - ran
 
@@ -854,6 +835,7 @@ def build(
     repair: bool = False,
     with_images: bool = False,
     absolute_paths: bool = False,
+    patch_size: tuple[int, ...] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -893,6 +875,10 @@ def build(
         dataset relative to the store). Not a target parameter: cases that are
         up to date keep the paths they were recorded with (``force`` rewrites
         them all); the root's ``dataset`` follows every build.
+    patch_size : tuple of int, optional
+        The patch a training reads (voxels per axis): chunks of the cases this build
+        writes are laid out for it (default 512² in 2D, 128³ in 3D). Recorded in the
+        root; later builds without it keep the store's.
 
     Returns
     -------
@@ -913,23 +899,33 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     out = os.fspath(out) if out is not None else default_store_path(dataset)
+    if patch_size is not None and (not patch_size or min(patch_size) < 1):
+        raise BuildError(f"--patch-size {patch_size}: every edge must be a positive number of voxels")
     _check_out(out, layout, masks, images)
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
     run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with store_lock(out) as held:
-        lease = held.lease
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(store_lock(out))
+        except StoreError as exc:  # another build holds it, or the lock file cannot be written
+            raise BuildError(str(exc)) from exc
         remove_partial_files(out, held)  # walks only if the last build may have been killed
-        store, since = _existing_store(out)  # opened once: each open parses the root document
+        store = _existing_store(out)
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
-        if with_images and layout.cases and not any(c.images for c in layout.cases):
+        if with_images and layout.cases and not any(c.images or c.image_problem for c in layout.cases):
             raise BuildError(
                 f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
             )
         jobs = []
-        if store is not None:
-            store.prefetch_attrs(c.case_id for c in layout.cases)
+        label_names = tuple((int(k), str(v)) for k, v in layout.label_names.items() if int(k) != 0)
+        if patch_size is None and store is not None and store.attrs.get("patch_size"):
+            patch_size = store.attrs["patch_size"]  # sticky: later builds chunk for the same patches
+        patch_size = None if patch_size is None else tuple(int(n) for n in patch_size)
         for case in layout.cases:
+            if with_images and case.image_problem is not None:  # a stored case stays as it is
+                report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
+                continue
             check = (
                 check_case(store, case, param_dict, with_images=with_images) if store is not None else None
             )
@@ -940,6 +936,8 @@ def build(
                         _source(case, layout, absolute_paths),
                         with_images=with_images,
                         images=_image_sources(case, layout, absolute_paths),
+                        label_names=label_names,
+                        patch_size=patch_size,
                     )
                 )
             elif check.state == "ok" and not force and not repair:
@@ -955,18 +953,18 @@ def build(
                     with_images=with_images,
                     images=_image_sources(case, layout, absolute_paths),
                     reuse_targets=check.images_only and not force,
+                    label_names=label_names,
+                    patch_size=patch_size,
                 )
                 jobs.append(job)
         planned = time.perf_counter()
         report.plan_phases["plan"] = planned - start
-        attrs = _root_attrs(layout, params, with_images, out, absolute_paths)
-        if not jobs and not prune and since is not None and store is not None and _recorded(store, attrs):
+        attrs = _root_attrs(layout, params, with_images, out, absolute_paths, patch_size)
+        if not jobs and not prune and store is not None and _recorded(store, attrs):
             # Nothing to write: the store, its case list and consolidated metadata stay as they are.
             report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
         else:
-            _write_phase(
-                report, out, attrs, jobs, since, layout, params, prune, planned, lease, **run_options
-            )
+            _write_phase(report, out, attrs, jobs, layout, params, prune, planned, held, **run_options)
         # A failed case may be a worker killed mid-write (memory limit): its .partial files stay
         # until the next build walks the store. A built one's writes are done (an earlier attempt's
         # leftovers went with its folder: write_case deletes the case first).

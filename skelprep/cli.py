@@ -150,7 +150,7 @@ def _echo_json(data: Any) -> None:
     "--with-images",
     is_flag=True,
     help="Also store each case's image and label beside the targets, with intensity statistics and sampling "
-    "locations, so training streams patches from the store alone (store format 2). Sticky: a store with "
+    "locations, so training streams patches from the store alone. Sticky: a store with "
     "images keeps them in later builds.",
 )
 @click.option("--force", is_flag=True, help="Rebuild every case.")
@@ -171,6 +171,12 @@ def _echo_json(data: Any) -> None:
     help="Record the dataset and the files of the cases built as absolute paths [default: relative to the "
     "dataset, so a shared store tells nothing of this machine's folders]. Up-to-date cases keep theirs "
     "(--force rewrites them).",
+)
+@click.option(
+    "--patch-size",
+    metavar="N[,N...]",
+    help="The patch a training reads, voxels per axis (e.g. 128,128,128 or 512,512): the cases written are "
+    "chunked for it [default: 128³ in 3D, 512² in 2D].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -193,6 +199,7 @@ def build(
     repair: bool,
     memory_limit: str | None,
     absolute_paths: bool,
+    patch_size: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -212,6 +219,14 @@ def build(
         raise click.UsageError(
             "--memory-limit and --scheduler exclude each other (limit the cluster's workers)"
         )
+    patch = None
+    if patch_size is not None:
+        try:
+            patch = tuple(int(n) for n in patch_size.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{patch_size!r} is no list of integers", param_hint="--patch-size"
+            ) from None
     report = run_build(
         dataset,
         out,
@@ -227,6 +242,7 @@ def build(
         repair=repair,
         with_images=with_images,
         absolute_paths=absolute_paths,
+        patch_size=patch,
     )
     exit_with_report(ctx, report, as_json)
 
@@ -356,8 +372,8 @@ def verify(
     metadata, rebuilt from the cases by 'skelprep build --repair'); orphan (mask
     gone: 'skelprep build --prune'); failed-input (fix the file).
     """
-    from skelprep._lock import store_is_busy
     from skelprep.store import default_store_path
+    from skelprep.store.lock import store_is_busy
     from skelprep.verify import verify as run_verify
 
     if store_is_busy(out or default_store_path(dataset)):
@@ -482,7 +498,7 @@ def preview(store: str, case: str, output: Path | None, axis: int, slice_index: 
     click.echo(f"wrote {output}")
 
 
-# --- skelprep eval (issues #3, #13) -------------------------------------------------------------
+# --- skelprep eval -------------------------------------------------------------------------------
 @cli.command("eval")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("gt_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -600,7 +616,7 @@ def eval_(
 # --- end of skelprep eval -----------------------------------------------------------------------
 
 
-# --- skelprep nnunet (issue #9): the group imports click only; nnunetv2 is imported when a command runs.
+# --- skelprep nnunet: the group imports click only; nnunetv2 is imported when a command runs.
 from skelprep.nnunet.cli import nnunet as _nnunet  # noqa: E402
 
 cli.add_command(_nnunet)

@@ -5,7 +5,7 @@ numpy, scipy and scikit-image only; pure functions on arrays, no I/O.
 mask (all labels >= 1 as one foreground), which is what challenge scorers such
 as TopCoW report clDice and Betti errors on.
 
-Conventions (the README's evaluation table says the same):
+Conventions (the evaluation table of the user guide, docs/guide/evaluation.md, says the same):
 
 - **clDice** (Shit et al., CVPR 2021) with hard skeletons: topology precision
   ``|skel(pred) ∩ gt| / |skel(pred)|``, topology sensitivity

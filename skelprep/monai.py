@@ -1,4 +1,4 @@
-"""MONAI adapter: stored Skeleton Recall targets as keys of a MONAI data dict (``pip install skelprep[monai]``).
+"""MONAI adapter: stored Skeleton Recall targets as keys of a MONAI data dict (the ``monai`` extra).
 
 :class:`LoadSkeletonTargetsd` puts the stored arrays of a case (``tube``, and
 ``thin``, or ``image``/``label`` from a store that holds them) into the data
@@ -75,11 +75,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from skelprep._stored import as_store, case_group, read_array
 from skelprep.geometry import GeometryError, VoxelGeometry, framework_geometry, same_affine, to_framework
 from skelprep.io import _squeezed
 from skelprep.layout import discover
-from skelprep.store import SkeletonStore, StoreError
+from skelprep.store import SkeletonStore, StoreError, as_store, case_group, read_array
 
 __all__ = ["LoadSkeletonTargetsd", "data_dicts"]
 
@@ -95,13 +94,17 @@ def data_dicts(
 
     ``image`` is the image file, or the list of channel files (``LoadImaged``
     stacks them as channels); ``label`` the mask file. Discovery reads no
-    pixel data (see :func:`skelprep.layout.discover`).
+    pixel data (see :func:`skelprep.layout.discover`). Cases that discovery
+    cannot pair with their images (a missing channel file) are left out, as
+    are the dataset's :attr:`~skelprep.layout.DatasetLayout.problems`.
     """
     layout = discover(dataset, masks=masks, images=images)
     wanted = None if case_ids is None else set(case_ids)
     out = []
     for case in layout.cases:
         if wanted is not None and case.case_id not in wanted:
+            continue
+        if case.image_problem is not None:  # left out like the dataset's other problem cases
             continue
         item: dict[str, Any] = {"label": os.fspath(case.mask), "case_id": case.case_id}
         if case.images:

@@ -12,22 +12,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from skelprep.store.format import CLASS_COLOURS
+
 __all__ = ["render_preview", "with_legend", "class_colour", "PALETTE"]
 
-# Distinct colours for classes 1, 2, ... (class k uses PALETTE[(k - 1) % len]).
-PALETTE = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-    ],
-    dtype=np.uint8,
-)
+# Distinct colours for classes 1, 2, ... (class k uses PALETTE[(k - 1) % len]), as viewers show the store.
+PALETTE = np.array(CLASS_COLOURS, dtype=np.uint8)
 MASK_ALPHA, TUBE_ALPHA = (
     0.35,
     0.9,

@@ -76,7 +76,7 @@ def seed_from_fingerprint(fingerprint: str, stream: int = 0) -> np.random.Genera
 def _integer_moments(flat: np.ndarray) -> tuple[int, float, float, float, float]:
     """Exact (count, mean, M2, min, max) of 8- and 16-bit integers: integer sums, no float copy.
 
-    4x faster than the float64 path on a 512x512x300 int16 CT (0.08 s against 0.32 s).
+    About 4x faster than the float64 path, and no float copy of the volume.
     """
     square = np.uint32 if flat.dtype == np.uint16 else np.int32  # x*x fits: |x| <= 2**16
     total, squares = 0, 0
@@ -353,8 +353,7 @@ def zscore(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np
     shape = (-1,) + (1,) * (image.ndim - 1)
     mean_ = np.asarray(mean, np.float32).reshape(shape)
     scale = (1.0 / np.maximum(np.asarray(std, np.float64), 1e-8)).astype(np.float32).reshape(shape)
-    out = image.astype(np.float32)
-    out -= mean_
+    out = np.subtract(image, mean_, dtype=np.float32)  # the cast and the subtraction in one pass
     out *= scale
     return out
 

@@ -1,4 +1,4 @@
-"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (``pip install skelprep[torchio]``).
+"""TorchIO adapter: stored Skeleton Recall targets as ``tio.LabelMap`` s (the ``torchio`` extra).
 
 :func:`skeleton_label_map` gives one stored array of a case as a lazy
 ``tio.LabelMap`` (read from the store when TorchIO first needs the data) in
@@ -53,11 +53,10 @@ import torch
 import torchio as tio
 from torchio.data.io import read_affine
 
-from skelprep._stored import as_store, has_arrays, stored_array
 from skelprep.geometry import GeometryError, framework_geometry, same_affine, to_framework
 from skelprep.io import read_mask
 from skelprep.layout import discover
-from skelprep.store import SkeletonStore, StoreError
+from skelprep.store import SkeletonStore, StoreError, array_path, as_store, has_arrays, stored_array
 
 __all__ = ["skeleton_label_map", "stored_scalar_image", "subjects_dataset"]
 
@@ -117,8 +116,10 @@ def _stored_image(
         None if affine is None else np.asarray(affine, np.float64),
         None if affine_from is None else os.fspath(affine_from),
     )
-    # The "path" only names the array (TorchIO shows it); the reader opens the store itself.
-    return kind(path=f"{store.path}/{case_id}/{name}", reader=reader, verify_path=False)
+    # The "path" names the array's folder (TorchIO shows it and checks that it exists); the reader
+    # opens the store itself.
+    where = array_path(store.case_attrs(case_id) or {}, name)
+    return kind(path=f"{store.path}/{case_id}/{where}", reader=reader, verify_path=False)
 
 
 def skeleton_label_map(
@@ -258,6 +259,8 @@ def subjects_dataset(
                 f"{store.path}: case '{case_id}' has no stored image ({where}); pass the dataset folder "
                 "or build with --with-images"
             )
+        elif case.image_problem is not None:
+            raise StoreError(str(case.image_problem))
         elif not case.images:
             raise StoreError(f"{case.mask}: case '{case_id}' has no image file")
         else:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from skelprep._fs import RemotePath
 from skelprep.io import InputError, file_sha256
 from skelprep.layout import Case, discover
 from skelprep.store import (
+    FORMAT_VERSION,
     SkeletonStore,
     StoreError,
     case_state,
@@ -24,7 +25,21 @@ from skelprep.store import (
     verify_case_data,
 )
 
-__all__ = ["CaseCheck", "check_case", "verify"]
+__all__ = ["CaseCheck", "CheckState", "check_case", "verify"]
+
+# What verify can say of a case; "corrupt-root" is the check of the root document (case id "zarr.json",
+# never a case id). The first five are a stored case's own (skelprep.store.CaseState).
+CheckState = Literal[
+    "ok",
+    "missing",
+    "incomplete",
+    "stale",
+    "params-changed",
+    "corrupt",
+    "orphan",
+    "failed-input",
+    "corrupt-root",
+]
 
 
 @dataclass(frozen=True)
@@ -36,9 +51,7 @@ class CaseCheck:
     """
 
     case_id: str
-    # ok, missing, incomplete, stale, params-changed, corrupt, orphan, failed-input; and corrupt-root
-    # (case id "zarr.json", the root document: never a case id)
-    state: str
+    state: CheckState
     reason: str = ""
     images_only: bool = False
 
@@ -53,6 +66,8 @@ def check_case(
     or when the stored case carries images: a changed image makes it ``stale``.
     """
     meta = store.case_attrs(case.case_id)
+    if case.image_problem is not None and (with_images or (meta or {}).get("images")):
+        return CaseCheck(case.case_id, "failed-input", str(case.image_problem))
     state = case_state(meta)
     if state.ok:
         try:
@@ -60,7 +75,11 @@ def check_case(
             if with_images or (meta or {}).get("images"):
                 images = [file_sha256(path) for path in case.images]
             state = case_state(
-                meta, fingerprint=file_sha256(case.mask), params=params, image_fingerprints=images
+                meta,
+                fingerprint=file_sha256(case.mask),
+                params=params,
+                image_fingerprints=images,
+                layout=FORMAT_VERSION,
             )
         except InputError as exc:
             return CaseCheck(case.case_id, "failed-input", str(exc))

@@ -11,7 +11,7 @@ import zarr
 
 from skelprep.build import build
 from skelprep.io import read_image, read_mask
-from skelprep.writer import write_array
+from skelprep.store.format import array_layout
 
 from .helpers import EXAMPLES, copy_cases, tubes_3d, write_png
 
@@ -92,9 +92,9 @@ def flipped(affine: np.ndarray, length: int) -> np.ndarray:
 
 
 def store_copy_with_images(store: Path, dst: Path, dataset: Path) -> Path:
-    """A copy of ``store`` whose cases also hold ``image`` and ``label`` arrays, as the v2 format will.
+    """A copy of ``store`` whose cases also hold ``image`` and ``label`` arrays, as format 2 does.
 
-    Written as issue 8 specifies them: ``image`` channel-first in the mask's
+    Written as docs/store-format.md specifies them: ``image`` channel-first in the mask's
     voxel order and the source dtype, ``label`` the mask as read.
     """
     shutil.copytree(store, dst)
@@ -105,8 +105,11 @@ def store_copy_with_images(store: Path, dst: Path, dataset: Path) -> Path:
         image_path = next((dataset / "images").glob(mask.name)) if (dataset / "images").is_dir() else None
         if image_path is None:
             image_path = next((dataset / "imagesTr").glob(f"{Path(case_id).name}_0000.*"))
-        write_array(root[case_id], "image", read_image(image_path).array, channels=True)
-        write_array(root[case_id], "label", read_mask(mask).array)
+        for name, data in (("image", read_image(image_path).array), ("label", read_mask(mask).array)):
+            layout = array_layout(name, data.shape, data.dtype, tuple(meta["shape"]))
+            root[case_id].create_array(name, shape=data.shape, dtype=data.dtype, fill_value=0, **layout)[
+                ...
+            ] = data
     return dst
 
 

@@ -149,10 +149,11 @@ def check_store(out: Path, expected: dict[str, tuple[np.ndarray, ...]]) -> tuple
         tube, thin, labels, image = expected[case_id]
         np.testing.assert_array_equal(case.tube[...], tube)
         np.testing.assert_array_equal(case.thin[...], thin)
-        np.testing.assert_array_equal(plain[f"{case_id}/tube"][...], tube)
+        paths = case.attrs["arrays"]  # where each array lies, by name (docs/store-format.md)
+        np.testing.assert_array_equal(plain[f"{case_id}/{paths['tube']}"][...], tube)
         if case.has_images:
-            np.testing.assert_array_equal(plain[f"{case_id}/label"][...], labels)
-            np.testing.assert_array_equal(plain[f"{case_id}/image"][0], image)
+            np.testing.assert_array_equal(plain[f"{case_id}/{paths['label']}"][...], labels)
+            np.testing.assert_array_equal(plain[f"{case_id}/{paths['image']}"][0], image)
     return len(store.case_ids), len(store.incomplete_case_ids)
 
 

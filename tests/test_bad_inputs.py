@@ -241,8 +241,8 @@ def make_corpus(
         str(images / "shape_mismatch.png"),
         r"image shape \(20, 31\) differs .*\(20, 30\)",
     )
-    write_png(labels / "no_image.png", _vessel_2d())
-    bad["missing image"] = (str(labels / "no_image.png"), "no image found")
+    good["no_image"] = _vessel_2d()  # a target needs no image
+    write_png(labels / "no_image.png", good["no_image"])
     write_png(labels / "twice.png", _vessel_2d())
     _nifti(labels / "twice.nii.gz", np.ones((4, 4, 4), np.uint8))
     image_for("twice", (24, 32))

@@ -48,7 +48,7 @@ def test_bench_tiny_writes_table_chart_and_json(tmp_path: Path) -> None:
     ):
         assert build[side]["median"] > 0 and len(build[side]["times"]) >= 1
     assert sections["compute vessels3d"]["identical"] is True
-    # whole CLI builds (issue 12): every side ran, and the 1-worker run reported its phases
+    # whole CLI builds: every side ran, and the 1-worker run reported its phases
     for key in ("cli build sparse3d 48x64x64", "cli build crops"):
         cli = sections[key]
         assert all(t["median"] > 0 for t in cli["timings"].values()), key

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from skelprep import open_store, skeleton_targets
-from skelprep._lock import store_lock
 from skelprep.build import BuildError, BuildParams, build
 from skelprep.io import read_mask
 from skelprep.layout import discover
+from skelprep.store.lock import store_lock
 from skelprep.verify import verify
 
 from .helpers import CLI, shard_files, write_png
@@ -141,10 +141,10 @@ def _store_walks(monkeypatch, out):
 def test_a_killed_builds_partial_files_are_removed_by_the_next_build(octa_dataset, monkeypatch):
     out = octa_dataset / "skeletons.zarr"
     assert build(octa_dataset, workers=1).ok  # ends cleanly: a rerun would not walk the store
-    partial = out / "octa_001" / "tube" / f"c.0.0.0.{'ab' * 16}.partial"
+    partial = out / "octa_001" / "labels" / "tube" / "0" / f"c.0.0.0.{'ab' * 16}.partial"
     # a build killed between zarr's write of a temporary file and its rename into place
     killed = (
-        "import os, signal\nfrom skelprep._lock import store_lock\n"
+        "import os, signal\nfrom skelprep.store.lock import store_lock\n"
         f"with store_lock({os.fspath(out)!r}):\n"
         f"    open({os.fspath(partial)!r}, 'wb').write(b'half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -175,7 +175,7 @@ def test_verify_reports_states(octa_dataset):
     (octa_dataset / "labelsTr" / "octa_000.nii.gz").write_bytes(
         (octa_dataset / "labelsTr" / "octa_001.nii.gz").read_bytes()
     )
-    for shard in shard_files(store / "octa_001" / "thin"):  # all chunks of one array gone
+    for shard in shard_files(store / "octa_001" / "labels" / "thin" / "0"):  # all chunks of one array gone
         shard.unlink()
     (octa_dataset / "labelsTr" / "octa_003.nii.gz").unlink()
     states = {c.case_id: c.state for c in verify(octa_dataset)}

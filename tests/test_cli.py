@@ -355,3 +355,41 @@ def test_preview_shows_the_image_classes_in_colours_and_a_legend(
     # the legend band carries a swatch of every class colour of the case
     for c in np.unique(label[label > 0]):
         assert (legend == class_colour(c)).all(axis=-1).any(), c
+
+
+def test_a_missing_image_is_named_and_fails_only_a_build_with_images(runner, tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "A", "1": "B"},
+                "labels": {"background": 0, "v": 1},
+                "file_ending": ".png",
+            }
+        )
+    )
+    for case_id in ("full", "partial", "bare"):
+        write_png(root / "labelsTr" / f"{case_id}.png", np.eye(20, dtype=np.uint8))
+    for name in ("full_0000", "full_0001", "partial_0000"):
+        write_png(root / "imagesTr" / f"{name}.png", np.eye(20, dtype=np.uint8) * 100)
+    # Targets need no image: every case is built.
+    result = runner.invoke(cli, ["build", str(root), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "3 built, 0 up to date, 0 failed" in result.stdout
+    # With images, each incomplete case fails in one line that names its missing file.
+    out = tmp_path / "with_images.zarr"
+    result = runner.invoke(
+        cli, ["build", str(root), "--out", str(out), "--with-images", "--workers", "1", "--no-progress"]
+    )
+    assert result.exit_code == 1 and "1 built, 0 up to date, 2 failed" in result.stdout
+    lines = sorted(line for line in result.stderr.splitlines() if line.strip())
+    assert len(lines) == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"failed: {root / 'imagesTr' / 'bare_0000.png'}: ")
+    assert lines[1].startswith(f"failed: {root / 'imagesTr' / 'partial_0001.png'}: ")
+    assert "image channel 1 of case 'partial'" in lines[1]
+    # verify: the targets-only store is complete; the one with images names the same files
+    result = runner.invoke(cli, ["verify", str(root)])
+    assert result.exit_code == 0 and "3 ok, 0 with problems" in result.stdout, result.output
+    result = runner.invoke(cli, ["verify", str(root), "--out", str(out)])
+    assert result.exit_code == 1 and "partial_0001.png" in result.stdout and "bare_0000.png" in result.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from skelprep import open_store
-from skelprep._lock import store_is_busy
+from skelprep.store.lock import store_is_busy
 from skelprep.verify import verify
 
 from .helpers import CLI, N_CASES, check_store, make_dataset, start_build, wait_for_a_write

@@ -53,12 +53,12 @@ def test_verify_detects_damage_and_build_repairs_it(runner, tmp_path):
     store = root / "skeletons.zarr"
 
     # chunk bytes altered (the CRC-32C of the chunk no longer matches)
-    shard = store / "altered" / "tube" / "c.0.0"
+    shard = store / "altered" / "labels" / "tube" / "0" / "c.0.0"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x5A
     shard.write_bytes(bytes(data))
     # chunks removed: reads give the fill value, only the SHA-256 of the array tells
-    for path in shard_files(store / "removed" / "thin"):
+    for path in shard_files(store / "removed" / "labels" / "thin" / "0"):
         path.unlink()
     masks["stale"] = _mask(99)
     write_png(root / "labels" / "stale.png", masks["stale"])
@@ -144,8 +144,8 @@ def test_repair_mends_a_missing_array_and_damaged_array_metadata(runner, tmp_pat
     masks = _small_dataset(root)
     assert runner.invoke(cli, ["build", str(root), "--no-progress"]).exit_code == 0
     store = root / "skeletons.zarr"
-    shutil.rmtree(store / "a" / "thin")  # an array folder gone
-    doc = store / "b" / "tube" / "zarr.json"
+    shutil.rmtree(store / "a" / "labels" / "thin")  # an array folder gone
+    doc = store / "b" / "labels" / "tube" / "0" / "zarr.json"
     doc.write_bytes(doc.read_bytes()[:20])  # an array's metadata truncated
 
     # the other cases stay readable: listing, info, open_store and the dataset of the store

@@ -1,4 +1,4 @@
-"""The conventions of `skelprep eval` (issue 13), each on a hand-made case whose numbers are worked out here.
+"""The conventions of `skelprep eval`, each on a hand-made case whose numbers are worked out here.
 
 Shapes are one-pixel lines wherever a skeleton matters: Zhang thinning never deletes a pixel of a
 one-pixel line (an end pixel has one neighbour, an interior one two 0->1 transitions around it), so a
@@ -177,7 +177,7 @@ def test_duplicate_case_ids_fail_that_case_as_in_a_build(folders):
 
 
 def test_skeleton_choice_on_a_rod_lee_deletes():
-    # A 3D rod of 2x2 cross-section: Lee thinning deletes even-width bars whole (scikit-image issue 3757).
+    # A 3D rod of 2x2 cross-section: Lee thinning deletes even-width bars whole (scikit-image#3757).
     gt = np.zeros((6, 6, 20), np.uint8)
     gt[2:4, 2:4, 2:18] = 1
     # skimage: skel(gt) and skel(pred) are empty for non-empty masks -> Tprec = Tsens = 0 -> clDice 0,

@@ -40,10 +40,13 @@ def test_nnunet_ignore_label_multichannel_and_missing_images(tmp_path):
         write_png(root / "imagesTr" / f"a_{ch:04d}.png", MASK)
     write_png(root / "imagesTr" / "b_0000.png", MASK)  # b lacks channel 1, c has no image
     layout = discover(root)
-    assert layout.ignore_label == 2
-    assert [c.case_id for c in layout.cases] == ["a"] and len(layout.cases[0].images) == 2
-    problems = {p.case_id: p.reason for p in layout.problems}
-    assert "_0001" in problems["b"] and "no image" in problems["c"]
+    assert layout.ignore_label == 2 and not layout.problems
+    # every mask is a case (its targets need no image); b and c name the image files they lack
+    a, b, c = layout.cases
+    assert len(a.images) == 2 and a.image_problem is None
+    assert b.images == () and b.image_problem.path == root / "imagesTr" / "b_0001.png"
+    assert "channel 1 of case 'b'" in b.image_problem.reason
+    assert c.images == () and c.image_problem.path == root / "imagesTr" / "c_0000.png"
 
 
 def test_nnunet_bad_dataset_json(tmp_path):

@@ -124,7 +124,9 @@ def test_verify_finds_a_corrupted_chunk_and_repair_mends_it(s3, tmp_path):
     url = f"s3://{BUCKET}/stores/cracks.zarr"
     dataset = f"s3://{BUCKET}/raw/road_cracks"
     assert run_cli("build", dataset, "--out", url, "--workers", "1", "--no-progress").returncode == 0
-    shard = sorted(p for p in s3.fs.find(f"{url}/crack_001/tube") if p.rsplit("/", 1)[-1].startswith("c."))[0]
+    shard = sorted(
+        p for p in s3.fs.find(f"{url}/crack_001/labels/tube/0") if p.rsplit("/", 1)[-1].startswith("c.")
+    )[0]
     data = bytearray(s3.fs.cat_file(shard))
     data[len(data) // 2] ^= 0xFF
     s3.fs.pipe_file(shard, bytes(data))
@@ -178,7 +180,7 @@ def test_info_preview_eval_and_the_dataset_read_the_remote_store(s3, tmp_path):
 
 
 def test_a_second_builder_on_a_remote_store_is_refused(s3):
-    from skelprep._lease import remote_lease
+    from skelprep.store.lease import remote_lease
 
     url = f"s3://{BUCKET}/stores/busy.zarr"
     with remote_lease(url) as lease:
@@ -265,7 +267,7 @@ def test_two_real_builders_one_runs_and_the_other_takes_over_only_after_a_kill(s
 
 
 def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
-    from skelprep._lease import Lease, LeaseError
+    from skelprep.store.lease import Lease, LeaseError
 
     url = f"s3://{BUCKET}/stores/leases.zarr"
     first = Lease(url, ttl=2)
@@ -300,7 +302,7 @@ def test_an_expired_lease_is_taken_over_once_and_its_old_holder_learns_it(s3):
 def test_a_lease_rewritten_by_another_is_lost_and_one_rewritten_with_our_record_is_kept(s3):
     """A renewal whose condition fails reads the lease: another owner's record means taken over; our own
     record (a write whose answer was lost on the way, retried by the client) keeps the lease."""
-    from skelprep._lease import Lease
+    from skelprep.store.lease import Lease
 
     url = f"s3://{BUCKET}/stores/rewritten.zarr"
     lease = Lease(url, ttl=600)
@@ -332,7 +334,7 @@ def _written_cases(s3, url: str) -> set[str]:
 def test_a_build_cut_off_from_s3_loses_its_lease_stops_writing_and_does_not_finalize(s3, tmp_path):
     """Builder A writes through a link that is cut mid-build for longer than the lease's ttl, then mended:
     A must not write another case nor finalize, and must say so in one line; B then takes the store over."""
-    from skelprep._lease import lease_holder
+    from skelprep.store.lease import lease_holder
 
     dataset = tmp_path / "many"
     for i in range(40):

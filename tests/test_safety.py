@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skelprep import _files
 from skelprep._util import plain_path_problem
 from skelprep.build import BuildError, build
 from skelprep.layout import LayoutError
@@ -110,21 +109,17 @@ def test_a_build_changes_nothing_outside_its_store(layout, ids, pattern):
 
 
 def test_the_lowest_write_level_refuses_keys_that_leave_the_store(tmp_path):
-    from skelprep.writer import delete_case
+    from skelprep.store.write import StoreWriter
 
     store = tmp_path / "s.zarr"
-    store.mkdir()
+    writer = StoreWriter.open(str(store), {})
     (tmp_path / "victim").mkdir()
     (tmp_path / "victim" / "keep.txt").write_text("keep")
     before = _snapshot(tmp_path, ())
-    for key in ("../victim/x", "/tmp/x", "a/../../victim/x", "a\\b"):
+    tube = np.zeros((4, 4), np.uint8)
+    for key in ("../victim/x", "/tmp/x", "a/../../victim/x", "a\\b", "", ".", "a/../.."):
         with pytest.raises(ValueError, match="not a relative path of plain names"):
-            _files.put(str(store), {"ok": b"", key: b"x"})  # refused before any key is written
+            writer.write_case(key, {"tube": (tube, None)}, {"source": "x.png"})  # refused before any write
         with pytest.raises(ValueError, match="not a relative path of plain names"):
-            _files.put_absent(str(store), key, b"x")
-    for prefix in ("../victim", "", ".", "a/../.."):
-        with pytest.raises(ValueError, match="not a relative path of plain names"):
-            _files.remove(str(store), prefix)
-        with pytest.raises(ValueError, match="not a relative path of plain names"):
-            delete_case(str(store), prefix)
+            writer.delete_case(key)
     assert _snapshot(tmp_path, ()) == before

@@ -154,7 +154,7 @@ def test_slice_axis_equals_2d_recipe_per_slice(axis):
 def test_even_width_bar_fallback(width):
     bar = np.zeros((12, 12, 40), np.uint8)
     bar[3 : 3 + width, 3 : 3 + width, 4:34] = 1
-    assert not skeletonize(bar > 0).any()  # scikit-image deletes the bar whole (issue 3757)
+    assert not skeletonize(bar > 0).any()  # scikit-image deletes the bar whole (scikit-image#3757)
     targets = skeleton_targets(bar)
     assert targets.fallback_components == 1
     assert targets.thin.any() and (targets.thin <= bar).all()
@@ -192,6 +192,8 @@ def test_empty_and_full_inputs():
     [
         (np.zeros((4, 4), np.float32), "integer"),
         (np.zeros((4,), np.uint8), "2D or 3D"),
+        (np.zeros((4,), bool), "2D or 3D"),
+        (np.zeros((2, 3, 4, 5), bool), "2D or 3D"),
         (np.full((4, 4), -1, np.int16), "non-negative"),
     ],
 )

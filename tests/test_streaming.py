@@ -103,7 +103,7 @@ def test_stored_image_and_label_equal_the_source_files(kind, tmp_path):
     report = build(dataset, workers=1, with_images=True)
     assert report.ok and len(report.built) == 2, report.as_dict()
     store = open_store(dataset / "skeletons.zarr")
-    assert store.attrs["format_version"] == 2 and store.attrs["with_images"] is True
+    assert store.attrs["format_version"] == 3 and store.attrs["with_images"] is True
     pooled = []
     for case_id in store.case_ids:
         case = store[case_id]
@@ -255,7 +255,7 @@ def test_adding_images_to_a_version_1_store_reuses_its_targets(tmp_path, monkeyp
     report = build(dataset, workers=1, with_images=True)
     assert report.ok and len(report.built) == 2, report.as_dict()
     store = open_store(store_path)
-    assert store.attrs["format_version"] == 2 and store.attrs["upgraded_from"] == 1
+    assert store.attrs["format_version"] == 3 and store.attrs["upgraded_from"] == 1
     for cid, tube in before.items():
         assert store[cid].has_images
         np.testing.assert_array_equal(store[cid].tube[...], tube)
@@ -284,7 +284,7 @@ def test_a_changed_image_makes_the_case_stale_and_only_its_images_are_rewritten(
 def test_verify_finds_a_corrupt_image_chunk_and_info_lists_images(octa_built, tmp_path):
     dataset = copy_cases(octa_built, tmp_path / "copy", ["octa_000", "octa_001"])
     shutil.copytree(octa_built / "skeletons.zarr", dataset / "skeletons.zarr")
-    shard = shard_files(dataset / "skeletons.zarr" / "octa_001" / "image")[0]
+    shard = shard_files(dataset / "skeletons.zarr" / "octa_001" / "0")[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -347,7 +347,7 @@ def test_bad_image_inputs_fail_their_case_in_one_line_and_keep_what_was_built(tm
         "other_shape_0001.nii.gz": "differs from the shape",
         "complex_0001.nii.gz": "unsupported image dtype complex64",
         "unreadable_0001.nii.gz": "cannot read NIfTI",
-        "missing.nii.gz": "needs image channels _0000, _0001",
+        "missing_0001.nii.gz": "missing: image channel 1 of case 'missing'",
     }
     assert len(lines) == len(expected), done.stderr
     for name, reason in expected.items():
@@ -407,9 +407,10 @@ def test_tensorstore_reads_the_store_as_documented(octa_built):
     store = open_store(octa_built / "skeletons.zarr")
     case = store["octa_001"]
     for name, box in (("image", np.s_[0, 0:40, 8:40, 30:64]), ("tube", np.s_[0:40, 8:40, 30:64])):
-        spec = {"driver": "zarr3", "kvstore": f"file://{octa_built / 'skeletons.zarr' / 'octa_001' / name}"}
+        path = case.attrs["arrays"][name]  # "0", "labels/tube/0"
+        spec = {"driver": "zarr3", "kvstore": f"file://{octa_built / 'skeletons.zarr' / 'octa_001' / path}"}
         array = ts.open(spec).result()
-        np.testing.assert_array_equal(array[box].read().result(), case.group[name][box])
+        np.testing.assert_array_equal(array[box].read().result(), case.group[path][box])
     spec = {
         "driver": "zarr3",
         "kvstore": f"file://{octa_built / 'skeletons.zarr' / 'octa_001' / 'tube_locations'}",

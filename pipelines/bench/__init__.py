@@ -36,7 +36,7 @@ min-max spread, ratios = baseline / skelprep):
   chunk / shard / codec choices on a sparse 3D case.
 
 * **cli** - whole ``skelprep build`` runs, each a new process, against a serial
-  reference loop in a new process (issue 12's targets).
+  reference loop in a new process, with the ratios the build is held to.
 * **streaming** (only when named in ``--sections``) - training items streamed from a
   store built ``--with-images`` (also ``python pipelines/bench_streaming.py``, which
   writes ``bench_streaming.md`` / ``.json``).

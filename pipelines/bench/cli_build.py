@@ -1,4 +1,4 @@
-"""Whole CLI builds (issue 12): wall clock including process start, against a serial reference loop.
+"""Whole CLI builds: wall clock including process start, against a serial reference loop.
 
 Every side is a new process, as a user runs it: the reference loop (nibabel/PIL read,
 recipe, ``np.save``), ``skelprep build --workers 1`` and ``2`` (fresh store), an
@@ -42,7 +42,7 @@ CLI_SIZES = {
     "quick": {"sparse3d": [((96, 192, 192), 2)], "crops": 48},
     "full": {"sparse3d": [((256, 512, 512), 4), ((160, 320, 320), 4)], "crops": 504},
 }
-# dataset -> minimum ratio (reference loop / skelprep build --workers 2), from issue 12
+# dataset -> minimum ratio (reference loop / skelprep build --workers 2) the build is held to
 CLI_TARGETS = {"sparse3d 256x512x512": 4.0, "sparse3d 160x320x320": 2.5, "real2d": 3.0, "crops": 3.0}
 CLI_RERUN_TARGET_S = 0.5  # an up-to-date rerun over the 504 crops
 CLI_BOOKKEEPING_TARGET_S = 0.002  # per case, beyond the compute and the bytes written
@@ -177,7 +177,7 @@ def parallel_capacity() -> float:
 
 
 def run(cfg: Config, work: Path, datasets: dict[str, Dataset]) -> Part:
-    """The CLI build comparisons of issue 12 on generated sparse volumes, the real 2D masks and crops."""
+    """The CLI build comparisons on generated sparse volumes, the real 2D masks and crops."""
     sizes = CLI_SIZES[cfg.mode]
     cli_sets: dict[str, Dataset] = {}
     for shape, n_cases in sizes["sparse3d"]:
@@ -206,7 +206,7 @@ def run(cfg: Config, work: Path, datasets: dict[str, Dataset]) -> Part:
 
 
 def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
-    """Issue 12's targets for one dataset, from :func:`bench_cli_build`."""
+    """The targets for one dataset, from :func:`bench_cli_build`."""
     t = medians(b["timings"])
     ref = t["reference serial loop (nibabel/PIL read, recipe, np.save)"]
     target = CLI_TARGETS.get(name)
@@ -248,7 +248,7 @@ def comparisons(name: str, b: dict[str, Any]) -> list[Comparison]:
     ]
     if name == "crops":
         n = b["cases"]
-        # Issue 12: bookkeeping beyond the compute and the bytes written. The single-worker wall
+        # Bookkeeping beyond the compute and the bytes written. The single-worker wall
         # clock less the process start, the reads and the core (the compute), and encode + store
         # (the bytes written: zstd, checksums, files) leaves plan, attrs, finalize, the imports
         # and the per-case Python around them (a case waiting for numba's kernels counts in its

@@ -280,9 +280,9 @@ def comparisons(key: str, conf: dict[str, Any]) -> list[Comparison]:
     row = partial(Comparison, section="loss", ours=OURS)
 
     # Headline memory row: peak memory beyond the logits gradient, which every loss must allocate.
-    # Issue 12 retired "peak memory >= 3x less than the one-hot reference at 13 classes": both
-    # sides hold the float32 gradient of the logits (B*C*spatial*4 bytes), which bounds the
-    # ratio of whole peaks; what a loss adds on top is what it costs.
+    # Not whole peaks against the one-hot reference: both sides hold the float32 gradient of the
+    # logits (B*C*spatial*4 bytes), which bounds the ratio of whole peaks; what a loss adds on top
+    # is what it costs.
     grad = math.prod(conf["shape"]) * 4
     rows = [
         row(

@@ -1,4 +1,4 @@
-"""Benchmark streaming training items from a store built ``--with-images`` (issue 8).
+"""Benchmark streaming training items from a store built ``--with-images``.
 
 Usage::
 
@@ -52,7 +52,7 @@ from synthetic import write_ct_dataset
 from skelprep.build import build
 from skelprep.io import read_image
 from skelprep.layout import discover
-from skelprep.store import open_store
+from skelprep.store import array_path, open_store
 
 from .common import EXAMPLES, HERE, Part, log, reference_recipe
 
@@ -213,11 +213,12 @@ def bench_train(dataset: Path, store: Path, out: Path, patch: int, steps: int) -
 
 def bench_storage(dataset: Path, store: Path) -> dict[str, Any]:
     layout = discover(dataset)
+    opened = open_store(store)
     source = sum(p.stat().st_size for c in layout.cases for p in c.images)
     stored = sum(
         p.stat().st_size
         for c in layout.cases
-        for p in (store / c.case_id / "image").rglob("*")
+        for p in (store / c.case_id / array_path(opened.case_attrs(c.case_id) or {}, "image")).rglob("*")
         if p.is_file()
     )
     return {"source_bytes": source, "image_bytes": stored, "ratio": stored / source}

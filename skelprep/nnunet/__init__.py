@@ -1,4 +1,4 @@
-"""nnU-Net v2 adapter (``pip install skelprep[nnunet]``): targets in nnU-Net's preprocessed space and a trainer.
+"""nnU-Net v2 adapter (the ``nnunet`` extra): targets in nnU-Net's preprocessed space and a trainer.
 
 * :mod:`skelprep.nnunet.targets` — thin and tube of a preprocessed ``_seg`` array (pure numpy), and the
   official per-patch recipe for comparison.

@@ -1,7 +1,7 @@
 """``skelprep nnunet ...``: build the sidecar of a preprocessed configuration; show the trainer folder.
 
 This module imports click only: ``skelprep --help`` lists the group without importing nnU-Net, and each
-command imports nnunetv2 when it runs (one line naming ``pip install skelprep[nnunet]`` if it is missing).
+command imports nnunetv2 when it runs (one line naming what to install if it is missing).
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from pathlib import Path
 
 import click
 
-INSTALL_HINT = "the nnU-Net commands need nnunetv2 >= 2.8 and blosc2: pip install 'skelprep[nnunet]'"
+INSTALL_HINT = (
+    "the nnU-Net commands need nnunetv2 >= 2.8 and blosc2 (skelprep's nnunet extra): "
+    "pip install 'nnunetv2>=2.8' blosc2"
+)
 # nnUNet_extTrainer (trainers outside the nnunetv2 package) first shipped in nnunetv2 2.8.0.
 MIN_NNUNET = (2, 8)
 
 
 def _nnunet_version() -> tuple[int, ...] | None:
-    from importlib import metadata  # 15-25 ms of import: not for every skelprep command
+    from importlib import metadata  # a slow import: not for every skelprep command
 
     try:
         version = metadata.version("nnunetv2")

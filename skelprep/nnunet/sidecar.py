@@ -8,28 +8,37 @@ rule (:func:`skelprep.store.case_state`) says so against the SHA-256 of the prep
 preprocessing rewrites the file, so the case becomes stale and the next build redoes it.
 
 The build is ``skelprep build``'s machinery: the store's lock and clean-up of killed writes
-(:mod:`skelprep._lock`), one task per case in process or on Dask (:mod:`skelprep.runner`), the crash-safe
-case write with CRC-32C chunks and checksums (:func:`skelprep.writer.write_case`), and per-case one-line
+(:mod:`skelprep.store.lock`), one task per case in process or on Dask (:mod:`skelprep.runner`), the crash-safe
+case write with CRC-32C chunks and checksums (:meth:`skelprep.store.write.StoreWriter.write_case`), and per-case one-line
 failures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from skelprep._lock import remove_partial_files, store_lock
 from skelprep._util import utc_now
-from skelprep.build import BuildParams, BuildReport, _versions
+from skelprep.build import BuildParams, BuildReport, _versions, target_arrays
 from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
 from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
-from skelprep.store import CaseState, SkeletonStore, StoreError, case_state, label_counts, open_root
-from skelprep.writer import delete_case, finalize_store, open_for_writing, write_case
+from skelprep.store import (
+    FORMAT_VERSION,
+    CaseState,
+    SkeletonStore,
+    StoreError,
+    case_state,
+    label_counts,
+    open_root,
+)
+from skelprep.store.lock import remove_partial_files, store_lock
+from skelprep.store.write import StoreWriter
 
 __all__ = [
     "SidecarCase",
@@ -97,14 +106,13 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
             "fallback_components": targets.fallback_components,
             "built": utc_now(),
         }
-        write_case(
-            open_root(out, mode="a"),
-            case.case_id,
-            tube=targets.tube,
-            thin=targets.thin,
-            attrs=attrs,
-            slice_chunks=case.two_d,
-        )
+        arrays, target_attrs = target_arrays(targets)
+        arrays["label"] = (
+            seg[0].clip(min=0),
+            None,
+        )  # the case's OME-Zarr image: the seg, as nnU-Net stores it
+        patch = (1, 512, 512) if case.two_d else None  # 2D configurations read one slice at a time
+        StoreWriter.attach(out).write_case(case.case_id, arrays, {**attrs, **target_attrs}, patch=patch)
         return CaseOutcome(case.case_id, "built", fallback_components=targets.fallback_components)
 
     return guarded(case.case_id, case.seg_file, work)
@@ -117,10 +125,12 @@ def _state(store: SkeletonStore, config: PreprocessedConfiguration, case_id: str
     if not state.ok:
         return state
     try:
-        state = case_state(meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params)
+        state = case_state(
+            meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params, layout=FORMAT_VERSION
+        )
     except InputError as exc:
         return CaseState("failed-input", str(exc))
-    if state.state == "stale":
+    if state.state == "stale" and not state.images_only:
         return CaseState("stale", "preprocessed segmentation changed since it was built")
     return state
 
@@ -195,10 +205,14 @@ def build_sidecar(
     out = str(config.sidecar)
     params = sidecar_params(config)
     report = BuildReport(store=out)
-    with store_lock(out):
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(store_lock(out))
+        except StoreError as exc:
+            raise BuildError(str(exc)) from exc
         remove_partial_files(out)
         try:
-            root = open_for_writing(
+            writer = StoreWriter.open(
                 out,
                 {
                     "params": params.as_dict(),
@@ -212,10 +226,11 @@ def build_sidecar(
                         "data_identifier": config.data_identifier,
                     },
                 },
+                held,
             )
         except StoreError as exc:
             raise BuildError(str(exc)) from exc
-        store = SkeletonStore(root, out)
+        store = SkeletonStore(writer.root, out)
         jobs = []
         for case_id in config.case_ids():
             state = _state(store, config, case_id, params.as_dict())
@@ -247,9 +262,9 @@ def build_sidecar(
         # nnU-Net's folder is the whole truth: cases it no longer has (preprocessing re-run) go too
         known = set(config.case_ids())
         for case_id in sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - known):
-            delete_case(root, case_id)
+            writer.delete_case(case_id)
             report.pruned.append(case_id)
-        finalize_store(root, out)
+        writer.finalize()
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
     return report

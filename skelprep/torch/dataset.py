@@ -164,10 +164,14 @@ class SkeletonDataset(Dataset):
     Notes
     -----
     Items are dicts of channel-first tensors: ``image`` float32 ``(C, *spatial)``,
-    ``label`` int64 ``(1, *spatial)``, ``tube`` int64 ``(1, *spatial)``, optionally
-    ``thin``, plus ``case_id`` (str), ``spacing`` (float64 ``(ndim,)``) and
-    ``offset`` (int64 ``(ndim,)``: the patch's first voxel in the case, negative
-    where the patch overhangs the border). Padding is zero after normalization.
+    ``label`` ``(1, *spatial)``, ``tube`` ``(1, *spatial)``, optionally ``thin``, in
+    the store's integer dtype (uint8; uint16 for labels above 255), plus
+    ``case_id`` (str), ``spacing`` (float64 ``(ndim,)``) and ``offset`` (int64
+    ``(ndim,)``: the patch's first voxel in the case, negative where the patch
+    overhangs the border). Padding is zero after normalization.
+    Labels stay narrow, as nnU-Net's loader keeps its int16 seg: an int64 copy
+    of a 128³ label and tube costs more than reading them, and skelprep's losses
+    cast on the device (``target.long()``).
 
     Randomness comes from a per-process numpy generator seeded from
     ``torch.initial_seed()``, which DataLoader sets differently in every worker
@@ -300,6 +304,8 @@ class SkeletonDataset(Dataset):
             )
         for cid in legacy:
             case = self._sources_by_id[cid]
+            if case is not None and case.image_problem is not None:
+                raise ValueError(str(case.image_problem))
             if case is None or not case.images:
                 raise ValueError(f"{self.dataset}: case '{cid}' has no image")
         if self.normalization == "ct":
@@ -481,7 +487,7 @@ class SkeletonDataset(Dataset):
     def _region(
         self, targets: CaseTargets, start: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(normalized float32 image, int64 label, int64 stored targets) of the patch at ``start``, or the case."""
+        """(normalized float32 image, label, stored targets) of the patch at ``start``, or the case."""
         names = ("tube", "thin") if self.include_thin else ("tube",)
         shape = targets.shape
         if start is None:
@@ -491,14 +497,14 @@ class SkeletonDataset(Dataset):
             box = _inside(start, size, shape)  # slicing a zarr array decodes only the chunks it touches
 
         def labels(array) -> np.ndarray:  # a CheckedArray's zarr array: the item is confirmed once
-            return _pad_to(array.array[box], start, size, shape).astype(np.int64)
+            return _pad_to(array.array[box], start, size, shape)
 
         if not targets.has_images:
             image, label = self._read_sources(self._sources_by_id[targets.case_id], shape)
             image = _crop_pad(self._normalize(image, targets), start, size)
             return (
                 image,
-                _crop_pad(label, start, size).astype(np.int64),
+                _crop_pad(label, start, size).astype(targets.tube.array.dtype),
                 {n: labels(getattr(targets, n)) for n in names},
             )
 
@@ -507,8 +513,8 @@ class SkeletonDataset(Dataset):
             return _pad_to(self._normalize(raw, targets), start, size, shape)
 
         # Reading, decoding, normalizing and casting run side by side (zarr, zstd and numpy release
-        # the GIL): on a CT-size case a 128^3 item took 52 ms done in turn, 35-40 ms so. Small
-        # patches are read in turn: a 64^3 OCT-A item took 5.4 ms so, 8.7 ms with the threads.
+        # the GIL), which saves about a third of a 128^3 item of a CT-size case. Small patches are
+        # read in turn: there the threads cost more than they overlap.
         if math.prod(size) < _THREADED_VOXELS:
             return image(), labels(targets.label), {name: labels(getattr(targets, name)) for name in names}
         if self._pool is None:

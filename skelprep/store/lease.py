@@ -1,53 +1,32 @@
-"""One builder per S3 store: a lease object beside the store, created with a conditional put.
+"""One builder per S3 store: a lease object ``<store>.lease`` beside the store, written with conditional puts.
 
-The lease is the object ``<store>.lease`` (``s3://bucket/data/x.zarr.lease``), a
-small JSON record of who holds it. It lives beside the store, not in it, so it is
-no part of the Zarr hierarchy. Every step is one conditional request, decided by
-the server, so two builders on different machines cannot both win:
+Every step is one conditional request decided by the server, so two builders on
+different machines cannot both win:
 
-- **acquire**: ``PutObject`` with ``If-None-Match: *`` creates the lease only if
-  there is none. If there is one, it is *expired* when its last write
-  (``LastModified``) is more than ``ttl`` seconds old **by the server's clock**
-  (the ``Date`` of the same response), so clock skew between machines does not
-  matter. An expired lease is taken over with ``PutObject If-Match: <its ETag>``:
-  of several builders taking it over at once exactly one succeeds. A live lease
-  refuses the build in one line, naming its holder.
-- **renew**: a thread rewrites the lease every ``ttl / 4`` seconds with
-  ``If-Match: <our ETag>``. If that fails (412) and the lease's record names
-  another owner, someone took the lease over (if it names us, our own write's
-  answer was lost on the way: its ETag is ours). Any other failure of a request
-  (refused or dropped connections, timeouts, server errors: whatever botocore
-  or s3fs raise) is retried, every ``ttl / 8`` seconds, while the build goes on.
-- **lost**: taken over, or not renewed for ``ttl * 3/4`` seconds on this
-  machine's monotonic clock (with a suspended machine's sleep, on Linux),
-  counted from when the last successful write was sent (the server's
-  ``LastModified`` is later, so the lease lasts at least ``ttl`` from then):
-  :attr:`Lease.lost` then says why, in one line ("cannot renew the lease <url>
-  since <n> s: <first line of the error>"), and stays set, even if a later
-  renewal gets through. It does not wait for a hung request.
-- **release**: ``DeleteObject If-Match: <our ETag>`` at the end of the build
-  (not once lost: a lease left behind expires after ``ttl``).
+- **acquire**: ``PutObject If-None-Match: *`` creates the lease if there is none. An
+  existing one is *expired* when its ``LastModified`` is more than ``ttl`` seconds old
+  by the server's clock (the ``Date`` of the same response: clock skew does not
+  matter), and is taken over with ``PutObject If-Match: <its ETag>`` (one of several
+  takers wins). A live lease refuses the build in one line naming its holder.
+- **renew**: a thread rewrites it every ``ttl / 4`` with ``If-Match: <our ETag>``. A
+  412 whose record names another owner means it was taken over (naming us: our own
+  write's answer was lost). Any other failure is retried every ``ttl / 8``.
+- **lost**: taken over, or not renewed for ``ttl * 3/4`` on this machine's monotonic
+  clock (counting a suspended machine's sleep on Linux) from when the last successful
+  write was sent: :attr:`Lease.lost` then says why in one line, and stays set.
+- **release**: ``DeleteObject If-Match: <our ETag>`` at the end (not once lost: a lease
+  left behind expires after ``ttl``).
 
-What it guarantees: while a build keeps renewing, no other skelprep build can
-start on the store; a killed build blocks the store for at most ``ttl`` seconds
-(60 by default, ``SKELPREP_LEASE_TTL`` to change) after its last renewal, then the
-next build takes over. A build whose lease is lost starts no further case write
-in its own process (serial and threaded builds: :func:`skelprep._lock.lease_lost`
-is checked before each), cancels the cases Dask has not finished yet when the
-next one completes, and never finalizes the store: it ends in one
-``BuildError`` line. Before pruning and before finalizing it confirms the lease
-(:meth:`Lease.confirm`: a renewal sent after all that came before answered).
+While a build keeps renewing, no other skelprep build can start on the store; a
+killed build blocks it for at most ``ttl`` seconds (60, ``SKELPREP_LEASE_TTL``) after
+its last renewal. A build whose lease is lost starts no further case write in its
+own process, cancels the Dask cases not finished yet, and never finalizes the store.
+Before pruning and finalizing it confirms the lease (:meth:`Lease.confirm`).
 
-What it does not guarantee: it is advisory: writers other than skelprep are not
-stopped. A case write already under way when the lease is lost runs to its end
-(a write cannot be recalled; a hung one may land after another build took over),
-and so do cases running on Dask workers, which do not see the lease; the quarter
-of the ttl kept in hand is meant to cover a write in flight, not promised to. What
-such writes leave, the case-level ``complete`` flag and the next build's "is it
-current" check repair. The clocks of this machine and the server must run at the
-same rate (not agree). The server must honour conditional writes (AWS S3 since
-2024, MinIO, Ceph RGW, moto); on one that silently ignores ``If-None-Match`` two
-builds can both proceed.
+Not guaranteed: writers other than skelprep are not stopped; a case write already
+under way when the lease is lost (and cases on Dask workers) runs to its end — the
+case-level ``complete`` flag and the next build's currency check repair what they
+leave. The server must honour conditional writes (AWS S3, MinIO, Ceph RGW, moto).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's MONAI and TorchIO examples run as written, on a built copy of examples/octa3d."""
+"""The MONAI and TorchIO examples of the user guide run as written, on a built copy of examples/octa3d."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from .adapter_data import built
 from .helpers import EXAMPLES, ROOT, copy_dataset
 
+PAGE = "docs/guide/monai-torchio.md"
 
-def section_snippets(title: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+def page_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / PAGE).read_text(), flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,11 @@ def octa_workdir(tmp_path_factory):
 @pytest.mark.parametrize("framework", ["monai", "torchio"])
 def test_readme_example_runs(framework, octa_workdir, monkeypatch):
     pytest.importorskip(framework)
-    snippets = [s for s in section_snippets("MONAI and TorchIO") if f"skelprep.{framework} import" in s]
+    snippets = [s for s in page_snippets() if f"skelprep.{framework} import" in s]
     assert len(snippets) == 1
     monkeypatch.chdir(octa_workdir)
     namespace: dict = {}
-    exec(compile(snippets[0], f"README.md ({framework} example)", "exec"), namespace)
+    exec(compile(snippets[0], f"{PAGE} ({framework} example)", "exec"), namespace)
     batch = namespace["batch"]
     tube = batch["tube"] if framework == "monai" else batch["tube"]["data"]
     assert tuple(tube.shape) == (4, 1, 32, 32, 32)

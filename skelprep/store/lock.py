@@ -1,31 +1,18 @@
 """One builder per store: a lock beside a local store, and clean-up of killed writes.
 
-The lock is ``<store>.lock`` beside the store's real folder (inside it, zarr would
-warn about a file that is no part of the hierarchy), held with ``flock`` for the
-whole build: the kernel releases it when the process dies, so a killed build never
-leaves a stale lock. Its path comes from the store path resolved
-(``os.path.realpath``: symlinks, ``..``, a trailing slash, relative or absolute),
-so every spelling of one store on this machine gets one lock, and
-:func:`store_is_busy` agrees. Not caught: one folder reached through two mounts
-(a bind mount, an NFS export mounted twice, another machine). A lock file that
-cannot be written (a full disk, no permission) ends the build in one
-:class:`~skelprep.runner.BuildError` line naming the store, before anything is written.
+The lock is ``<store>.lock`` beside the store's real folder (``os.path.realpath``:
+every spelling of one store on this machine gets one lock; one folder reached
+through two mounts does not), held with ``flock`` for the whole build: the kernel
+releases it when the process dies. A lock file that cannot be written (a full disk)
+ends the build in one :class:`~skelprep.store.StoreError` line naming the store. An
+S3 store gets a lease instead (:mod:`skelprep.store.lease`); :func:`lease_lost` tells
+a case write in the process that holds it whether it may still start. Other remote
+stores are not locked: one builder per store is then the user's job.
 
-An S3 store gets a lease object instead (:mod:`skelprep._lease`: conditional
-puts, renewed while the build runs); :func:`lease_lost` tells a case write in the
-process that holds it whether it may still start. Other remote stores
-(``gs://``, ...) are not locked: one builder per store is then the user's job.
-
-The lock file also says how the last build into a local store ended: ``building``
-from when it takes the lock, ``clean <inode> <mtime>`` of the store's folder once
-the builder says it ended cleanly (:meth:`HeldLock.ended_cleanly`), recorded
-when it releases the lock. A build that was killed leaves ``building``, so the
-next one walks the store for the ``.partial`` files the kill left
-(:func:`remove_partial_files`); after a clean end it skips the walk, unless the
-store's folder was replaced or changed since (another inode or mtime). A record
-that cannot be written at the end (a full disk) says nothing, and the next build
-walks. Nothing is fsynced: as for the store's own files, this survives kills, not
-power loss.
+The lock file also says how the last build ended: ``pid N building`` from when it
+takes the lock, ``clean <inode> <mtime>`` of the store's folder once the builder
+says it ended cleanly (:meth:`HeldLock.ended_cleanly`). After anything else the next
+build walks the store for the ``.partial`` files a kill left (:func:`remove_partial_files`).
 """
 
 from __future__ import annotations
@@ -41,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from skelprep.runner import BuildError
+from skelprep.store.format import StoreError
 
 if TYPE_CHECKING:
-    from skelprep._lease import Lease
+    from skelprep.store.lease import Lease
 
-# skelprep._lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
+# skelprep.store.lease (and the email, socket and uuid modules it uses: 5-10 ms of import, the
 # same again to compile it where no bytecode is cached) is imported for remote stores only.
 
 __all__ = [
@@ -77,7 +64,7 @@ def _lock_path(path: str) -> Path:
 class HeldLock:
     """A held store lock (see :func:`store_lock`).
 
-    ``lease``: the :class:`skelprep._lease.Lease` of an S3 store (check its
+    ``lease``: the :class:`skelprep.store.lease.Lease` of an S3 store (check its
     ``lost`` before finishing the build), else None. ``unclean``: the last build
     into this local store may have been killed, so ``.partial`` files may be
     left (always True for other stores, and where the lock file says nothing).
@@ -116,11 +103,11 @@ def store_lock(path: str) -> Iterator[HeldLock]:
 
     Raises
     ------
-    BuildError
+    StoreError
         Another build holds the lock, or the lock file cannot be written.
     """
     if not is_local(path):
-        from skelprep._lease import Lease, LeaseError, supports_lease
+        from skelprep.store.lease import Lease, LeaseError, supports_lease
 
         if not supports_lease(path):
             yield HeldLock(path)  # gs://, ...: no lease; one builder per store is the user's job
@@ -129,7 +116,7 @@ def store_lock(path: str) -> Iterator[HeldLock]:
             lease = Lease(path)
             lease.acquire()
         except LeaseError as exc:
-            raise BuildError(str(exc)) from exc
+            raise StoreError(str(exc)) from exc
         _LEASES[path] = lease
         try:
             yield HeldLock(path, lease)
@@ -150,7 +137,7 @@ def store_lock(path: str) -> Iterator[HeldLock]:
                 break
             except BlockingIOError as exc:
                 if attempt == 9:
-                    raise BuildError(
+                    raise StoreError(
                         f"{folder}: another skelprep build is using this store; wait for it to finish"
                     ) from exc
                 time.sleep(0.05)  # not a build, maybe: store_is_busy() probes with a brief shared lock
@@ -171,13 +158,13 @@ def store_lock(path: str) -> Iterator[HeldLock]:
         handle.close()  # closing releases the lock, also when the process is killed
 
 
-def _unwritable(folder: Path, lock: Path, exc: OSError) -> BuildError:
+def _unwritable(folder: Path, lock: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
-        return BuildError(
+        return StoreError(
             f"{folder}: no space left on device for the store's lock file {lock}; free space (or build "
             "into a larger disk with --out) and rerun 'skelprep build'"
         )
-    return BuildError(f"{folder}: cannot write the store ({exc.strerror or exc})")
+    return StoreError(f"{folder}: cannot write the store ({exc.strerror or exc})")
 
 
 def _rewrite(handle, text: str) -> None:
@@ -193,7 +180,7 @@ def _rewrite(handle, text: str) -> None:
 def lease_lost(path: str) -> str | None:
     """Why the lease this process holds on the store at ``path`` is lost; None while it holds (or for none).
 
-    A case write in this process checks it before it starts (see :mod:`skelprep._lease`).
+    A case write in this process checks it before it starts (see :mod:`skelprep.store.lease`).
     """
     lease = _LEASES.get(path)
     return lease.lost if lease is not None else None
@@ -203,7 +190,7 @@ def store_is_busy(path: str | os.PathLike) -> bool:
     """Whether a build holds the lock of a store right now (S3: a live lease; other URLs: False)."""
     path = os.fspath(path)
     if not is_local(path):
-        from skelprep._lease import lease_holder, supports_lease
+        from skelprep.store.lease import lease_holder, supports_lease
 
         return supports_lease(path) and lease_holder(path) is not None
     try:
@@ -219,7 +206,7 @@ def store_is_busy(path: str | os.PathLike) -> bool:
         return False
 
 
-# The suffix of a file being written whole (skelprep._files, as zarr's LocalStore names it).
+# The suffix of a file being written whole (zarr's LocalStore names it so).
 PARTIAL_SUFFIX = r"\.[0-9a-f]{32}\.partial"
 _PARTIAL = re.compile(PARTIAL_SUFFIX + "$")
 
