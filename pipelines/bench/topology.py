@@ -4,14 +4,14 @@ Two parts (section ``topology``, run when named in ``--sections``):
 
 * **losses** - forward + backward of ``CbDiceLoss``, ``ClDiceLoss`` and ``BoundaryLoss``
   (:mod:`skelprep.torch.topology`) on targets computed beforehand, as a store delivers them
-  with the patch, against the authors' code (vendored for the parity tests in
-  ``tests/_reference``), which derives its ground-truth side from the label every step:
-  cbDice its soft skeleton and MONAI's EDT, clDice the soft skeleton of the one-hot, the
-  boundary loss ``one_hot2dist`` (SciPy, per sample; 2D only, as its ``einsum``). Batches of
-  2D ``512^2`` and 3D ``128^3`` in full mode. Time in this process (targets already on the
-  device on both sides: the reference's label, our stored maps), peak memory in a fresh
-  subprocess per batch (peak RSS above the inputs, high-water mark reset per loss) or
-  ``torch.cuda.max_memory_allocated`` with ``--device cuda``.
+  with the patch, against the same losses with the ground-truth side derived every step as
+  the authors' code derives it (the parity tests hold the losses equal to that code's numbers):
+  cbDice (``SoftcbDiceLoss``) the foreground's soft skeleton and MONAI's EDT, clDice
+  (``soft_cldice``) the soft skeleton of the one-hot, the boundary loss (``one_hot2dist``)
+  SciPy's EDT outside and inside each class of each sample. Batches of 2D ``512^2`` and 3D
+  ``128^3`` in full mode. Time in this process (the label and our stored maps already on the
+  device), peak memory in a fresh subprocess per batch (peak RSS above the inputs, high-water
+  mark reset per loss) or ``torch.cuda.max_memory_allocated`` with ``--device cuda``.
 * **targets** - the compute time of each target of :mod:`skelprep.targets` on one generated
   vessel case (160x320x320 in full mode) against the tube's (``skeleton_targets``): what each
   adds to a build. The radius takes the thin skeleton the tube's computation already made.
@@ -37,7 +37,7 @@ SIZES = {
     "full": {"2D": (2, 3, 512, 512), "3D": (2, 3, 128, 128, 128), "case": (160, 320, 320), "reps": 5},
 }
 LOSSES = ("cbDice", "clDice", "boundary")
-OURS, REFERENCE = "stored targets (skelprep)", "reference, targets per step"
+OURS, REFERENCE = "stored targets (skelprep)", "targets per step, as the reference"
 
 
 def _labels(shape: tuple[int, ...], n_classes: int, seed: int) -> np.ndarray:
@@ -85,41 +85,58 @@ def _inputs(shape: tuple[int, ...], device: str) -> dict[str, Any]:
 
 
 def _sides(ndim: int) -> dict[str, Any]:
-    """name -> f(inputs) returning the loss, ours and the references'; imported lazily (torch, MONAI)."""
+    """name -> f(inputs) returning the loss: ours on stored targets, and the same loss on the ground-truth side
+    derived per step as the authors' code derives it (imported lazily: torch, MONAI)."""
     import torch
+    from monai.transforms import distance_transform_edt as monai_edt
+    from scipy.ndimage import distance_transform_edt as scipy_edt
 
-    from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss
-    from tests._reference.boundary_loss import SurfaceLoss, one_hot2dist
-    from tests._reference.cbdice import SoftcbDiceLoss
-    from tests._reference.cldice import soft_cldice
+    from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss, soft_skeleton
 
-    cb, cb_ref = CbDiceLoss(), SoftcbDiceLoss()
-    cl, cl_ref = ClDiceLoss(), soft_cldice(exclude_background=True)
-    boundary = BoundaryLoss()
+    cb, cl = CbDiceLoss(), ClDiceLoss()
+    boundary, boundary_shifted = BoundaryLoss(), BoundaryLoss(inside_offset=0.0)
 
-    def cldice_reference(x):
-        probs = torch.softmax(x["logits"], 1)
-        onehot = torch.zeros_like(probs).scatter_(1, x["label"], 1.0)
-        return cl_ref(onehot, probs)
+    def cbdice_per_step(x):
+        # SoftcbDiceLoss: the foreground's soft skeleton and MONAI's EDT of the foreground, every call
+        with torch.no_grad():
+            mask = (x["label"] > 0).float()
+            skel = soft_skeleton(mask, 10)
+            inside = monai_edt(mask[:, 0]).float().unsqueeze(1)
+            sdf = torch.where(mask > 0, -inside, torch.ones_like(inside))
+        return cb(x["logits"], sdf, inside * skel)
 
-    def boundary_reference(x):
-        probs = torch.softmax(x["logits"], 1)
-        n = probs.shape[1]
+    def cldice_per_step(x):
+        # soft_cldice: the soft skeleton of the one-hot ground truth, every call
+        with torch.no_grad():
+            onehot = torch.zeros_like(x["logits"]).scatter_(1, x["label"], 1.0)[:, 1:]
+            skel = soft_skeleton(onehot, 10)
+            ids = torch.arange(1, onehot.shape[1] + 1, device=skel.device).view(1, -1, *(1,) * ndim)
+            thin = (skel * ids).amax(1, keepdim=True).long()
+        return cl(x["logits"], x["label"], thin)
+
+    def boundary_per_step(x):
+        # one_hot2dist: SciPy's EDT outside and inside each class of each sample, inside shifted by 1
         label = x["label"][:, 0].cpu().numpy()
-        onehot = np.eye(n, dtype=np.uint8)[label].transpose(0, 3, 1, 2)
-        dist = np.stack([one_hot2dist(o, resolution=None, dtype=np.float32) for o in onehot])
-        return SurfaceLoss(idc=list(range(1, n)))(probs, torch.from_numpy(dist).to(probs.device))
+        maps = []
+        for lab in label:
+            per_class = []
+            for c in range(1, x["logits"].shape[1]):
+                pos = lab == c
+                phi = np.zeros(lab.shape, np.float32)
+                if pos.any():
+                    phi = scipy_edt(~pos) * ~pos - (scipy_edt(pos) - 1) * pos
+                per_class.append(phi.astype(np.float32))
+            maps.append(np.stack(per_class))
+        return boundary_shifted(x["logits"], torch.from_numpy(np.stack(maps)).to(x["logits"].device))
 
-    sides = {
+    return {
         f"cbDice, {OURS}": lambda x: cb(x["logits"], x["sdf_fg"], x["radius"]),
-        f"cbDice, {REFERENCE}": lambda x: cb_ref(x["logits"], x["label"]),
+        f"cbDice, {REFERENCE}": cbdice_per_step,
         f"clDice, {OURS}": lambda x: cl(x["logits"], x["label"], x["thin"]),
-        f"clDice, {REFERENCE}": cldice_reference,
+        f"clDice, {REFERENCE}": cldice_per_step,
         f"boundary, {OURS}": lambda x: boundary(x["logits"], x["sdf"]),
+        f"boundary, {REFERENCE}": boundary_per_step,
     }
-    if ndim == 2:  # the reference's einsum is 2D only
-        sides[f"boundary, {REFERENCE}"] = boundary_reference
-    return sides
 
 
 def _step(sides: dict[str, Any], name: str, x: dict[str, Any], device: str) -> None:
