@@ -27,7 +27,6 @@ collect_ignore = [
         "skelprep/nnunet/transforms.py": "batchgeneratorsv2",
         "skelprep/nnunet/trainer.py": "nnunetv2",
         "skelprep/nnunet/trainers": "nnunetv2",
-        "tests/_reference": "monai",  # the vendored reference losses (cbDice's imports MONAI)
     }.items()
     if importlib.util.find_spec(package) is None
 ]
