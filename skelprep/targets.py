@@ -32,7 +32,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Components", "TargetError", "components", "distance_inside", "signed_distance", "skeleton_radius"]
+__all__ = [
+    "BUILD_TARGETS",
+    "Components",
+    "TargetError",
+    "build_targets",
+    "target_params",
+    "components",
+    "distance_inside",
+    "signed_distance",
+    "skeleton_radius",
+]
+
+# The targets a build computes beside the tube and the thin skeleton, on request (``--targets``).
+BUILD_TARGETS: tuple[str, ...] = ("sdf", "radius", "components")
 
 # Distances are float32: float16 has an 11-bit significand, so above 2048 (voxels or
 # physical units) its steps exceed 1 and at 512 they are 0.25 -- a quarter voxel on a
@@ -356,3 +369,72 @@ def components(
     return Components(
         labels=out.astype(dtype, copy=False), count=count, connectivity=int(connectivity), per_class=per_class
     )
+
+
+def target_params(name: str, ndim: int, *, spacing: Sequence[float] | None, classes: Sequence[int]) -> dict:
+    """What target ``name`` of :data:`BUILD_TARGETS` of a case is computed with (JSON-ready): its stored
+    array is current while these are equal.
+
+    >>> target_params("sdf", 2, spacing=None, classes=[1, 2])
+    {'classes': [1, 2], 'spacing': [1.0, 1.0]}
+    >>> target_params("components", 3, spacing=(2.0, 1.0, 1.0), classes=[1])
+    {'connectivity': 26}
+    """
+    if name not in BUILD_TARGETS:
+        raise TargetError(f"unknown target {name!r}; the targets are {', '.join(BUILD_TARGETS)}")
+    steps = list(_checked_spacing(spacing, ndim))
+    if name == "sdf":
+        return {"classes": [int(c) for c in classes], "spacing": steps}
+    if name == "radius":
+        return {"spacing": steps}
+    return {"connectivity": CONNECTIVITIES[ndim][-1]}
+
+
+def build_targets(
+    names: Sequence[str],
+    label: np.ndarray,
+    thin: np.ndarray,
+    *,
+    spacing: Sequence[float] | None,
+    classes: Sequence[int],
+    ignore_label: int | None = None,
+) -> dict[str, tuple[np.ndarray, dict]]:
+    """The stored form of the targets ``names`` of one case: name -> (array, record).
+
+    What a build stores (``skelprep build --targets``), from the case's mask ``label``,
+    its stored ``thin`` skeleton and ``spacing``:
+
+    - ``sdf``: :func:`signed_distance` of each of ``classes``, ``(len(classes), *shape)``
+      float32 (a class absent from the case is ``+D``, the image diagonal);
+    - ``radius``: :func:`skeleton_radius` along ``thin``, float32 of the mask's shape;
+    - ``components``: :func:`components` of the foreground at the full connectivity, uint32.
+
+    The ``ignore_label``'s voxels are background for ``radius`` and ``components`` and
+    outside every class of ``sdf``. The record holds ``params`` (what the array was
+    computed with: a stored array is reused while they are equal) and what the
+    computation found (``count`` for components).
+
+    >>> import numpy as np
+    >>> label = np.zeros((5, 6), np.uint8); label[1:4, 1:5] = 1
+    >>> thin = np.zeros_like(label); thin[2, 2:4] = 1
+    >>> out = build_targets(["sdf", "components"], label, thin, spacing=None, classes=[1])
+    >>> out["sdf"][0].shape, out["sdf"][1]["params"]
+    ((1, 5, 6), {'classes': [1], 'spacing': [1.0, 1.0]})
+    >>> out["components"][1]
+    {'params': {'connectivity': 8}, 'count': 1}
+    """
+    label = _checked_labels(label)
+    params = {n: target_params(n, label.ndim, spacing=spacing, classes=classes) for n in names}
+    if ignore_label is not None:
+        label = np.where(label == ignore_label, 0, label).astype(label.dtype, copy=False)
+    out: dict[str, tuple[np.ndarray, dict]] = {}
+    for name in names:
+        p = params[name]
+        if name == "sdf":
+            out[name] = (signed_distance(label, p["classes"], spacing=p["spacing"]), {"params": p})
+        elif name == "radius":
+            out[name] = (skeleton_radius(label, thin, spacing=p["spacing"]), {"params": p})
+        else:
+            found = components(label, connectivity=p["connectivity"])
+            out[name] = (found.labels, {"params": p, "count": found.count})
+    return out
