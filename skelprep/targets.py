@@ -425,6 +425,9 @@ def build_targets(
     """
     label = _checked_labels(label)
     params = {n: target_params(n, label.ndim, spacing=spacing, classes=classes) for n in names}
+    top = max((int(c) for c in classes), default=0)
+    if top > np.iinfo(label.dtype).max:  # a class the file's dtype cannot hold is absent from the case
+        label = label.astype(np.promote_types(label.dtype, np.min_scalar_type(top)))
     if ignore_label is not None:
         label = np.where(label == ignore_label, 0, label).astype(label.dtype, copy=False)
     out: dict[str, tuple[np.ndarray, dict]] = {}

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from skelprep.skeleton import thin_skeleton
 from skelprep.targets import signed_distance, skeleton_radius
-from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss, soft_skeleton
+from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss, HausdorffDTLoss, soft_skeleton
 
 SHAPES = {2: (40, 48), 3: (18, 22, 20)}
 
@@ -189,3 +189,22 @@ def test_boundary_loss_charges_a_class_absent_from_the_case():
 def test_mismatched_targets_are_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(torch.zeros(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(("ndim", "classes"), [(2, (1, 2)), (2, (0, 1, 2)), (3, (1, 2))])
+@pytest.mark.parametrize("batch", [False, True])
+def test_hausdorff_loss_from_the_stored_sdf_equals_monai(ndim, classes, batch):
+    monai_losses = pytest.importorskip("monai.losses")
+    label = labels(ndim, 2, batch=2, seed=20 + ndim)
+    label[1][label[1] == 2] = 1  # sample 1 lacks class 2: no boundary, a field of 0 on both sides
+    logits = logits_near(label, 2, seed=ndim)
+    reference = monai_losses.HausdorffDTLoss(
+        include_background=0 in classes, to_onehot_y=True, softmax=True, batch=batch
+    )(logits, torch.from_numpy(label)[:, None].long())
+    sdf = np.stack([signed_distance(lab, list(classes), spacing=None) for lab in label])
+    ours = HausdorffDTLoss(classes=list(classes), batch=batch)(logits, torch.from_numpy(sdf))
+    (g_ours,) = torch.autograd.grad(ours, logits, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(reference, logits)
+    assert float(reference.detach()) > 0
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-7)

@@ -1,5 +1,5 @@
 """Torch side of skelprep: a Dataset over a dataset folder and its store, the Skeleton Recall loss, a torch tube op,
-and the topology losses (clDice, cbDice, boundary loss) that take stored ground-truth targets.
+and the topology losses (clDice, cbDice, boundary loss, Hausdorff loss) that take stored ground-truth targets.
 
 This subpackage is the only part of skelprep that imports torch; ``import skelprep``
 does not import it.
@@ -18,7 +18,7 @@ from skelprep.torch.loss import (
     deep_supervision_weights,
     downsample_targets,
 )
-from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss, soft_skeleton
+from skelprep.torch.topology import BoundaryLoss, CbDiceLoss, ClDiceLoss, HausdorffDTLoss, soft_skeleton
 from skelprep.torch.tube import tube
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ClDiceLoss",
     "CbDiceLoss",
     "BoundaryLoss",
+    "HausdorffDTLoss",
     "soft_skeleton",
     "tube",
 ]

@@ -10,11 +10,14 @@ derives it from the mask on every call:
 - :class:`CbDiceLoss`: cbDice (Shi et al., MICCAI 2024) with the ground truth's
   distance map and skeleton radius given (stored ``sdf`` of the foreground, ``radius``).
 - :class:`BoundaryLoss`: the boundary loss (Kervadec et al., MIDL 2019 / MedIA 2021)
-  with the signed distance maps given (stored ``sdf``).
+  with the signed distance maps given (stored ``sdf``);
+- :class:`HausdorffDTLoss`: the distance-transform Hausdorff loss (Karimi and
+  Salcudean, TMI 2020; MONAI's ``HausdorffDTLoss``) with the ground truth's distance
+  fields given (stored ``sdf``).
 
 What the prediction needs is still computed per step: its soft skeleton (pooling on
-the prediction's device) and, for cbDice, the distance map of its thresholded mask (an
-exact EDT on the CPU, under no gradient, as in the reference).
+the prediction's device) and, for cbDice and the Hausdorff loss, the distance map of
+its thresholded mask (an exact EDT on the CPU, under no gradient, as in the reference).
 
 Stored targets of a whole case cropped to a patch are the case's: a distance measured
 to a boundary outside the patch is kept, where the references, run on the patch,
@@ -33,7 +36,7 @@ from torch import nn
 
 from skelprep.torch.loss import _as_index, _check_classes, _upcast
 
-__all__ = ["BoundaryLoss", "CbDiceLoss", "ClDiceLoss", "soft_skeleton"]
+__all__ = ["BoundaryLoss", "CbDiceLoss", "ClDiceLoss", "HausdorffDTLoss", "soft_skeleton"]
 
 
 def _soft_erode(x: torch.Tensor) -> torch.Tensor:
@@ -347,3 +350,95 @@ class BoundaryLoss(nn.Module):
         probs = torch.softmax(_upcast(input), 1) if self.apply_softmax else _upcast(input)
         phi = torch.where(sdf < 0, sdf + self.inside_offset, sdf) if self.inside_offset else sdf
         return (probs[:, classes] * phi).mean()
+
+
+def _distance_field(hard: torch.Tensor, spacing: Sequence[float] | None) -> torch.Tensor:
+    """Per sample of binary masks ``hard`` ``(B, *spatial)``: the distance to the other side of the mask's
+    boundary everywhere (inside to the background, outside to the mask); 0 in a sample whose mask is empty
+    or full (no boundary), as MONAI's ``HausdorffDTLoss.distance_field``. An exact EDT on the CPU."""
+    from skelprep.targets import distance_inside
+
+    masks = hard.detach().to("cpu", torch.bool).numpy()
+    out = np.zeros(masks.shape, np.float32)
+    for i, m in enumerate(masks):
+        if m.any() and not m.all():
+            out[i] = distance_inside(m, spacing=spacing) + distance_inside(~m, spacing=spacing)
+    return torch.from_numpy(out).to(hard.device)
+
+
+class HausdorffDTLoss(nn.Module):
+    """The Hausdorff-distance loss from distance transforms, with the ground truth's distances given.
+
+    Karimi and Salcudean, "Reducing the Hausdorff Distance in Medical Image Segmentation
+    with Convolutional Neural Networks", IEEE TMI 39 (2020), as MONAI implements it
+    (``monai.losses.HausdorffDTLoss``). Per channel ``c`` of ``classes``, with ``p`` its
+    probability, ``t`` its ground-truth mask and ``d_p``, ``d_t`` the distance fields of
+    the thresholded prediction ``p > 0.5`` and of ``t``::
+
+        loss = mean_{b, c} mean_v (p - t)^2 · (d_p^alpha + d_t^alpha)
+
+    (``batch=True``: the inner mean also over the batch, as MONAI's ``batch``). MONAI runs
+    an EDT of both masks every call; here the ground truth's side is the stored ``sdf`` of
+    those classes (:func:`skelprep.targets.signed_distance`): ``t = sdf < 0`` and
+    ``d_t = |sdf|``, 0 in a sample whose patch holds no boundary of the class (MONAI's
+    rule). Only the prediction's field is computed per step (an exact EDT on the CPU,
+    under no gradient, as MONAI's). On the whole image, in voxels (``spacing=None``), the
+    two are equal; on a patch the stored distances are the case's.
+
+    Parameters
+    ----------
+    classes : sequence of int, optional
+        Channels of the input that ``sdf``'s channels belong to, in order; default every
+        foreground channel ``1..C-1`` (MONAI's ``include_background=False``).
+    alpha : float
+        The distances' exponent (MONAI's default 2).
+    apply_softmax : bool
+        Softmax the input over channels; ``False`` takes probabilities.
+    batch : bool
+        Average over the batch before the channels, as MONAI's ``batch=True``.
+    spacing : sequence of float, optional
+        Voxel size for the prediction's distances: the stored sdf's units (``None``:
+        voxels, as MONAI).
+
+    Examples
+    --------
+    >>> import torch
+    >>> sdf = torch.tensor([[[[2.0, 1.0, -1.0, -2.0]]]])        # (B=1, K=1, 1, 4)
+    >>> probs = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0, 1.0]]]])
+    >>> HausdorffDTLoss(apply_softmax=False)(probs, sdf).item()  # a perfect prediction
+    0.0
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[int] | None = None,
+        alpha: float = 2.0,
+        apply_softmax: bool = True,
+        batch: bool = False,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.alpha = float(alpha)
+        self.apply_softmax = apply_softmax
+        self.batch = batch
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def forward(self, input: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
+        """Loss of ``input`` ``(B, C, *spatial)`` against ``sdf`` ``(B, len(classes), *spatial)``."""
+        classes = self.classes if self.classes is not None else list(range(1, input.shape[1]))
+        if not classes or not all(0 <= c < input.shape[1] for c in classes):
+            raise ValueError(f"classes {classes} must name channels of the input's {input.shape[1]}")
+        sdf = _as_map(sdf, input, len(classes), "sdf")
+        probs = torch.softmax(_upcast(input), 1) if self.apply_softmax else _upcast(input)
+        probs = probs[:, classes]
+        target = (sdf < 0).to(probs.dtype)
+        spatial = tuple(range(2, input.ndim))
+        inside = target.amax(spatial, keepdim=True) > 0
+        outside = target.amin(spatial, keepdim=True) < 1
+        d_true = torch.where(inside & outside, sdf.abs(), torch.zeros_like(sdf)).to(probs.dtype)
+        with torch.no_grad():
+            hard = (probs > 0.5).flatten(0, 1)
+            d_pred = _distance_field(hard, self.spacing).view_as(probs).to(probs.dtype)
+        weighted = (probs - target) ** 2 * (d_pred**self.alpha + d_true**self.alpha)
+        return weighted.mean(dim=(0, *spatial) if self.batch else spatial).mean()
