@@ -36,11 +36,11 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from skelprep import __version__
 from skelprep._fs import AnyPath, RemotePath, is_url, set_storage_options, storage_options, url_typo
@@ -84,7 +84,7 @@ from skelprep.store import (
     read_checked,
     verify_case_data,
 )
-from skelprep.store.lock import PARTIAL_SUFFIX, lease_lost, remove_partial_files, store_lock
+from skelprep.store.lock import PARTIAL_SUFFIX, HeldLock, lease_lost, remove_partial_files, store_lock
 from skelprep.verify import check_case
 
 # numpy (60-80 ms), skelprep.stats and the core are imported where a case is computed, zarr where the
@@ -136,7 +136,7 @@ class BuildParams:
         return dict(self._recorded)
 
     @functools.cached_property
-    def _recorded(self) -> dict[str, Any]:  # dataclasses.asdict costs 0.2 ms; every case records it
+    def _recorded(self) -> dict[str, Any]:
         return {**asdict(self), "recipe_version": RECIPE_VERSION}
 
 
@@ -151,7 +151,7 @@ class BuildReport:
     seconds: float = 0.0
     plan_phases: dict[str, float] = field(default_factory=dict)  # client side: plan, run, finalize
 
-    def _with(self, status: str) -> list[CaseOutcome]:
+    def _with(self, status: Literal["built", "up-to-date", "failed"]) -> list[CaseOutcome]:
         return [o for o in self.outcomes if o.status == status]
 
     @property
@@ -302,25 +302,6 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
         return False
 
 
-def _skeleton_targets():
-    """:func:`skelprep.skeleton.skeleton_targets`, imported where a case is computed (or as set here).
-
-    The core pulls in scipy and numba: an up-to-date rerun never needs it.
-    """
-    fn = globals().get("skeleton_targets")
-    if fn is None:
-        from skelprep.skeleton import skeleton_targets as fn
-
-        globals()["skeleton_targets"] = fn
-    return fn
-
-
-def __getattr__(name: str):  # ``skelprep.build.skeleton_targets`` stays an attribute of this module
-    if name == "skeleton_targets":
-        return _skeleton_targets()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _stored_targets(out: str, case_id: str):
     """The stored targets of a case, if they are complete and pass their checksums; else None."""
     store = SkeletonStore(open_root(out, mode="r"), out)
@@ -425,13 +406,8 @@ def build_case(
         set_storage_options(options)
     case = job.case
 
-    def stopped() -> CaseOutcome | None:
-        """A failed outcome once this process's lease on the store is lost: no case write starts then."""
-        why = lease_lost(out)
-        return None if why is None else CaseOutcome(case.case_id, "failed", failure_line(out, why))
-
     def work() -> CaseOutcome:
-        if (lost := stopped()) is not None:
+        if (lost := _lease_lost(out, case.case_id)) is not None:
             return lost
         if job.repair and _stored_case_intact(out, case.case_id):
             return CaseOutcome(case.case_id, "up-to-date")
@@ -459,7 +435,11 @@ def build_case(
             images = pool.submit(_image_part, job, vol.array, fingerprint, params) if pool else None
             targets = _stored_targets(out, case.case_id) if job.reuse_targets else None
             if targets is None:
-                targets = _skeleton_targets()(
+                from skelprep.skeleton import (
+                    skeleton_targets,
+                )  # scipy and numba: only where a case is computed
+
+                targets = skeleton_targets(
                     vol.array,
                     radius=params.radius,
                     mode=params.mode,
@@ -486,25 +466,56 @@ def build_case(
         if job.targets:
             extra, attrs["targets"] = _extra_targets(job, out, vol, targets.thin, params, list(classes))
             arrays.update(extra)
-        from skelprep.store.write import StoreWriter
-
-        if (lost := stopped()) is not None:
-            return lost
-        try:
-            phases.update(
-                StoreWriter.attach(out).write_case(case.case_id, arrays, attrs, patch=job.patch_size)
-            )
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            _remove_partial_case(out, case.case_id)
-            reason = failure_line(out, f"no space left on device while writing '{case.case_id}'")
-            return CaseOutcome(case.case_id, "failed", reason, detail=_DISK_FULL)
-        return CaseOutcome(
-            case.case_id, "built", fallback_components=targets.fallback_components, phases=phases
+        return store_case(
+            out,
+            case.case_id,
+            arrays,
+            attrs,
+            patch=job.patch_size,
+            phases=phases,
+            fallback_components=targets.fallback_components,
         )
 
     return guarded(case.case_id, case.mask, work)
+
+
+def _lease_lost(out: str, case_id: str) -> CaseOutcome | None:
+    """A failed outcome once this process's lease on the store is lost: no case write starts then."""
+    why = lease_lost(out)
+    return None if why is None else CaseOutcome(case_id, "failed", failure_line(out, why))
+
+
+def store_case(
+    out: str,
+    case_id: str,
+    arrays: dict[str, Any],
+    attrs: dict[str, Any],
+    *,
+    patch: tuple[int, ...] | None = None,
+    phases: dict[str, float] | None = None,
+    fallback_components: int = 0,
+) -> CaseOutcome:
+    """Write one computed case into the store (:meth:`StoreWriter.write_case`) and say how it went.
+
+    Every case source's task ends here, so each gets the build's safeguards: no
+    write starts once the store's lease is lost, and a full disk removes what was
+    written of the case and fails it with ``detail`` "disk full" (the build then
+    stops with one line, keeping its complete cases).
+    """
+    from skelprep.store.write import StoreWriter
+
+    if (lost := _lease_lost(out, case_id)) is not None:
+        return lost
+    phases = dict(phases or {})
+    try:
+        phases.update(StoreWriter.attach(out).write_case(case_id, arrays, attrs, patch=patch))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        _remove_partial_case(out, case_id)
+        reason = failure_line(out, f"no space left on device while writing '{case_id}'")
+        return CaseOutcome(case_id, "failed", reason, detail=_DISK_FULL)
+    return CaseOutcome(case_id, "built", fallback_components=fallback_components, phases=phases)
 
 
 def target_arrays(
@@ -810,33 +821,96 @@ def _recorded(store: SkeletonStore, attrs: dict[str, Any]) -> bool:
     )
 
 
-def _write_phase(
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one build writes, whatever its source of cases (a dataset's files, nnU-Net's preprocessed segs).
+
+    ``attrs``: the root attributes the build records; ``jobs``: one per case to
+    (re)build, each run by ``task`` (picklable, returns a :class:`CaseOutcome`,
+    never raises; it ends in :func:`store_case`); ``job_id`` and ``job_source``: a
+    job's case id and input file; ``keep``: the case ids the store keeps, every
+    other stored case is deleted (None: none is).
+    """
+
+    attrs: dict[str, Any]
+    jobs: list[Any]
+    task: Callable[[Any], CaseOutcome]
+    job_id: Callable[[Any], str]
+    job_source: Callable[[Any], str]
+    keep: frozenset[str] | None = None
+
+
+@contextlib.contextmanager
+def locked_store(out: str) -> Iterator[tuple[HeldLock, SkeletonStore | None]]:
+    """Hold the store's lock for one build; yield it and the store as it is then (None if there is none).
+
+    What a killed build left in the store is removed first.
+
+    Raises
+    ------
+    BuildError
+        Another build holds the store, or its lock cannot be written.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            held = stack.enter_context(store_lock(out))
+        except StoreError as exc:
+            raise BuildError(str(exc)) from exc
+        remove_partial_files(out, held)  # walks only if the last build may have been killed
+        yield held, _existing_store(out)
+
+
+def _unwanted(store: SkeletonStore | None, keep: frozenset[str] | None) -> list[str]:
+    """The stored (or incompletely stored) cases a plan deletes."""
+    if store is None or keep is None:
+        return []
+    return sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - keep)
+
+
+def run_plan(
+    plan: BuildPlan,
     report: BuildReport,
     out: str,
-    attrs: dict[str, Any],
-    jobs: list[CaseJob],
-    layout: DatasetLayout,
-    params: BuildParams,
-    prune: bool,
-    planned: float,
-    held: Any,
+    held: HeldLock,
+    store: SkeletonStore | None,
     **run_options: Any,
 ) -> None:
-    """Record the build in the root, run the jobs, prune, and finalize the store."""
-    writer = _open_for_build(out, {**attrs, "versions": _versions()}, held)
-    if jobs:
+    """Run a plan under the held lock: record the build in the root, run the jobs, prune, finalize.
+
+    A plan with nothing to do on a store that records it already writes nothing.
+    ``store``: the store as it was planned from (None if there was none);
+    ``run_options``: :func:`~skelprep.runner.run_cases`' ``workers``, ``scheduler``,
+    ``memory_limit`` and ``progress``.
+
+    Raises
+    ------
+    BuildError
+        The store cannot be opened for writing, its lease was lost, or the disk
+        filled (complete cases are kept).
+    """
+    planned = time.perf_counter()
+    if plan.jobs or _unwanted(store, plan.keep) or store is None or not _recorded(store, plan.attrs):
+        _write_phase(plan, report, out, held, planned, **run_options)
+    else:  # the store, its case list and consolidated metadata stay as they are
+        report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
+    # A failed case may be a worker killed mid-write (memory limit): its .partial files stay
+    # until the next build walks the store. A built one's writes are done (an earlier attempt's
+    # leftovers went with its folder: write_case deletes the case first).
+    if not {plan.job_id(j) for j in plan.jobs} & {o.case_id for o in report.failed}:
+        held.ended_cleanly()
+
+
+def _write_phase(
+    plan: BuildPlan, report: BuildReport, out: str, held: HeldLock, planned: float, **run_options: Any
+) -> None:
+    writer = _open_for_build(out, {**plan.attrs, "versions": _versions()}, held)
+    if plan.jobs:
         report.outcomes.extend(
             run_cases(
-                functools.partial(
-                    build_case,
-                    out=out,
-                    params=params,
-                    options=storage_options(),
-                    memory_limit=run_options.get("memory_limit"),
-                ),
-                jobs,
-                case_id=lambda job: job.case.case_id,
-                source=lambda job: job.case.mask,
+                plan.task,
+                plan.jobs,
+                case_id=plan.job_id,
+                source=plan.job_source,
                 stop=writer.lease_lost,  # Dask workers do not see the lease: the client does
                 **run_options,
             )
@@ -844,18 +918,15 @@ def _write_phase(
     _check_lease(out, held.lease)
     if any(o.detail == _DISK_FULL for o in report.outcomes):
         raise _disk_full(out, report, SkeletonStore(writer.root, out))
-    if prune:
-        wanted = {c.case_id for c in layout.cases} | {p.case_id for p in layout.problems}
-        store = SkeletonStore(writer.root, out)
-        for case_id in sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - wanted):
-            writer.delete_case(case_id)
-            report.pruned.append(case_id)
+    for case_id in _unwanted(SkeletonStore(writer.root, out), plan.keep):
+        writer.delete_case(case_id)
+        report.pruned.append(case_id)
     ran = time.perf_counter()
     report.plan_phases["run"] = ran - planned
     _check_lease(out, held.lease)  # once more after pruning, before the root is written
     try:
         extra = {}
-        if attrs.get("with_images"):
+        if plan.attrs.get("with_images"):
             extra["intensity_statistics"] = _dataset_statistics(SkeletonStore(writer.root, out))
         writer.finalize(**extra)
     except OSError as exc:
@@ -966,14 +1037,8 @@ def build(
     _check_out(out, layout, masks, images)
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
     report.outcomes.extend(CaseOutcome(p.case_id, "failed", str(p)) for p in layout.problems)
-    run_options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
-    with contextlib.ExitStack() as stack:
-        try:
-            held = stack.enter_context(store_lock(out))
-        except StoreError as exc:  # another build holds it, or the lock file cannot be written
-            raise BuildError(str(exc)) from exc
-        remove_partial_files(out, held)  # walks only if the last build may have been killed
-        store = _existing_store(out)
+    options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
+    with locked_store(out) as (held, store):
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
         if with_images and layout.cases and not any(c.images or c.image_problem for c in layout.cases):
             raise BuildError(
@@ -995,51 +1060,43 @@ def build(
                 if store is not None
                 else None
             )
-            if check is None:
-                jobs.append(
-                    CaseJob(
-                        case,
-                        _source(case, layout, absolute_paths),
-                        with_images=with_images,
-                        images=_image_sources(case, layout, absolute_paths),
-                        label_names=label_names,
-                        patch_size=patch_size,
-                        targets=extras,
-                    )
-                )
-            elif check.state == "ok" and not force and not repair:
+            current = check is not None and check.state == "ok" and not force
+            if current and not repair:
                 report.outcomes.append(CaseOutcome(case.case_id, "up-to-date"))
-            elif check.state == "failed-input":
+            elif check is not None and check.state == "failed-input":
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", check.reason))
             else:
-                repair_only = check.state == "ok" and not force  # with --repair: rebuilt only if damaged
                 job = CaseJob(
                     case,
                     _source(case, layout, absolute_paths),
-                    repair=repair_only,
+                    repair=current,  # with --repair: rebuilt only if damaged
                     with_images=with_images,
                     images=_image_sources(case, layout, absolute_paths),
-                    reuse_targets=(check.images_only or check.targets_only) and not force,
+                    reuse_targets=check is not None
+                    and (check.images_only or check.targets_only)
+                    and not force,
                     label_names=label_names,
                     patch_size=patch_size,
                     targets=extras,
                 )
                 jobs.append(job)
-        planned = time.perf_counter()
-        report.plan_phases["plan"] = planned - start
+        report.plan_phases["plan"] = time.perf_counter() - start
+        wanted = frozenset(c.case_id for c in layout.cases) | {p.case_id for p in layout.problems}
+        task = functools.partial(
+            build_case, out=out, params=params, options=storage_options(), memory_limit=memory_limit
+        )
         attrs = _root_attrs(layout, params, with_images, out, absolute_paths, patch_size)
         if extras:  # a store of the tube and thin skeleton only records no target list
             attrs["targets"] = list(extras)
-        if not jobs and not prune and store is not None and _recorded(store, attrs):
-            # Nothing to write: the store, its case list and consolidated metadata stay as they are.
-            report.plan_phases["run"] = report.plan_phases["finalize"] = 0.0
-        else:
-            _write_phase(report, out, attrs, jobs, layout, params, prune, planned, held, **run_options)
-        # A failed case may be a worker killed mid-write (memory limit): its .partial files stay
-        # until the next build walks the store. A built one's writes are done (an earlier attempt's
-        # leftovers went with its folder: write_case deletes the case first).
-        if not {j.case.case_id for j in jobs} & {o.case_id for o in report.failed}:
-            held.ended_cleanly()
+        plan = BuildPlan(
+            attrs,
+            jobs,
+            task,
+            job_id=lambda job: job.case.case_id,
+            job_source=lambda job: job.case.mask,
+            keep=wanted if prune else None,
+        )
+        run_plan(plan, report, out, held, store, **options)
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
     return report

@@ -19,19 +19,8 @@ from typing import Any
 import click
 
 from skelprep import __version__
+from skelprep._output import EXIT_FAILED, EXIT_OK, echo_json, exit_with_report, fail, say
 from skelprep._util import printable
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _echo(text: str, err: bool = False) -> None:
-    """One line of output: control characters in file names and case ids are escaped, never printed raw."""
-    click.echo(printable(text), err=err)
-
-
-def _fail(message: str, code: int = EXIT_FAILED) -> None:
-    _echo(f"skelprep: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _reader_gone() -> None:
@@ -62,7 +51,7 @@ class _Cli(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
-            _fail("interrupted; cases already written are kept, rerun to finish", 130)
+            fail("interrupted; cases already written are kept, rerun to finish", 130)
         except BrokenPipeError:
             _reader_gone()
         except Exception as exc:
@@ -74,10 +63,10 @@ class _Cli(click.Group):
             from skelprep.store import StoreError
 
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
-                _fail(_with_option(exc))
+                fail(_with_option(exc))
             from skelprep._util import first_line
 
-            _fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
+            fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,10 +108,6 @@ _storage_option = click.option(
     help="fsspec storage option for URLs of dataset and store (e.g. endpoint_url=http://host:9000); "
     "repeatable. Credentials also come from the usual environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...).",
 )
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @cli.command()
@@ -227,7 +212,7 @@ def build(
     try:
         extra_target_names(names)
     except BuildError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), 2)  # bad usage: the exit code of click's own usage errors
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
@@ -262,33 +247,6 @@ def build(
         targets=names,
     )
     exit_with_report(ctx, report, as_json)
-
-
-def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
-    """Print a build report (summary on stdout, one line per failed case or skipped file on stderr).
-
-    Exits 0 or 1; skipped files (not masks) do not fail the build.
-    """
-    if as_json:
-        _echo_json(report.as_dict())
-    else:
-        fallback = sum(o.fallback_components for o in report.built)
-        skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
-        _echo(
-            f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
-            f"{skipped} in {report.seconds:.1f} s -> {report.store}"
-        )
-        if fallback:
-            click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
-        if report.pruned:
-            _echo(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
-        for path, reason in report.skipped.items():
-            _echo(f"skipped: {path}: {reason}", err=True)
-        for outcome in report.failed:
-            _echo(f"failed: {outcome.reason}", err=True)
-            if ctx.meta.get("skelprep.debug") and outcome.detail:
-                click.echo(outcome.detail, err=True)
-    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
 @cli.command()
@@ -327,7 +285,7 @@ def info(store: str, as_json: bool) -> None:
         )
     incomplete = opened.incomplete_case_ids
     if as_json:
-        _echo_json(
+        echo_json(
             {
                 "store": store,
                 "dataset_path": opened.dataset_path,
@@ -338,12 +296,12 @@ def info(store: str, as_json: bool) -> None:
         )
         return
     attrs = opened.attrs
-    _echo(f"store     {store}")
+    say(f"store     {store}")
     click.echo(
         f"format    {attrs.get('format_version')}   built by skelprep {attrs.get('versions', {}).get('skelprep')}"
     )
     dataset = opened.dataset_path or f"{attrs.get('dataset_name') or '?'} (its location is not recorded)"
-    _echo(f"dataset   {dataset} ({attrs.get('layout')})")
+    say(f"dataset   {dataset} ({attrs.get('layout')})")
     click.echo("params    " + ", ".join(f"{k}={v}" for k, v in (attrs.get("params") or {}).items()))
     click.echo(f"cases     {len(cases)} complete, {len(incomplete)} incomplete")
     with_images = sum(1 for meta in cases.values() if meta["images"])
@@ -362,12 +320,12 @@ def info(store: str, as_json: bool) -> None:
         shape = "x".join(str(s) for s in meta.get("shape") or [])
         image = meta["images"]
         image_text = f"{image['channels']}x{shape} {image['dtype']}" if image else "-"
-        _echo(
+        say(
             f"{printable(case_id):<{width}}  {shape:<16} {image_text:<22} {per_class:<30} "
             f"{meta.get('fallback_components', 0)}"
         )
     for case_id in incomplete:
-        _echo(f"{printable(case_id):<{width}}  incomplete (rerun 'skelprep build')")
+        say(f"{printable(case_id):<{width}}  incomplete (rerun 'skelprep build')")
 
 
 @cli.command()
@@ -401,12 +359,12 @@ def verify(
     checks = run_verify(dataset, out, masks=masks, images=images, check_data=not no_data)
     bad = [c for c in checks if c.state != "ok"]
     if as_json:
-        _echo_json(
+        echo_json(
             {"ok": not bad, "cases": {c.case_id: {"state": c.state, "reason": c.reason} for c in checks}}
         )
     else:
         for check in bad:
-            _echo(f"{check.state:<15} {check.case_id}: {check.reason}")
+            say(f"{check.state:<15} {check.case_id}: {check.reason}")
         click.echo(f"{len(checks) - len(bad)} ok, {len(bad)} with problems")
         states = {c.state for c in bad}
         target = shlex.quote(str(dataset)) + (f" --out {shlex.quote(out)}" if out else "")
@@ -459,7 +417,7 @@ def preview(store: str, case: str, output: Path | None, axis: int, slice_index: 
     opened = open_store(store)
     if case not in opened:
         known = ", ".join(opened.case_ids[:5]) + (" ..." if len(opened) > 5 else "")
-        _fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
+        fail(f"{store}: no complete case '{case}' (cases: {known or 'none'})")
     targets = opened[case]
     tube, thin = targets.tube[...], targets.thin[...]
     image = targets.image[...] if targets.image is not None else None
@@ -467,7 +425,7 @@ def preview(store: str, case: str, output: Path | None, axis: int, slice_index: 
     if mask is None:
         mask_path = opened.source_path(case)
         if mask_path is None:
-            _echo(
+            say(
                 f"note: the store does not say where the mask {targets.attrs.get('source')!r} lies; "
                 "showing the skeleton only",
                 err=True,
@@ -476,9 +434,9 @@ def preview(store: str, case: str, output: Path | None, axis: int, slice_index: 
             try:
                 mask = read_mask(mask_path).array
             except InputError:
-                _echo(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
+                say(f"note: mask {mask_path} not readable; showing the skeleton only", err=True)
     if mask is not None and mask.shape != tube.shape:
-        _echo(f"note: mask shape {mask.shape} differs from the stored {tube.shape}; not shown", err=True)
+        say(f"note: mask shape {mask.shape} differs from the stored {tube.shape}; not shown", err=True)
         mask = None
     if tube.ndim == 3:
         if slice_index is None:
@@ -585,7 +543,7 @@ def eval_(
         cells = " ".join(
             f"{values.get(k, float('nan')):>8.{2 if k.startswith('betti') else 4}f}" for k in METRIC_NAMES
         )
-        _echo(f"{printable(name):<{width}}  {cells}  {note}".rstrip())
+        say(f"{printable(name):<{width}}  {cells}  {note}".rstrip())
 
     def table(title: str, key: str, mean: dict[str, float]) -> None:
         # The last column says where the ground-truth skeleton came from and which conventions applied.
@@ -622,7 +580,7 @@ def eval_(
         + f"; one-slice NIfTI {'kept 3D' if keep_singleton_axes else 'squeezed to 2D'}"
     )
     for reason in report.failed.values():
-        _echo(f"failed: {reason}", err=True)
+        say(f"failed: {reason}", err=True)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")

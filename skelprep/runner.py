@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from skelprep._util import first_line
 from skelprep.io import InputError
@@ -59,13 +59,12 @@ class CaseOutcome:
     """What happened to one case in a build."""
 
     case_id: str
-    status: str  # "built", "up-to-date" or "failed"
+    status: Literal["built", "up-to-date", "failed"]
     reason: str = ""
     seconds: float = 0.0
     fallback_components: int = 0
     detail: str = ""  # traceback of an unexpected failure, shown with --debug
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the task (read, core, ...)
-    documents: dict[str, Any] = field(default_factory=dict)  # metadata written (the store's consolidation)
 
 
 def failure_line(path: str | os.PathLike, what: object) -> str:

@@ -143,9 +143,13 @@ def test_targets_are_the_recipe_on_the_preprocessed_seg(built, dataset, configur
 def test_build_is_incremental_and_errors_are_one_line(built, tmp_path, monkeypatch):
     from skelprep.nnunet.preprocessed import locate
 
+    sidecar = locate(CRACKS, "2d").sidecar
+    before = {p: p.stat().st_mtime_ns for p in sidecar.rglob("*")}
     result = _run("nnunet", "build", "991", "-c", "2d", "--json")
     summary = json.loads(result.stdout)
     assert result.exit_code == 0 and summary["built"] == [] and len(summary["up_to_date"]) == 3
+    # a current sidecar is left as it is: a training reading it meanwhile sees no file change
+    assert {p: p.stat().st_mtime_ns for p in sidecar.rglob("*")} == before
 
     # a copy of the preprocessed folder, so that the module's data stay intact
     pre = tmp_path / "preprocessed"

@@ -18,7 +18,7 @@ import zarr
 from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 
-import skelprep.build
+import skelprep.skeleton
 from skelprep.build import build
 from skelprep.io import read_mask
 from skelprep.store import ATTRS_KEY, open_store, verify_case_data
@@ -251,7 +251,7 @@ def test_adding_images_to_a_version_1_store_reuses_its_targets(tmp_path, monkeyp
     root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "format_version": 1}
     assert open_store(store_path).attrs["format_version"] == 1  # version-1 stores still open
     assert all(c.state == "ok" for c in verify(dataset))
-    monkeypatch.setattr(skelprep.build, "skeleton_targets", _no_skeletons)
+    monkeypatch.setattr(skelprep.skeleton, "skeleton_targets", _no_skeletons)
     report = build(dataset, workers=1, with_images=True)
     assert report.ok and len(report.built) == 2, report.as_dict()
     store = open_store(store_path)
@@ -274,7 +274,7 @@ def test_a_changed_image_makes_the_case_stale_and_only_its_images_are_rewritten(
     assert checks["octa_001"].state == "stale" and "image changed" in checks["octa_001"].reason
     with pytest.raises(Exception, match="octa_001.*stale"):
         SkeletonDataset(dataset)[1]
-    monkeypatch.setattr(skelprep.build, "skeleton_targets", _no_skeletons)
+    monkeypatch.setattr(skelprep.skeleton, "skeleton_targets", _no_skeletons)
     report = build(dataset, workers=1)  # the store carries images: the build keeps them current
     assert [o.case_id for o in report.built] == ["octa_001"] and report.ok
     np.testing.assert_array_equal(open_store(dataset / "skeletons.zarr")["octa_001"].image[0], image)

@@ -6,10 +6,11 @@ command imports nnunetv2 when it runs (one line naming what to install if it is 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from skelprep._output import exit_with_report, fail
 
 INSTALL_HINT = (
     "the nnU-Net commands need nnunetv2 >= 2.8 and blosc2 (skelprep's nnunet extra): "
@@ -33,21 +34,16 @@ def _nnunet_version() -> tuple[int, ...] | None:
     return tuple(parts)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"skelprep: error: {message}", err=True)
-    sys.exit(code)
-
-
 def _require_nnunet() -> None:
     """Exit with one line naming the extra unless nnunetv2 (>= 2.8) and blosc2 import."""
     try:
         import blosc2  # noqa: F401
         import nnunetv2  # noqa: F401
     except ImportError as exc:
-        _fail(f"{INSTALL_HINT} ({exc})")
+        fail(f"{INSTALL_HINT} ({exc})")
     version = _nnunet_version()
     if version is not None and version < MIN_NNUNET:
-        _fail(f"{INSTALL_HINT} (found nnunetv2 {'.'.join(map(str, version))})")
+        fail(f"{INSTALL_HINT} (found nnunetv2 {'.'.join(map(str, version))})")
 
 
 @click.group("nnunet")
@@ -121,9 +117,7 @@ def build(
             progress=not no_progress and not as_json,
         )
     except NnUNetError as exc:
-        _fail(str(exc))
-    from skelprep.cli import exit_with_report
-
+        fail(str(exc))
     exit_with_report(ctx, report, as_json)
 
 

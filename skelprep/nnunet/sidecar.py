@@ -1,21 +1,20 @@
 """``skelprep nnunet build``: the sidecar store of one preprocessed configuration, and its currency check.
 
-Store: ``$nnUNet_preprocessed/DatasetXXX/skelprep/<data_identifier>/``, a skelprep store (format 1) whose
-cases are nnU-Net's case identifiers, each with ``tube`` and ``thin`` of the preprocessed seg's spatial
-shape and voxel order (2D configurations: chunked one slice at a time). A case is current when the store's
-rule (:func:`skelprep.store.case_state`) says so against the SHA-256 of the preprocessed seg file
+Store: ``$nnUNet_preprocessed/DatasetXXX/skelprep/<data_identifier>/``, a skelprep store whose cases are
+nnU-Net's case identifiers, each with ``tube`` and ``thin`` of the preprocessed seg's spatial shape and voxel
+order (2D configurations: chunked one slice at a time). A case is current when the store's rule
+(:func:`skelprep.store.case_state`) says so against the SHA-256 of the preprocessed seg file
 (``<id>_seg.b2nd``, or ``<id>.npz`` for nnU-Net's numpy format) and the parameters; re-running nnU-Net's
 preprocessing rewrites the file, so the case becomes stale and the next build redoes it.
 
-The build is ``skelprep build``'s machinery: the store's lock and clean-up of killed writes
-(:mod:`skelprep.store.lock`), one task per case in process or on Dask (:mod:`skelprep.runner`), the crash-safe
-case write with CRC-32C chunks and checksums (:meth:`skelprep.store.write.StoreWriter.write_case`), and per-case one-line
-failures.
+The build is ``skelprep build``'s own loop (:func:`skelprep.build.run_plan`) with the preprocessed segs as its
+source of cases: the store's lock and the clean-up of killed writes, an S3 lease, one task per case in process
+or on Dask, per-case one-line failures, a full disk ending the build in one line, pruning of cases nnU-Net no
+longer has, and consolidation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -23,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skelprep._util import utc_now
-from skelprep.build import BuildParams, BuildReport, _versions, target_arrays
+from skelprep.build import (
+    BuildParams,
+    BuildPlan,
+    BuildReport,
+    locked_store,
+    run_plan,
+    store_case,
+    target_arrays,
+)
 from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
 from skelprep.nnunet.targets import preprocessed_targets
-from skelprep.runner import BuildError, CaseOutcome, check_memory_limit, guarded, run_cases
+from skelprep.runner import CaseOutcome, check_memory_limit, guarded
 from skelprep.store import (
     FORMAT_VERSION,
     CaseState,
@@ -37,8 +44,6 @@ from skelprep.store import (
     label_counts,
     open_root,
 )
-from skelprep.store.lock import remove_partial_files, store_lock
-from skelprep.store.write import StoreWriter
 
 __all__ = [
     "SidecarCase",
@@ -112,8 +117,14 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
             None,
         )  # the case's OME-Zarr image: the seg, as nnU-Net stores it
         patch = (1, 512, 512) if case.two_d else None  # 2D configurations read one slice at a time
-        StoreWriter.attach(out).write_case(case.case_id, arrays, {**attrs, **target_attrs}, patch=patch)
-        return CaseOutcome(case.case_id, "built", fallback_components=targets.fallback_components)
+        return store_case(
+            out,
+            case.case_id,
+            arrays,
+            {**attrs, **target_attrs},
+            patch=patch,
+            fallback_components=targets.fallback_components,
+        )
 
     return guarded(case.case_id, case.seg_file, work)
 
@@ -205,66 +216,41 @@ def build_sidecar(
     out = str(config.sidecar)
     params = sidecar_params(config)
     report = BuildReport(store=out)
-    with contextlib.ExitStack() as stack:
-        try:
-            held = stack.enter_context(store_lock(out))
-        except StoreError as exc:
-            raise BuildError(str(exc)) from exc
-        remove_partial_files(out)
-        try:
-            writer = StoreWriter.open(
-                out,
-                {
-                    "params": params.as_dict(),
-                    "versions": _versions(),
-                    # relative, as skelprep build records it: the store tells nothing of this machine's folders
-                    "dataset": Path(os.path.relpath(config.dataset_folder, config.sidecar)).as_posix(),
-                    "layout": LAYOUT,
-                    "nnunet": {
-                        "configuration": config.configuration,
-                        "plans_identifier": config.plans_identifier,
-                        "data_identifier": config.data_identifier,
-                    },
-                },
-                held,
-            )
-        except StoreError as exc:
-            raise BuildError(str(exc)) from exc
-        store = SkeletonStore(writer.root, out)
+    options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
+    with locked_store(out) as (held, store):
         jobs = []
         for case_id in config.case_ids():
-            state = _state(store, config, case_id, params.as_dict())
-            if state.ok and not force:
+            state = _state(store, config, case_id, params.as_dict()) if store is not None else None
+            if state is not None and state.ok and not force:
                 report.outcomes.append(CaseOutcome(case_id, "up-to-date"))
-            elif state.state == "failed-input":
+            elif state is not None and state.state == "failed-input":
                 report.outcomes.append(CaseOutcome(case_id, "failed", state.reason))
             else:
                 seg_file = config.seg_file(case_id)
                 source = seg_file.relative_to(config.dataset_folder).as_posix()
-                jobs.append(
-                    SidecarCase(
-                        case_id, str(seg_file), source, config.two_d, None if config.two_d else config.spacing
-                    )
-                )
-        if jobs:
-            report.outcomes.extend(
-                run_cases(
-                    functools.partial(build_sidecar_case, out=out, params=params),
-                    jobs,
-                    case_id=lambda job: job.case_id,
-                    source=lambda job: job.seg_file,
-                    workers=workers,
-                    scheduler=scheduler,
-                    memory_limit=memory_limit,
-                    progress=progress,
-                )
-            )
-        # nnU-Net's folder is the whole truth: cases it no longer has (preprocessing re-run) go too
-        known = set(config.case_ids())
-        for case_id in sorted((set(store.case_ids) | set(store.incomplete_case_ids)) - known):
-            writer.delete_case(case_id)
-            report.pruned.append(case_id)
-        writer.finalize()
+                spacing = None if config.two_d else config.spacing
+                jobs.append(SidecarCase(case_id, str(seg_file), source, config.two_d, spacing))
+        report.plan_phases["plan"] = time.perf_counter() - start
+        attrs = {
+            "params": params.as_dict(),
+            # relative, as skelprep build records it: the store tells nothing of this machine's folders
+            "dataset": Path(os.path.relpath(config.dataset_folder, config.sidecar)).as_posix(),
+            "layout": LAYOUT,
+            "nnunet": {
+                "configuration": config.configuration,
+                "plans_identifier": config.plans_identifier,
+                "data_identifier": config.data_identifier,
+            },
+        }
+        plan = BuildPlan(
+            attrs,
+            jobs,
+            functools.partial(build_sidecar_case, out=out, params=params),
+            job_id=lambda job: job.case_id,
+            job_source=lambda job: job.seg_file,
+            keep=frozenset(config.case_ids()),  # nnU-Net's folder is the whole truth
+        )
+        run_plan(plan, report, out, held, store, **options)
     report.outcomes.sort(key=lambda o: o.case_id)
     report.seconds = time.perf_counter() - start
     return report

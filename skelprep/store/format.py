@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,14 +74,14 @@ class CaseState:
     """Whether a stored case is usable as it is (see :func:`case_state`).
 
     ``state`` is one of ``ok``, ``missing``, ``incomplete``, ``stale`` (the source
-    changed) or ``params-changed``; ``reason`` says it in words. ``images_only``
+    changed) or ``params-changed`` (``failed-input``: its source cannot be read); ``reason`` says it in words. ``images_only``
     is True when the targets are current and only the case's images need
     (re)writing: an image changed, or the case was built without its images.
     ``targets_only`` is True when the tube and thin skeleton are current and only
     targets beside them (:data:`EXTRA_TARGETS`) need adding.
     """
 
-    state: str
+    state: Literal["ok", "missing", "incomplete", "stale", "params-changed", "failed-input"]
     reason: str = ""
     images_only: bool = False
     targets_only: bool = False

@@ -1,0 +1,57 @@
+"""What the command line prints: one escaped line per message, the build summary, and the exit codes.
+
+Shared by ``skelprep`` and ``skelprep nnunet``; imports click only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from skelprep._util import printable
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def say(text: str, err: bool = False) -> None:
+    """One line of output: control characters in file names and case ids are escaped, never printed raw."""
+    click.echo(printable(text), err=err)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    say(f"skelprep: error: {message}", err=True)
+    sys.exit(code)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def exit_with_report(ctx: click.Context, report: Any, as_json: bool) -> None:
+    """Print a build report (summary on stdout, one line per failed case or skipped file on stderr).
+
+    Exits 0 or 1; skipped files (not masks) do not fail the build.
+    """
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        fallback = sum(o.fallback_components for o in report.built)
+        skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
+        say(
+            f"{len(report.built)} built, {len(report.up_to_date)} up to date, {len(report.failed)} failed"
+            f"{skipped} in {report.seconds:.1f} s -> {report.store}"
+        )
+        if fallback:
+            click.echo(f"{fallback} component(s) needed the empty-skeleton fallback")
+        if report.pruned:
+            say(f"pruned {len(report.pruned)}: {', '.join(report.pruned)}")
+        for path, reason in report.skipped.items():
+            say(f"skipped: {path}: {reason}", err=True)
+        for outcome in report.failed:
+            say(f"failed: {outcome.reason}", err=True)
+            if ctx.meta.get("skelprep.debug") and outcome.detail:
+                click.echo(outcome.detail, err=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
