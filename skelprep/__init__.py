@@ -19,6 +19,9 @@ __all__ = [
     "thin_skeleton",
     "tube_from_thin",
     "tubed_skeleton",
+    "signed_distance",
+    "skeleton_radius",
+    "components",
     "open_store",
     "__version__",
 ]
@@ -30,6 +33,9 @@ _LAZY = {
     "thin_skeleton": "skelprep.skeleton",
     "tube_from_thin": "skelprep.skeleton",
     "tubed_skeleton": "skelprep.skeleton",
+    "signed_distance": "skelprep.targets",
+    "skeleton_radius": "skelprep.targets",
+    "components": "skelprep.targets",
     "open_store": "skelprep.store",  # pulls in zarr
 }
 
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
         tubed_skeleton,
     )
     from skelprep.store import open_store
+    from skelprep.targets import components, signed_distance, skeleton_radius
 
 
 def __getattr__(name: str):

@@ -36,7 +36,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +73,7 @@ from skelprep.runner import (
 )
 from skelprep.store import (
     ATTRS_KEY,
+    EXTRA_TARGETS,
     TARGET_NAMES,
     SkeletonStore,
     StoreError,
@@ -98,6 +99,7 @@ __all__ = [
     "CaseJob",
     "build",
     "build_case",
+    "extra_target_names",
     "BuildError",
 ]
 
@@ -211,7 +213,9 @@ class CaseJob:
     ``reuse_targets`` takes the stored targets instead of recomputing them
     (their mask and parameters are current, only the images need writing).
     ``label_names``: the dataset's (value, name) pairs, for viewers; ``patch_size``:
-    the patch the store's chunks are laid out for (None: the default).
+    the patch the store's chunks are laid out for (None: the default). ``targets``:
+    the targets of :data:`~skelprep.store.EXTRA_TARGETS` to store beside the tube
+    (with ``reuse_targets``, those stored with the same parameters are reused).
     """
 
     case: Case
@@ -222,6 +226,7 @@ class CaseJob:
     reuse_targets: bool = False
     label_names: tuple[tuple[int, str], ...] = ()
     patch_size: tuple[int, ...] | None = None
+    targets: tuple[str, ...] = ()
 
 
 def _case_attrs(
@@ -458,6 +463,9 @@ def build_case(
             arrays["image"] = (image, None)
         arrays["label"] = (vol.array, {"classes": classes})
         arrays.update((name, (data, None)) for name, data in (small or {}).items())
+        if job.targets:
+            extra, attrs["targets"] = _extra_targets(job, out, vol, targets.thin, params, list(classes))
+            arrays.update(extra)
         return store_case(
             out,
             case.case_id,
@@ -528,6 +536,52 @@ def target_arrays(
     arrays = {name: (np.asarray(a, dtype=dtype), {"classes": classes or {}}) for name, a in data.items()}
     counts = {name: label_counts(a, labels) for name, a in data.items()}
     return arrays, {"dtype": dtype.name, "label_counts": counts}
+
+
+def _extra_targets(
+    job: CaseJob, out: str, vol: Volume, thin: np.ndarray, params: BuildParams, labels: list[int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``write_case`` arrays, the case's ``targets`` attribute) of the job's targets beside the tube.
+
+    The sdf's classes are the dataset's labels where it names them (nnU-Net's
+    dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore label is none of
+    them. With ``job.reuse_targets``, a stored target whose parameters equal these and
+    whose data pass their checksum is taken as stored; only the others are computed.
+    """
+    from skelprep.targets import build_targets, target_params
+
+    ignore = params.ignore_label
+    named = [v for v, _ in job.label_names if v != ignore]
+    present = [v for v in labels if v != ignore]
+    classes = named or list(range(1, max(present, default=1) + 1))
+    wanted = {n: target_params(n, vol.array.ndim, spacing=vol.spacing, classes=classes) for n in job.targets}
+    found: dict[str, tuple[Any, dict[str, Any]]] = {}
+    if job.reuse_targets:
+        try:
+            case = SkeletonStore(open_root(out, mode="r"), out)[job.case.case_id]
+        except (KeyError, StoreError):  # absent, incomplete or damaged: computed anew
+            case = None
+        records = (case.attrs.get("targets") or {}) if case is not None else {}
+        for name, want in wanted.items():
+            if (records.get(name) or {}).get("params") == want:
+                data, problem = read_checked(case, name)
+                if not problem:
+                    found[name] = (data, records[name])
+    todo = [n for n in job.targets if n not in found]
+    found.update(
+        build_targets(todo, vol.array, thin, spacing=vol.spacing, classes=classes, ignore_label=ignore)
+    )
+    return {n: (found[n][0], None) for n in job.targets}, {n: found[n][1] for n in job.targets}
+
+
+def extra_target_names(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The targets of ``names`` beside the tube and thin skeleton, in :data:`EXTRA_TARGETS` order;
+    BuildError on a name that is no target."""
+    known = (*TARGET_NAMES, *EXTRA_TARGETS)
+    for name in names or ():
+        if name not in known:
+            raise BuildError(f"--targets: unknown target {name!r}; the targets are {', '.join(known)}")
+    return tuple(n for n in EXTRA_TARGETS if n in (names or ()))
 
 
 def _remove_partial_case(out: str, case_id: str) -> None:
@@ -985,6 +1039,7 @@ def build(
     absolute_paths: bool = False,
     patch_size: tuple[int, ...] | None = None,
     shard: tuple[int, int] | None = None,
+    targets: Sequence[str] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -1032,6 +1087,11 @@ def build(
         ``(I, N)``: build only the cases of shard I of N (:mod:`skelprep.shard`),
         beside the builders of the other shards; not with ``prune``, and only
         into a store on a file system.
+    targets : sequence of str, optional
+        The targets to store: ``tube`` and ``thin`` (always), and any of ``sdf``,
+        ``radius``, ``components`` (:mod:`skelprep.targets`). Recorded in the root;
+        later builds keep the store's. A case that lacks one gets it added: its
+        other targets are reused, only the missing one is computed.
 
     Returns
     -------
@@ -1051,6 +1111,7 @@ def build(
     if params.ignore_label is None and layout.ignore_label is not None:
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
+    extras = extra_target_names(targets)
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     if patch_size is not None and (not patch_size or min(patch_size) < 1):
         raise BuildError(f"--patch-size {patch_size}: every edge must be a positive number of voxels")
@@ -1077,12 +1138,16 @@ def build(
         if patch_size is None and store is not None and store.attrs.get("patch_size"):
             patch_size = store.attrs["patch_size"]  # sticky: later builds chunk for the same patches
         patch_size = None if patch_size is None else tuple(int(n) for n in patch_size)
+        if store is not None:  # sticky: a target once stored is kept by later builds
+            extras = extra_target_names([*extras, *(store.attrs.get("targets") or ())])
         for case in cases:
             if with_images and case.image_problem is not None:  # a stored case stays as it is
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
                 continue
             check = (
-                check_case(store, case, param_dict, with_images=with_images) if store is not None else None
+                check_case(store, case, param_dict, with_images=with_images, targets=extras)
+                if store is not None
+                else None
             )
             current = check is not None and check.state == "ok" and not force
             if current and not repair:
@@ -1096,9 +1161,12 @@ def build(
                     repair=current,  # with --repair: rebuilt only if damaged
                     with_images=with_images,
                     images=_image_sources(case, layout, absolute_paths),
-                    reuse_targets=check is not None and check.images_only and not force,
+                    reuse_targets=check is not None
+                    and (check.images_only or check.targets_only)
+                    and not force,
                     label_names=label_names,
                     patch_size=patch_size,
+                    targets=extras,
                 )
                 jobs.append(job)
         report.plan_phases["plan"] = time.perf_counter() - start
@@ -1109,6 +1177,8 @@ def build(
         attrs = _root_attrs(layout, params, with_images, out, absolute_paths, patch_size)
         if shard is None and store is not None and store.attrs.get("shards") is not None:
             attrs["shards"] = None  # built in shards: this whole-store build completes the root
+        if extras:  # a store of the tube and thin skeleton only records no target list
+            attrs["targets"] = list(extras)
         plan = BuildPlan(
             attrs,
             jobs,

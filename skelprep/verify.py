@@ -8,6 +8,7 @@ and :func:`verify` adds a read of the data against its checksums.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,23 +48,31 @@ class CaseCheck:
     """State of one case of a dataset against its store (see :func:`verify`).
 
     ``images_only``: the targets are current and only the case's images need
-    (re)writing (see :class:`skelprep.store.CaseState`).
+    (re)writing; ``targets_only``: only targets beside the tube need adding
+    (see :class:`skelprep.store.CaseState`).
     """
 
     case_id: str
     state: CheckState
     reason: str = ""
     images_only: bool = False
+    targets_only: bool = False
 
 
 def check_case(
-    store: SkeletonStore, case: Case, params: dict[str, Any] | None, *, with_images: bool = False
+    store: SkeletonStore,
+    case: Case,
+    params: dict[str, Any] | None,
+    *,
+    with_images: bool = False,
+    targets: Sequence[str] = (),
 ) -> CaseCheck:
-    """Is the stored case up to date with its mask (and images) and these parameters?
+    """Is the stored case up to date with its mask (and images), these parameters and ``targets``?
 
     The mask is hashed only when the stored case is complete (``failed-input``
     when it cannot be read). Its image files are hashed too when ``with_images``
     or when the stored case carries images: a changed image makes it ``stale``.
+    A case without one of ``targets`` (beside the tube) is ``stale``.
     """
     meta = store.case_attrs(case.case_id)
     if case.image_problem is not None and (with_images or (meta or {}).get("images")):
@@ -80,10 +89,11 @@ def check_case(
                 params=params,
                 image_fingerprints=images,
                 layout=FORMAT_VERSION,
+                targets=targets,
             )
         except InputError as exc:
             return CaseCheck(case.case_id, "failed-input", str(exc))
-    return CaseCheck(case.case_id, state.state, state.reason, state.images_only)
+    return CaseCheck(case.case_id, state.state, state.reason, state.images_only, state.targets_only)
 
 
 def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None) -> CaseCheck:
@@ -102,7 +112,13 @@ def _check_data(store: SkeletonStore, case: Case, params: dict[str, Any] | None)
     if not problems:
         return CaseCheck(case.case_id, "ok")
     if store.case_attrs(case.case_id) != before:
-        return check_case(store, case, params, with_images=bool(store.attrs.get("with_images")))
+        return check_case(
+            store,
+            case,
+            params,
+            with_images=bool(store.attrs.get("with_images")),
+            targets=tuple(store.attrs.get("targets") or ()),
+        )
     return CaseCheck(case.case_id, "corrupt", "; ".join(problems))
 
 
@@ -139,7 +155,7 @@ def verify(
     its metadata gone; needs ``check_data``), ``failed-input`` (a discovery
     problem, or a mask that cannot be read), ``orphan`` (stored, but its mask is
     gone) or ``ok``. Parameters are compared with those of the store's last
-    build. A local store whose root metadata is damaged gets one ``corrupt-root``
+    build, and so are the targets it added (a case without one is ``stale``). A local store whose root metadata is damaged gets one ``corrupt-root``
     check (case id ``zarr.json``), its cases checked from their own groups.
     """
     layout = discover(dataset, masks=masks, images=images)
@@ -157,9 +173,10 @@ def verify(
         )
     params = store.attrs.get("params")
     with_images = bool(store.attrs.get("with_images"))
+    targets = tuple(store.attrs.get("targets") or ())
     incomplete = set(store.incomplete_case_ids)
     for case in layout.cases:
-        check = check_case(store, case, params, with_images=with_images)
+        check = check_case(store, case, params, with_images=with_images, targets=targets)
         if check.state == "ok" and check_data:
             check = _check_data(store, case, params)
         elif check.state in ("missing", "incomplete"):

@@ -23,6 +23,8 @@ import pytest
             "skelprep.cli, skelprep.build",
             ("numba", "scipy", "skimage", "torch", "dask.distributed", "zarr", "numpy"),
         ),
+        # the topology targets load their distance and component libraries on first use
+        ("skelprep.targets", ("edt", "cc3d", "scipy", "numba", "skimage", "torch", "zarr")),
     ],
 )
 def test_imports_stay_light(imports: str, heavy: tuple[str, ...]) -> None:

@@ -44,13 +44,17 @@ min-max spread, ratios = baseline / skelprep):
   pipeline, tensorstore and blosc2 (nnU-Net's layout) reading patches of chunk / codec
   layouts, and skelprep's training item against nnU-Net 2.8's own blosc2 loader (also
   ``python pipelines/bench_engines.py``, which writes ``bench_engines.md`` / ``.json``).
+* **topology** (only when named in ``--sections``) - ``CbDiceLoss``, ``ClDiceLoss`` and
+  ``BoundaryLoss`` on stored targets against the authors' code computing its targets per
+  step (2D and 3D batches; time and peak memory), and the compute time of each target of
+  ``skelprep.targets`` against the tube's on one case.
 
 Data: quick mode uses ``examples/`` only plus generated vessel volumes
 (:mod:`synthetic`); full mode uses ``../shared/data`` when present.
 
 Layout: one module per comparison (:mod:`bench.build`, :mod:`bench.cli_build`,
 :mod:`bench.compute`, :mod:`bench.loss`, :mod:`bench.loading`, :mod:`bench.storage`,
-:mod:`bench.layouts`, :mod:`bench.streaming`, :mod:`bench.engines`), each with ``run(...) -> Part`` (its raw
+:mod:`bench.layouts`, :mod:`bench.streaming`, :mod:`bench.engines`, :mod:`bench.topology`), each with ``run(...) -> Part`` (its raw
 data and its summary rows) and ``report_lines(sections)`` (its bench.md tables);
 :mod:`bench.common` holds the sizes per mode, the timing and the records,
 :mod:`bench.report` the outputs and :mod:`bench.runner` the flags.

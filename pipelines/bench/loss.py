@@ -244,17 +244,27 @@ def bench_loss(cfg: Config, device: str) -> dict[str, Any]:
 def _memory_in_subprocess(
     shape: Sequence[int], methods: list[str], threads: int
 ) -> dict[str, dict[str, int]]:
-    spec = {"shape": list(shape), "methods": methods, "threads": threads}
+    return memory_child_run(
+        "--loss-memory-child", {"shape": list(shape), "methods": methods, "threads": threads}
+    )
+
+
+def memory_child_run(flag: str, spec: dict[str, Any]) -> Any:
+    """What a memory child (``bench.py FLAG SPEC``) prints as JSON on its last line.
+
+    glibc is made to mmap large blocks, so that freed tensors leave RSS at once and
+    the child's losses do not share pages.
+    """
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--loss-memory-child", json.dumps(spec)],
+        [sys.executable, str(SCRIPT), flag, json.dumps(spec)],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"loss memory subprocess failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"memory subprocess {flag} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import build, cli_build, compute, engines, layouts, loading, loss, storage, streaming
+from . import build, cli_build, compute, engines, layouts, loading, loss, storage, streaming, topology
 from .common import Comparison, Part, fmt_bytes
 
 # bench.md's sections after the summary, in this order (not the order the sections run in)
@@ -19,6 +19,7 @@ SECTION_LINES = (
     cli_build.report_lines,
     compute.report_lines,
     loss.report_lines,
+    topology.report_lines,
     loading.report_lines,
     storage.report_lines,
     layouts.report_lines,

@@ -18,13 +18,14 @@ import numpy as np
 from skelprep.io import read_mask
 from skelprep.skeleton import skeleton_targets
 
-from . import build, cli_build, compute, engines, layouts, loading, loss, streaming
+from . import build, cli_build, compute, engines, layouts, loading, loss, streaming, topology
 from .common import CONFIGS, ROOT, Config, log, prepare_datasets
 from .report import Results, write_all
 
-# the default sections; ``streaming`` and ``engines`` (their own outputs too, minutes in full mode) run when named
+# the default sections; ``streaming`` and ``engines`` (their own outputs too, minutes in full mode) and
+# ``topology`` (the references' per-step targets: minutes on 3D batches on a CPU) run when named
 ALL_SECTIONS = ("build", "cli", "compute", "loading", "loss", "layouts")
-OPTIONAL_SECTIONS = ("streaming", "engines")
+OPTIONAL_SECTIONS = ("streaming", "engines", "topology")
 
 
 def run(cfg: Config, out: Path, device: str, work: Path, sections: set[str]) -> Results:
@@ -59,6 +60,8 @@ def run(cfg: Config, out: Path, device: str, work: Path, sections: set[str]) -> 
         res.add(streaming.section(cfg.mode, out))
     if "engines" in sections:
         res.add(engines.section(cfg.mode, out))
+    if "topology" in sections:
+        res.add(topology.run(cfg, device))
 
     res.meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_all(res, out)
@@ -88,9 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "give one to reuse the generated volumes between runs)",
     )
     parser.add_argument("--loss-memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--topology-memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loss_memory_child is not None:
         print(json.dumps(loss.loss_memory_child(json.loads(args.loss_memory_child))))
+        return 0
+    if args.topology_memory_child is not None:
+        print(json.dumps(topology.memory_child(json.loads(args.topology_memory_child))))
         return 0
     cfg = CONFIGS["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.reps is not None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = (
-    "FORMAT_VERSION READABLE_VERSIONS ATTRS_KEY DEFAULT_STORE_NAME TARGET_NAMES ARRAY_NAMES IMAGE_ARRAY_NAMES "
+    "FORMAT_VERSION READABLE_VERSIONS ATTRS_KEY DEFAULT_STORE_NAME TARGET_NAMES ARRAY_NAMES EXTRA_TARGETS IMAGE_ARRAY_NAMES "
     "StoreError CaseState case_state checked_root_meta default_store_path label_counts array_checksum chunk_shape "
     "array_path"
 ).split()
@@ -32,6 +32,9 @@ DEFAULT_STORE_NAME = "skeletons.zarr"
 # The stored targets, by name: the one list every reader and writer takes them from.
 TARGET_NAMES: tuple[str, ...] = ("tube", "thin")
 ARRAY_NAMES = TARGET_NAMES
+# Targets a build adds on request (``--targets``, :mod:`skelprep.targets`), by name: float distance maps
+# (``map``: chunked for patches, by name in the case group) or label maps (OME-Zarr image-labels).
+EXTRA_TARGETS: dict[str, str] = {"sdf": "map", "radius": "map", "components": "label"}
 IMAGE_ARRAY_NAMES: tuple[str, ...] = ("image", "label")
 # Chunk keys ``c.i.j``: an array's shards lie in its own folder, no folder per index level.
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
@@ -74,11 +77,14 @@ class CaseState:
     changed) or ``params-changed`` (``failed-input``: its source cannot be read); ``reason`` says it in words. ``images_only``
     is True when the targets are current and only the case's images need
     (re)writing: an image changed, or the case was built without its images.
+    ``targets_only`` is True when the tube and thin skeleton are current and only
+    targets beside them (:data:`EXTRA_TARGETS`) need adding.
     """
 
     state: Literal["ok", "missing", "incomplete", "stale", "params-changed", "failed-input"]
     reason: str = ""
     images_only: bool = False
+    targets_only: bool = False
 
     @property
     def ok(self) -> bool:
@@ -92,6 +98,7 @@ def case_state(
     params: Mapping[str, Any] | None = None,
     image_fingerprints: Sequence[str] | None = None,
     layout: int | None = None,
+    targets: Sequence[str] | None = None,
 ) -> CaseState:
     """The one rule for "is this stored case complete and current?".
 
@@ -99,7 +106,9 @@ def case_state(
     source's ``fingerprint``, the build's ``params`` and the SHA-256 of the image
     files (``image_fingerprints``, when the case should carry its images) are
     compared where given, and so is the case's ``layout`` (the store format its
-    arrays are laid out in: a build rewrites an older one, its targets reused).
+    arrays are laid out in: a build rewrites an older one, its targets reused),
+    and whether it holds the ``targets`` of :data:`EXTRA_TARGETS` asked for (its
+    ``targets`` attribute: a build adds the missing ones, the others reused).
 
     >>> case_state(None).state
     'missing'
@@ -110,6 +119,8 @@ def case_state(
     'stale'
     >>> case_state(meta, fingerprint="ab", image_fingerprints=["ef"]).images_only
     True
+    >>> case_state(meta, targets=["sdf"]).reason
+    "lacks the target 'sdf' (a build adds it)"
     """
     if meta is None:
         return CaseState("missing", "not built")
@@ -127,6 +138,14 @@ def case_state(
             return CaseState("stale", "built without its images (build --with-images)", images_only=True)
         if list(stored) != list(image_fingerprints):
             return CaseState("stale", "an image changed since it was built", images_only=True)
+    missing = [name for name in targets or () if name not in (meta.get("targets") or {})]
+    if missing:
+        listed = ", ".join(f"'{name}'" for name in missing)
+        return CaseState(
+            "stale",
+            f"lacks the target{'s' * (len(missing) > 1)} {listed} (a build adds {'them' if len(missing) > 1 else 'it'})",
+            targets_only=True,
+        )
     return CaseState("ok")
 
 
@@ -230,9 +249,12 @@ def chunk_shape(
 
 def array_kind(name: str, shape: tuple[int, ...], dtype: np.dtype, spatial: tuple[int, ...]) -> str:
     """How a case array is stored: ``image`` (``image``, channel-first), ``label`` (an integer map of the
-    case's spatial shape: the mask, ``tube``, ``thin``, any new label target) or ``array`` (anything else)."""
+    case's spatial shape: the mask, ``tube``, ``thin``, ``components``), ``map`` / ``maps`` (a float distance
+    map of :data:`EXTRA_TARGETS`; ``maps`` channel-first, one channel per class) or ``array`` (anything else)."""
     if name == "image" and tuple(shape[1:]) == tuple(spatial):
         return "image"
+    if EXTRA_TARGETS.get(name) == "map" and tuple(shape[len(shape) - len(spatial) :]) == tuple(spatial):
+        return "maps" if len(shape) > len(spatial) else "map"
     return "label" if tuple(shape) == tuple(spatial) and dtype.kind in "uib" else "array"
 
 
@@ -241,10 +263,11 @@ def array_layout(
 ) -> dict[str, Any]:
     """The ``create_array`` arguments (chunks, shards, codecs) of a case array of this kind.
 
-    Images: Blosc-Zstandard level 1 after a byte shuffle (stored bytes 0.80x the
-    ``.nii.gz``; Blosc-LZ4 decodes faster but keeps 1.18x); labels: Blosc-LZ4 with
-    shuffle (sparse maps: every chunk decodes at memory speed); both chunked for
-    ``patch`` (:func:`chunk_shape`), an image one channel a chunk. Other arrays
+    Images and distance maps: Blosc-Zstandard level 1 after a byte shuffle (dense
+    values; for images the stored bytes are 0.80x the ``.nii.gz``, Blosc-LZ4 decodes
+    faster but keeps 1.18x); labels: Blosc-LZ4 with shuffle (sparse maps: every chunk
+    decodes at memory speed); all chunked for ``patch`` (:func:`chunk_shape`), a
+    leading channel axis one channel a chunk. Other arrays
     (samples): Zstandard in one chunk (read whole, once). Every chunk carries a CRC-32C.
     """
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
@@ -252,9 +275,9 @@ def array_layout(
     if kind == "array":
         chunks = tuple(max(n, 1) for n in shape)
         return {"chunks": chunks, "compressors": [ZstdCodec(level=_ZSTD_LEVEL), Crc32cCodec()]}
-    lead = (1,) if kind == "image" else ()
+    lead = (1,) if kind in ("image", "maps") else ()
     chunks, shards = chunk_shape(tuple(shape[len(lead) :]), patch)
-    cname, clevel = ("zstd", 1) if kind == "image" else ("lz4", 5)
+    cname, clevel = ("zstd", 1) if kind in ("image", "map", "maps") else ("lz4", 5)
     blosc = BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle", typesize=dtype.itemsize)
     return {"chunks": lead + chunks, "shards": lead + shards, "compressors": [blosc, Crc32cCodec()]}
 

@@ -417,8 +417,8 @@ class CheckedArray:
 class CaseTargets:
     """The stored arrays of one case.
 
-    ``tube``, ``thin`` (and ``image``, ``label`` of a case built ``--with-images``)
-    are :class:`CheckedArray`: ``case.tube[10:74, 0:64, 0:64]`` reads only the
+    ``tube``, ``thin`` (and ``image``, ``label`` of a case built ``--with-images``;
+    any other stored array, e.g. ``sdf``, by :meth:`array`) are :class:`CheckedArray`: ``case.tube[10:74, 0:64, 0:64]`` reads only the
     chunks it needs, and a read while a build rewrites the case raises StoreError.
     ``attrs``: the case's attributes; ``group``: its zarr group; ``confirm`` raises
     StoreError when a build rewrote the case since it was opened.
@@ -432,6 +432,20 @@ class CaseTargets:
     label: Any = None
     group: zarr.Group | None = None
     confirm: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    _opened: dict[str, CheckedArray] = field(default_factory=dict, repr=False, compare=False)
+
+    def array(self, name: str) -> Any:
+        """A stored array of the case by name, as a :class:`CheckedArray` (``case.array("sdf")[:, 0:64, 0:64]``
+        reads only the chunks it needs); KeyError if the case holds none of that name."""
+        known = {"tube": self.tube, "thin": self.thin, "image": self.image, "label": self.label}
+        if known.get(name) is not None:
+            return known[name]
+        opened = self._opened.get(name)
+        if opened is None:
+            if self.group is None or name not in (self.attrs.get("checksums") or {}):
+                raise KeyError(name)
+            opened = self._opened[name] = CheckedArray(self.group[array_path(self.attrs, name)], self.confirm)
+        return opened
 
     def checked(self, read: Callable[[], Any]) -> Any:
         """``read()`` (reads through the arrays' unchecked ``array``), confirmed once: StoreError if rewritten."""

@@ -32,9 +32,17 @@ from skelprep._fs import as_path
 from skelprep.io import file_sha256, read_image, read_mask
 from skelprep.layout import Case, discover
 from skelprep.stats import class_locations, ct_normalize, zscore
-from skelprep.store import CaseTargets, SkeletonStore, StoreError, case_state, default_store_path, open_store
+from skelprep.store import (
+    EXTRA_TARGETS,
+    CaseTargets,
+    SkeletonStore,
+    StoreError,
+    case_state,
+    default_store_path,
+    open_store,
+)
 
-__all__ = ["SkeletonDataset", "normalize_image", "NORMALIZATIONS"]
+__all__ = ["SkeletonDataset", "normalize_image", "NORMALIZATIONS", "INTERPOLATION"]
 
 # Foreground centres are drawn from at most this many coordinates per class and case
 # (the stored samples hold as many, see skelprep.stats.MAX_LOCATIONS).
@@ -43,6 +51,18 @@ NORMALIZATIONS: tuple[str, ...] = ("zscore", "ct", "none")
 Normalization = str | Callable[[np.ndarray, dict[str, Any]], np.ndarray]
 _THREADED_VOXELS = 96**3  # patches of at least this many voxels read their arrays in parallel threads
 _WARNED: set[str] = set()  # stores already warned about in this process: the warning is one-time
+# How a spatial augmentation resamples each item key (docs/topology-targets.md): labels and components by
+# nearest neighbour, distances linearly (the sparse radius by nearest: linear would mix it with its zeros);
+# ``sdf`` and ``radius`` are also multiplied by the transform's scale.
+INTERPOLATION: dict[str, str] = {
+    "image": "linear",
+    "label": "nearest",
+    "tube": "nearest",
+    "thin": "nearest",
+    "sdf": "linear",
+    "radius": "nearest",
+    "components": "nearest",
+}
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
@@ -75,14 +95,19 @@ def _inside(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> 
 
 
 def _pad_to(
-    region: np.ndarray, start: Sequence[int], size: Sequence[int], shape: Sequence[int]
+    region: np.ndarray,
+    start: Sequence[int],
+    size: Sequence[int],
+    shape: Sequence[int],
+    mode: str = "constant",
 ) -> np.ndarray:
-    """Zero-pad a region read at the clipped box of (``start``, ``size``) back to ``size``."""
+    """Pad a region read at the clipped box of (``start``, ``size``) back to ``size``: with zeros, or as
+    ``np.pad``'s ``mode`` says (``"edge"``: the sdf, whose zero would be a boundary)."""
     lead = region.ndim - len(size)
     pad = [(0, 0)] * lead + [
         (max(-s, 0), max(s + n - d, 0)) for s, n, d in zip(start, size, shape, strict=True)
     ]
-    return np.pad(region, pad) if any(p != (0, 0) for p in pad) else region
+    return np.pad(region, pad, mode=mode) if any(p != (0, 0) for p in pad) else region
 
 
 def _by_class(locations: np.ndarray) -> dict[int, np.ndarray]:
@@ -134,6 +159,14 @@ class SkeletonDataset(Dataset):
         (either None when the store has none), and returns the normalized patch.
     include_thin : bool
         Also return the thin skeleton as ``"thin"``.
+    targets : sequence of str
+        Stored targets beside the tube to return with the patch, by name:
+        ``"sdf"`` (float32 ``(K, *spatial)``, one channel per class the case
+        records in ``attrs["targets"]["sdf"]``), ``"radius"`` (float32
+        ``(1, *spatial)``), ``"components"`` (uint32 ``(1, *spatial)``); every case
+        must hold them (``skelprep build --targets``). A patch over the border pads
+        ``sdf`` with its edge values, the others with 0. Resample each under
+        spatial augmentation as :data:`INTERPOLATION` says.
     transform : callable, optional
         Applied to the item dict last (MONAI / TorchIO dict transforms, or any
         ``dict -> dict``).
@@ -165,7 +198,8 @@ class SkeletonDataset(Dataset):
     -----
     Items are dicts of channel-first tensors: ``image`` float32 ``(C, *spatial)``,
     ``label`` ``(1, *spatial)``, ``tube`` ``(1, *spatial)``, optionally ``thin``, in
-    the store's integer dtype (uint8; uint16 for labels above 255), plus
+    the store's integer dtype (uint8; uint16 for labels above 255), the ``targets``
+    asked for (as stored: float32 distances, uint32 components), plus
     ``case_id`` (str), ``spacing`` (float64 ``(ndim,)``) and ``offset`` (int64
     ``(ndim,)``: the patch's first voxel in the case, negative where the patch
     overhangs the border). Padding is zero after normalization.
@@ -198,6 +232,7 @@ class SkeletonDataset(Dataset):
         foreground: str = "tube",
         normalization: Normalization = "zscore",
         include_thin: bool = False,
+        targets: Sequence[str] = (),
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         case_ids: Sequence[str] | None = None,
         check_fingerprints: bool = True,
@@ -214,6 +249,12 @@ class SkeletonDataset(Dataset):
             )
         if dataset is None and store is None:
             raise ValueError("give a dataset folder, a store, or both")
+        unknown = [n for n in targets if n not in EXTRA_TARGETS]
+        if unknown:
+            raise ValueError(
+                f"targets: unknown stored target {unknown[0]!r}; the targets beside the tube are "
+                f"{', '.join(EXTRA_TARGETS)} (include_thin for thin)"
+            )
         self.dataset = as_path(dataset) if dataset is not None else None  # a URL stays a URL
         self.store_path = os.fspath(store) if store is not None else default_store_path(self.dataset)
         opened = open_store(self.store_path)
@@ -226,11 +267,19 @@ class SkeletonDataset(Dataset):
         self.foreground = foreground
         self.normalization = normalization
         self.include_thin = include_thin
+        self.targets = tuple(targets)
         self.transform = transform
         self.check_fingerprints = check_fingerprints and self.dataset is not None
         # Check the store once now, so that a missing build fails before training starts;
         # the handle itself is dropped and reopened lazily in each process.
         attrs = self._check_store(opened)
+        for case_id, meta in attrs.items():
+            lacking = [n for n in self.targets if n not in (meta.get("targets") or {})]
+            if lacking:
+                raise StoreError(
+                    f"{self.store_path}: case '{case_id}' holds no target '{lacking[0]}' (add it: 'skelprep build "
+                    f"DATASET --targets {','.join(['tube', 'thin', *self.targets])}')"
+                )
         self.dataset_statistics = opened.attrs.get("intensity_statistics")
         self._streamed = {cid for cid, a in attrs.items() if "image" in (a.get("checksums") or {})}
         self._check_sources()
@@ -489,6 +538,7 @@ class SkeletonDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(normalized float32 image, label, stored targets) of the patch at ``start``, or the case."""
         names = ("tube", "thin") if self.include_thin else ("tube",)
+        names += self.targets
         shape = targets.shape
         if start is None:
             box, size, start = (slice(None),) * len(shape), shape, (0,) * len(shape)
@@ -499,13 +549,18 @@ class SkeletonDataset(Dataset):
         def labels(array) -> np.ndarray:  # a CheckedArray's zarr array: the item is confirmed once
             return _pad_to(array.array[box], start, size, shape)
 
+        def stored(name: str) -> np.ndarray:
+            array = targets.array(name).array
+            lead = (slice(None),) * (array.ndim - len(shape))
+            return _pad_to(array[lead + box], start, size, shape, "edge" if name == "sdf" else "constant")
+
         if not targets.has_images:
             image, label = self._read_sources(self._sources_by_id[targets.case_id], shape)
             image = _crop_pad(self._normalize(image, targets), start, size)
             return (
                 image,
                 _crop_pad(label, start, size).astype(targets.tube.array.dtype),
-                {n: labels(getattr(targets, n)) for n in names},
+                {n: stored(n) for n in names},
             )
 
         def image() -> np.ndarray:
@@ -516,12 +571,12 @@ class SkeletonDataset(Dataset):
         # the GIL), which saves about a third of a 128^3 item of a CT-size case. Small patches are
         # read in turn: there the threads cost more than they overlap.
         if math.prod(size) < _THREADED_VOXELS:
-            return image(), labels(targets.label), {name: labels(getattr(targets, name)) for name in names}
+            return image(), labels(targets.label), {name: stored(name) for name in names}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(len(names) + 2, thread_name_prefix="skelprep-read")
         image_job = self._pool.submit(image)
         label_job = self._pool.submit(labels, targets.label)
-        jobs = {name: self._pool.submit(labels, getattr(targets, name)) for name in names}
+        jobs = {name: self._pool.submit(stored, name) for name in names}
         return image_job.result(), label_job.result(), {name: job.result() for name, job in jobs.items()}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -542,7 +597,9 @@ class SkeletonDataset(Dataset):
             "label": torch.from_numpy(label)[None],
         }
         for name, array in stored.items():
-            item[name] = torch.from_numpy(array)[None]
+            item[name] = (
+                torch.from_numpy(array) if array.ndim > len(targets.shape) else torch.from_numpy(array)[None]
+            )
         item["case_id"] = case_id
         item["spacing"] = torch.tensor(targets.spacing, dtype=torch.float64)
         offset = np.zeros(len(targets.shape), np.int64) if start is None else start
