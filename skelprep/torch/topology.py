@@ -106,6 +106,18 @@ def _as_map(target: torch.Tensor, like: torch.Tensor, channels: int, name: str) 
     return target.to(torch.promote_types(target.dtype, torch.float32))
 
 
+def _class_probs(
+    input: torch.Tensor, sdf: torch.Tensor, classes: list[int] | None, apply_softmax: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities of the sdf's classes, the sdf checked against them); classes default to all but 0."""
+    classes = classes if classes is not None else list(range(1, input.shape[1]))
+    if not classes or not all(0 <= c < input.shape[1] for c in classes):
+        raise ValueError(f"classes {classes} must name channels of the input's {input.shape[1]}")
+    sdf = _as_map(sdf, input, len(classes), "sdf")
+    probs = torch.softmax(_upcast(input), 1) if apply_softmax else _upcast(input)
+    return probs[:, classes], sdf
+
+
 class ClDiceLoss(nn.Module):
     """clDice with the ground truth's skeleton given: ``1 - 2·Tprec·Tsens / (Tprec + Tsens)``.
 
@@ -343,13 +355,9 @@ class BoundaryLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
         """Loss of ``input`` ``(B, C, *spatial)`` against ``sdf`` ``(B, len(classes), *spatial)``."""
-        classes = self.classes if self.classes is not None else list(range(1, input.shape[1]))
-        if not classes or not all(0 <= c < input.shape[1] for c in classes):
-            raise ValueError(f"classes {classes} must name channels of the input's {input.shape[1]}")
-        sdf = _as_map(sdf, input, len(classes), "sdf")
-        probs = torch.softmax(_upcast(input), 1) if self.apply_softmax else _upcast(input)
+        probs, sdf = _class_probs(input, sdf, self.classes, self.apply_softmax)
         phi = torch.where(sdf < 0, sdf + self.inside_offset, sdf) if self.inside_offset else sdf
-        return (probs[:, classes] * phi).mean()
+        return (probs * phi).mean()
 
 
 def _distance_field(hard: torch.Tensor, spacing: Sequence[float] | None) -> torch.Tensor:
@@ -426,12 +434,7 @@ class HausdorffDTLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
         """Loss of ``input`` ``(B, C, *spatial)`` against ``sdf`` ``(B, len(classes), *spatial)``."""
-        classes = self.classes if self.classes is not None else list(range(1, input.shape[1]))
-        if not classes or not all(0 <= c < input.shape[1] for c in classes):
-            raise ValueError(f"classes {classes} must name channels of the input's {input.shape[1]}")
-        sdf = _as_map(sdf, input, len(classes), "sdf")
-        probs = torch.softmax(_upcast(input), 1) if self.apply_softmax else _upcast(input)
-        probs = probs[:, classes]
+        probs, sdf = _class_probs(input, sdf, self.classes, self.apply_softmax)
         target = (sdf < 0).to(probs.dtype)
         spatial = tuple(range(2, input.ndim))
         inside = target.amax(spatial, keepdim=True) > 0
