@@ -30,7 +30,7 @@ lock: install
 ## make demo: build the bundled example datasets and write previews to examples/previews/
 demo: install
 	$(BIN)/skelprep build examples/chase_vessels --workers $(WORKERS)
-	@echo "== with images: store format 2, what SkeletonDataset streams patches from"
+	@echo "== with images: what SkeletonDataset streams patches from"
 	$(BIN)/skelprep build examples/road_cracks --with-images --workers $(WORKERS)
 	$(BIN)/skelprep build examples/octa3d --with-images --workers $(WORKERS)
 	$(BIN)/skelprep info examples/road_cracks/skeletons.zarr
@@ -64,16 +64,18 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-## make bench: the quick benchmark (CI-sized); make bench-full: the full one (minutes)
+## make bench: the quick benchmark (CI-sized); make bench-full: the full one (about an hour on 2 cores), whose
+## tables and plots are the documentation's benchmark pages (docs/bench/)
 bench: install
 	$(BIN)/python pipelines/bench.py --quick --out results/bench-quick
 	$(BIN)/python pipelines/bench_streaming.py --quick --out results/bench-streaming-quick
 	$(BIN)/python pipelines/bench_engines.py --quick --out results/bench-engines-quick
 
 bench-full: install
-	$(BIN)/python pipelines/bench.py --out results/bench
+	$(BIN)/python pipelines/bench.py --out docs/bench/bench
 	$(BIN)/python pipelines/bench_streaming.py --full --out results/bench-streaming
-	$(BIN)/python pipelines/bench_engines.py --full --out results/bench-engines
+	$(BIN)/python pipelines/bench.py --sections topology --out results/bench-topology
+	$(BIN)/python pipelines/bench_engines.py --full --out docs/bench/engines
 
 ## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data;
 ## train.py builds each store --with-images first and streams the patches from it

@@ -332,7 +332,7 @@ def _read_images(job: CaseJob, mask_shape: tuple[int, ...]) -> tuple[np.ndarray,
 
     case = job.case
     if not case.images:
-        raise InputError(case.mask, "no image files for this case (--with-images needs them)")
+        raise InputError(case.mask, "no image files for this case (a build with images needs them)")
     channels, fingerprints, files = [], [], []
     for path in case.images:
         with local_file(path) as local:  # a URL's image is downloaded once, hashed and read
@@ -580,7 +580,7 @@ def extra_target_names(names: Sequence[str] | None) -> tuple[str, ...]:
     known = (*TARGET_NAMES, *EXTRA_TARGETS)
     for name in names or ():
         if name not in known:
-            raise BuildError(f"--targets: unknown target {name!r}; the targets are {', '.join(known)}")
+            raise BuildError(f"unknown target {name!r}; the targets are {', '.join(known)}", param="targets")
     return tuple(n for n in EXTRA_TARGETS if n in (names or ()))
 
 
@@ -644,8 +644,9 @@ def _disk_full(out: str, report: BuildReport, store: SkeletonStore) -> BuildErro
     written = len(report.built)
     return BuildError(
         f"{out}: no space left on device; this build wrote {written} case(s) before the disk filled, and the "
-        f"store keeps its {len(store.case_ids)} complete case(s); free space (or build into a larger disk "
-        "with --out) and rerun 'skelprep build' to finish the rest"
+        f"store keeps its {len(store.case_ids)} complete case(s); free space (or build into a store on a "
+        "larger disk) and rerun the build to finish the rest",
+        param="out",
     )
 
 
@@ -699,7 +700,8 @@ def _open_for_build(out: str, attrs: dict[str, Any], held: Any):
         if exc.errno == errno.ENOSPC:
             raise BuildError(
                 f"{out}: no space left on device before any case was written; free space (or build into a "
-                "larger disk with --out) and rerun 'skelprep build'"
+                "store on a larger disk) and rerun the build",
+                param="out",
             ) from None
         raise
 
@@ -979,7 +981,8 @@ def _shard_write_phase(
         if counts:
             raise BuildError(
                 f"{out}: builders of {counts[0]} shards are running on this store; a shard of {shard[1]} would "
-                f"overlap their cases (use --shard I/{counts[0]}, or wait for them to finish)"
+                f"overlap their cases (use shards of {counts[0]}, or wait for them to finish)",
+                param="shard",
             )
         if others and meta is not None and any(meta.get(k) != v for k, v in attrs.items()):
             changed = ", ".join(sorted(k for k, v in attrs.items() if meta.get(k) != v))
@@ -1114,14 +1117,18 @@ def build(
     extras = extra_target_names(targets)
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     if patch_size is not None and (not patch_size or min(patch_size) < 1):
-        raise BuildError(f"--patch-size {patch_size}: every edge must be a positive number of voxels")
+        raise BuildError(
+            f"patch size {patch_size}: every edge must be a positive number of voxels", param="patch_size"
+        )
     _check_out(out, layout, masks, images)
     cases, problems = layout.cases, layout.problems
     if shard is not None:
         from skelprep.shard import shard_index
 
         if prune:
-            raise BuildError("--prune deletes stored cases of every shard; prune in a build without --shard")
+            raise BuildError(
+                "pruning deletes stored cases of every shard; prune in a build without shards", param="prune"
+            )
         cases = [c for c in cases if shard_index(c.case_id, shard[1]) == shard[0]]
         problems = [p for p in problems if shard_index(p.case_id, shard[1]) == shard[0]]
     report = BuildReport(store=out, skipped={str(s.path): s.reason for s in layout.skipped})
@@ -1131,7 +1138,9 @@ def build(
         with_images = with_images or (store is not None and bool(store.attrs.get("with_images")))
         if with_images and cases and not any(c.images or c.image_problem for c in cases):
             raise BuildError(
-                f"{layout.root}: --with-images, but no image files found (imagesTr/, images/ or --images GLOB)"
+                f"{layout.root}: a build with images, but no image files found (imagesTr/, images/ or an "
+                "images glob)",
+                param="images",
             )
         jobs = []
         label_names = tuple((int(k), str(v)) for k, v in layout.label_names.items() if int(k) != 0)

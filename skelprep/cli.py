@@ -237,7 +237,7 @@ def build(
     try:
         extra_target_names(names)
     except BuildError as exc:
-        fail(str(exc), 2)  # bad usage: the exit code of click's own usage errors
+        fail(_with_option(exc), 2)  # bad usage: the exit code of click's own usage errors
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")

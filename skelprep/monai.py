@@ -33,6 +33,14 @@ a wrong affine or a reader with another convention fails loudly (a
 target. Place it after ``LoadImaged``/``EnsureChannelFirstd`` and before any
 spatial transform (it refuses a reference that was already transformed).
 
+Topology targets (a store built with ``--targets``) load by name like the tube:
+``LoadSkeletonTargetsd(("tube", "sdf", "radius", "components"), store=...)`` gives ``sdf`` with one
+channel per class. Resample each key with the mode :data:`skelprep.torch.dataset.INTERPOLATION` names
+(``"bilinear"`` for ``sdf``, ``"nearest"`` for the others). The distances are in physical units, so
+``Orientationd`` and ``Spacingd`` keep them; a transform that scales (``RandAffined(scale_range=...)``,
+``RandZoomd``) needs ``sdf`` and ``radius`` multiplied by its scale (docs/topology-targets.md says what
+holds exactly).
+
 Voxel order (see :mod:`skelprep.geometry` for the table): NIfTI targets keep
 nibabel's ``(i, j, k)`` order and the stored affine, as ``NibabelReader``.
 PNG targets, stored ``(row, column)``, are transposed to ``(column, row)`` with
@@ -151,7 +159,8 @@ class LoadSkeletonTargetsd(MapTransform):
     ----------
     keys : str or sequence of str
         Stored arrays to load, also the dict keys they get: ``"tube"``,
-        ``"thin"``, and ``"image"``/``"label"`` from a store built with images.
+        ``"thin"``, ``"image"``/``"label"`` from a store built with images, and
+        ``"sdf"``, ``"radius"``, ``"components"`` from a store built with them.
     store : path or URL
         The skelprep store (``<dataset>/skeletons.zarr``). Opened lazily, once
         per process, so the transform pickles cheaply to DataLoader workers.

@@ -51,7 +51,15 @@ T = TypeVar("T")
 
 
 class BuildError(RuntimeError):
-    """The build as a whole cannot run (store locked, unusable output path, unreachable cluster, ...)."""
+    """The build as a whole cannot run (store locked, unusable output path, unreachable cluster, ...).
+
+    ``param`` names the argument of :func:`skelprep.build.build` that would fix it, or is None; a
+    front end can then point at its own option for that argument.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)

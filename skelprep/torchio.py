@@ -32,6 +32,14 @@ TorchIO checks the geometry itself: its samplers call
 (origin, direction, spacing) or shape differs from the image's — a wrong or
 stale affine in the store is an error there, never a silent shift.
 
+Topology targets (a store built with ``--targets``): ``subjects_dataset(..., names=("tube", "sdf",
+"radius"))`` gives ``sdf`` as a ``ScalarImage``, so that spatial transforms resample it linearly, and
+``radius`` and ``components`` as ``LabelMap`` s (nearest), as
+:data:`skelprep.torch.dataset.INTERPOLATION` says. TorchIO's intensity transforms act on every
+``ScalarImage``: give them ``include=["image"]``. The distances are in physical units, so reorienting and
+resampling to another spacing keep them; a transform that scales (``RandomAffine(scales=...)``) needs
+``sdf`` and ``radius`` multiplied by its scale (docs/topology-targets.md says what holds exactly).
+
 Images come from the dataset files, read by TorchIO; labels from the mask
 files as skelprep reads them (palette indices, 0/255 as 0/1: TorchIO's
 SimpleITK reader would give a palette PNG three colour channels), placed in
@@ -57,6 +65,7 @@ from skelprep.geometry import GeometryError, framework_geometry, same_affine, to
 from skelprep.io import read_mask
 from skelprep.layout import discover
 from skelprep.store import SkeletonStore, StoreError, array_path, as_store, has_arrays, stored_array
+from skelprep.torch.dataset import INTERPOLATION
 
 __all__ = ["skeleton_label_map", "stored_scalar_image", "subjects_dataset"]
 
@@ -169,6 +178,14 @@ def stored_scalar_image(
     return _stored_image(tio.ScalarImage, store, case_id, name, None, None)
 
 
+def _target_image(
+    store: SkeletonStore, case_id: str, name: str, affine_from: str | os.PathLike | None
+) -> tio.Image:
+    """A stored target as the image type TorchIO resamples it with: linear ``ScalarImage``, nearest ``LabelMap``."""
+    kind = tio.ScalarImage if INTERPOLATION.get(name) == "linear" else tio.LabelMap
+    return _stored_image(kind, store, case_id, name, None, affine_from)
+
+
 def _read_mask_file(path: str) -> tuple[torch.Tensor, np.ndarray]:
     """TorchIO reader for a mask: skelprep's reading (the labels the targets were built from), TorchIO's frame.
 
@@ -210,8 +227,11 @@ def subjects_dataset(
         whose store holds ``image`` and ``label`` arrays, which are read from
         the store. Without ``dataset`` every case must hold them.
     names : sequence of str
-        Stored arrays to add as ``LabelMap`` s under their own names (``tube``,
-        ``thin``).
+        Stored arrays to add under their own names: ``tube``, ``thin``, and the
+        topology targets of a store built with ``--targets`` (``sdf``,
+        ``radius``, ``components``). Each gets the image type of its
+        interpolation (:data:`skelprep.torch.dataset.INTERPOLATION`): ``sdf`` a
+        ``ScalarImage`` (linear), the others ``LabelMap`` s (nearest).
     transform : callable, optional
         TorchIO transform for every subject (``tio.Compose([...])``).
     case_ids : sequence of str, optional
@@ -224,7 +244,7 @@ def subjects_dataset(
     tio.SubjectsDataset
         Subjects with ``image`` (ScalarImage), ``label`` (LabelMap, read as skelprep
         reads masks, so its classes are the tube's), one
-        LabelMap per name, and ``case_id``. Nothing is read until a subject
+        image per name, and ``case_id``. Nothing is read until a subject
         is used.
 
     Raises
@@ -267,6 +287,6 @@ def subjects_dataset(
             image = tio.ScalarImage(case.images[0] if len(case.images) == 1 else list(case.images))
             label = tio.LabelMap(case.mask, reader=_read_mask_file)
             affine_from = case.mask
-        targets = {name: skeleton_label_map(store, case_id, name, affine_from=affine_from) for name in names}
+        targets = {name: _target_image(store, case_id, name, affine_from) for name in names}
         subjects.append(tio.Subject(image=image, label=label, case_id=case_id, **targets))
     return tio.SubjectsDataset(subjects, transform=transform)

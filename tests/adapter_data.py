@@ -37,9 +37,12 @@ def rotated_affine() -> np.ndarray:
     return affine
 
 
-def built(dataset: Path) -> Path:
-    """Build the dataset's store in process; return the store path."""
-    report = build(dataset, workers=1)
+TOPOLOGY = ("tube", "thin", "sdf", "radius", "components")
+
+
+def built(dataset: Path, **kwargs) -> Path:
+    """Build the dataset's store in process (``kwargs`` to :func:`skelprep.build.build`); return the store path."""
+    report = build(dataset, workers=1, **kwargs)
     assert report.ok, [o.message for o in report.failed]
     return dataset / "skeletons.zarr"
 
@@ -148,3 +151,21 @@ def assert_patches_aligned(patches: list[dict[str, np.ndarray]]) -> None:
         # nearest neighbours can drop it from a patch; its radius-2 tube survives.)
         assert tube.any()
     assert any(p["thin"].any() for p in patches)  # the check above is not vacuous
+
+
+def assert_sdf_follows_label(sdf: np.ndarray, label: np.ndarray, spacing: float = 1.0) -> None:
+    """A resampled sdf (K, *spatial) against the exact sdf of the resampled label (1, *spatial).
+
+    What docs/topology-targets.md promises for linear resampling: within a couple of output
+    voxels everywhere and one voxel almost everywhere, and the sign (the class) wrong only
+    next to the boundary.
+    """
+    from skelprep.targets import signed_distance
+
+    label = np.rint(np.asarray(label)[0]).astype(np.int32)
+    exact = signed_distance(label, list(range(1, sdf.shape[0] + 1)), spacing=(spacing,) * label.ndim)
+    error = np.abs(np.asarray(sdf, np.float64) - exact)
+    assert error.max() <= 3.0 * spacing, error.max()
+    assert np.quantile(error, 0.99) <= 1.0 * spacing, np.quantile(error, 0.99)
+    far = np.abs(exact) > 2.0 * spacing
+    assert far.any() and ((sdf < 0) == (exact < 0))[far].all()

@@ -31,6 +31,15 @@ def nifti(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def nifti_topology(tmp_path_factory):
+    """(dataset, store): the ``nifti`` case built with every topology target (adapter tests)."""
+    from .adapter_data import TOPOLOGY, built, nifti_dataset
+
+    dataset = nifti_dataset(tmp_path_factory.mktemp("adapters") / "nii-topology")
+    return dataset, built(dataset, targets=TOPOLOGY)
+
+
+@pytest.fixture(scope="session")
 def png(tmp_path_factory):
     """(dataset, store): one real 640x1024 road-crack PNG case, built (adapter tests)."""
     from .adapter_data import built, png_dataset

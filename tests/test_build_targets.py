@@ -128,7 +128,8 @@ def test_an_unknown_target_is_one_line_and_exit_2(tmp_path):
     )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "skelprep: error: --targets: unknown target 'skeleton'; the targets are tube, thin, sdf, radius, components"
+        "skelprep: error: unknown target 'skeleton'; the targets are tube, thin, sdf, radius, components "
+        "(option --targets)"
     ]
     assert not (dataset / "skeletons.zarr").exists()
 
@@ -186,7 +187,7 @@ def test_the_dataset_refuses_a_target_the_store_does_not_hold(tmp_path):
 
     dataset, _ = nnunet_dataset(tmp_path / "ds")
     build(dataset, workers=1, targets=["tube", "thin", "radius"])
-    with pytest.raises(StoreError, match=r"case 'case_0' holds no target 'sdf' \(add it: 'skelprep build"):
+    with pytest.raises(StoreError, match=r"case 'case_0' holds no target 'sdf' \(a build with targets"):
         SkeletonDataset(dataset, patch_size=8, targets=["radius", "sdf"])
     with pytest.raises(ValueError, match="unknown stored target 'distance'"):
         SkeletonDataset(dataset, patch_size=8, targets=["distance"])

@@ -162,7 +162,7 @@ def test_repair_mends_a_missing_array_and_damaged_array_metadata(runner, tmp_pat
     assert sorted(opened.case_ids) == ["a", "b", "c"]
     np.testing.assert_array_equal(opened["c"].tube[...], skeleton_targets(masks["c"]).tube)
     for name in ("a", "b"):
-        with pytest.raises(StoreError, match=f"case '{name}' is damaged.*--repair"):
+        with pytest.raises(StoreError, match=f"case '{name}' is damaged.*repairing build"):
             opened[name]
 
     result = runner.invoke(cli, ["build", str(root), "--repair", "--no-progress"])

@@ -15,11 +15,13 @@ from monai import transforms as T  # noqa: E402
 from skelprep.geometry import GeometryError  # noqa: E402
 from skelprep.monai import LoadSkeletonTargetsd, data_dicts  # noqa: E402
 from skelprep.store import open_store  # noqa: E402
+from skelprep.torch.dataset import INTERPOLATION  # noqa: E402
 
 from .adapter_data import (  # noqa: E402
     NIFTI_CASE,
     NIFTI_SHAPE,
     assert_patches_aligned,
+    assert_sdf_follows_label,
     binary_png_dataset,
     built,
     flipped,
@@ -99,6 +101,35 @@ def test_nifti_aligned_after_orientation_spacing_crop_and_affine(nifti):
         patches = pipeline_3d(store, seed=seed)(data_dicts(dataset)[0])
         assert len(patches) == 3
         assert_aligned(patches)
+
+
+def test_topology_targets_load_aligned_and_keep_distances_through_orientation_and_spacing(nifti_topology):
+    dataset, store = nifti_topology
+    keys = ("label", "sdf", "radius", "components")
+    modes = tuple("bilinear" if INTERPOLATION[k] == "linear" else "nearest" for k in keys)
+    loaded = T.Compose(
+        [
+            T.LoadImaged("label"),
+            T.EnsureChannelFirstd("label"),
+            LoadSkeletonTargetsd(keys[1:], store=store),
+        ]
+    )(data_dicts(dataset)[0])
+    case = open_store(store)[NIFTI_CASE]
+    for key in keys[1:]:
+        stored = case.array(key)[...]
+        np.testing.assert_array_equal(loaded[key].numpy().reshape(stored.shape), stored)
+    assert loaded["sdf"].shape == (3, *NIFTI_SHAPE)
+    assert off_label(loaded["components"] > 0, loaded["label"] > 0) == 0
+
+    resampled = T.Compose(
+        [
+            T.Orientationd(keys, axcodes="RAS", labels=None),
+            T.Spacingd(keys, pixdim=(1.0, 1.0, 1.0), mode=modes),
+        ]
+    )(loaded)
+    assert resampled["sdf"].shape[1:] == resampled["label"].shape[1:] != NIFTI_SHAPE
+    assert_sdf_follows_label(resampled["sdf"].numpy(), resampled["label"].numpy())
+    assert off_label(resampled["radius"] > 0, resampled["label"] > 0) == 0
 
 
 def test_wrong_affine_in_the_store_is_refused_and_would_misalign(nifti, tmp_path):

@@ -121,5 +121,5 @@ def test_a_disk_full_before_the_lock_is_written_ends_the_build_in_one_line(tmp_p
     assert done.returncode == 1
     assert done.stderr == (
         f"skelprep: error: {out}: no space left on device for the store's lock file {out}.lock; free space "
-        "(or build into a larger disk with --out) and rerun 'skelprep build'\n"
+        "(or build into a store on a larger disk) and rerun the build\n"
     )

@@ -72,7 +72,7 @@ def test_builders_that_would_overlap_refuse(octa_dataset, tmp_path):
             build(octa_dataset, out, workers=1, shard=(0, 2))
         with pytest.raises(BuildError, match="another skelprep build is using this store"):
             build(octa_dataset, out, workers=1)
-        with pytest.raises(BuildError, match="builders of 2 shards are running.*--shard I/2"):
+        with pytest.raises(BuildError, match="builders of 2 shards are running.*shards of 2"):
             build(octa_dataset, out, workers=1, shard=(0, 3))
         with pytest.raises(BuildError, match="other shards are being built with other params"):
             build(octa_dataset, out, workers=1, shard=(1, 2), params=BuildParams(radius=1))
@@ -80,7 +80,7 @@ def test_builders_that_would_overlap_refuse(octa_dataset, tmp_path):
     with store_lock(out):  # a whole-store build runs
         with pytest.raises(BuildError, match="a build of the whole store is running"):
             build(octa_dataset, out, workers=1, shard=(0, 2))
-    with pytest.raises(BuildError, match="--prune deletes stored cases of every shard"):
+    with pytest.raises(BuildError, match="pruning deletes stored cases of every shard"):
         build(octa_dataset, out, workers=1, shard=(0, 2), prune=True)
     with pytest.raises(BuildError, match="--shard needs a store on a"):
         build(octa_dataset, "s3://bucket/s.zarr", workers=1, shard=(0, 2))

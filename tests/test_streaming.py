@@ -227,12 +227,12 @@ def test_from_store_works_with_the_dataset_folder_deleted(tmp_path):
 def test_targets_only_stores_warn_once_and_from_store_refuses_them(tmp_path):
     dataset = make("nifti", tmp_path)
     assert build(dataset, workers=1).ok
-    with pytest.warns(UserWarning, match="--with-images"):
+    with pytest.warns(UserWarning, match="with_images=True"):
         SkeletonDataset(dataset, patch_size=16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SkeletonDataset(dataset, patch_size=16)  # one-time
-    with pytest.raises(ValueError, match="with-images"):
+    with pytest.raises(ValueError, match="built with images"):
         SkeletonDataset.from_store(dataset / "skeletons.zarr")
     with pytest.raises(ValueError, match="'ct' needs"):
         SkeletonDataset(dataset, normalization="ct")

@@ -19,6 +19,7 @@ from .adapter_data import (  # noqa: E402
     NIFTI_SHAPE,
     PNG_CASE,
     assert_patches_aligned,
+    assert_sdf_follows_label,
     binary_png_dataset,
     built,
     flipped,
@@ -68,6 +69,25 @@ def test_nifti_aligned_after_canonical_resample_affine_and_queue(nifti):
     torch.manual_seed(0)
     subjects = subjects_dataset(store, dataset, names=("tube", "thin"), transform=transform)
     assert_aligned(patches(subjects, 20, n=6))
+
+
+def test_topology_targets_get_their_interpolation_and_keep_distances_through_resampling(nifti_topology):
+    dataset, store = nifti_topology
+    names = ("sdf", "radius", "components")
+    (subject,) = subjects_dataset(store, dataset, names=names)
+    assert isinstance(subject["sdf"], tio.ScalarImage)
+    assert all(isinstance(subject[n], tio.LabelMap) for n in ("radius", "components"))
+    case = open_store(store)[NIFTI_CASE]
+    for name in names:
+        stored = case.array(name)[...]
+        np.testing.assert_array_equal(subject[name].data.numpy().reshape(stored.shape), stored)
+        np.testing.assert_allclose(subject[name].affine, rotated_affine(), atol=1e-5)
+    assert subject["sdf"].shape == (3, *NIFTI_SHAPE)
+
+    resampled = tio.Compose([tio.ToCanonical(), tio.Resample(1.0)])(subject)
+    assert resampled["sdf"].shape[1:] == resampled["label"].shape[1:] != NIFTI_SHAPE
+    assert_sdf_follows_label(resampled["sdf"].data.numpy(), resampled["label"].data.numpy())
+    assert off_label(resampled["radius"].data > 0, resampled["label"].data > 0) == 0
 
 
 def test_png_case_in_torchio_voxel_order(png):

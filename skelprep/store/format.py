@@ -135,7 +135,9 @@ def case_state(
     if image_fingerprints is not None:
         stored = (meta.get("images") or {}).get("fingerprints")
         if stored is None:
-            return CaseState("stale", "built without its images (build --with-images)", images_only=True)
+            return CaseState(
+                "stale", "built without its images (a build with images adds them)", images_only=True
+            )
         if list(stored) != list(image_fingerprints):
             return CaseState("stale", "an image changed since it was built", images_only=True)
     missing = [name for name in targets or () if name not in (meta.get("targets") or {})]
@@ -176,7 +178,7 @@ def checked_root_meta(path: str, meta: Any, *, writing: bool = False) -> dict[st
         if writing:
             raise StoreError(
                 f"{path}: store format version {version}, this skelprep writes {FORMAT_VERSION}; build into "
-                "a new store (--out) or upgrade skelprep"
+                "a new store or upgrade skelprep"
             )
         known = ", ".join(map(str, READABLE_VERSIONS[:-1])) + f" and {READABLE_VERSIONS[-1]}"
         versions = meta.get("versions")

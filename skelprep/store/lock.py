@@ -169,7 +169,7 @@ def _unwritable(folder: Path, lock: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
         return StoreError(
             f"{folder}: no space left on device for the store's lock file {lock}; free space (or build "
-            "into a larger disk with --out) and rerun 'skelprep build'"
+            "into a store on a larger disk) and rerun the build"
         )
     return StoreError(f"{folder}: cannot write the store ({exc.strerror or exc})")
 

@@ -293,7 +293,7 @@ class SkeletonStore(Mapping[str, "CaseTargets"]):
                 else f"cannot be read ({first_line(exc, with_type=True)})"
             )
             raise StoreError(
-                f"{self.path}: case '{case_id}' is damaged: {what} {problem}; 'skelprep build --repair' rebuilds it"
+                f"{self.path}: case '{case_id}' is damaged: {what} {problem}; a repairing build (skelprep build --repair) rebuilds it"
             ) from exc
         return CaseTargets(
             case_id,

@@ -277,8 +277,8 @@ class SkeletonDataset(Dataset):
             lacking = [n for n in self.targets if n not in (meta.get("targets") or {})]
             if lacking:
                 raise StoreError(
-                    f"{self.store_path}: case '{case_id}' holds no target '{lacking[0]}' (add it: 'skelprep build "
-                    f"DATASET --targets {','.join(['tube', 'thin', *self.targets])}')"
+                    f"{self.store_path}: case '{case_id}' holds no target '{lacking[0]}' (a build with "
+                    f"targets {','.join(['tube', 'thin', *self.targets])} adds it)"
                 )
         self.dataset_statistics = opened.attrs.get("intensity_statistics")
         self._streamed = {cid for cid, a in attrs.items() if "image" in (a.get("checksums") or {})}
@@ -349,7 +349,7 @@ class SkeletonDataset(Dataset):
         if self.dataset is None:
             raise ValueError(
                 f"{self.store_path}: case '{legacy[0]}' carries no images; from_store needs a store built with "
-                "'skelprep build DATASET --with-images'"
+                "images"
             )
         for cid in legacy:
             case = self._sources_by_id[cid]
@@ -360,16 +360,15 @@ class SkeletonDataset(Dataset):
         if self.normalization == "ct":
             raise ValueError(
                 f"{self.store_path}: normalization 'ct' needs the dataset statistics of a store built with "
-                "'skelprep build --with-images'"
+                "images"
             )
         if self.store_path in _WARNED:
             return
         _WARNED.add(self.store_path)
         warnings.warn(
             f"{self.store_path}: {len(legacy)} case(s) carry no images in the store, so every item reads and "
-            "decompresses the whole image and mask files (seconds per item on CT-size volumes); rebuild with "
-            "'skelprep build DATASET --with-images' (not '--images GLOB', which names image files) to stream "
-            "patches from the store",
+            "decompresses the whole image and mask files (seconds per item on CT-size volumes); rebuild the store with "
+            "images (skelprep build --with-images, or build(..., with_images=True)) to stream patches from it",
             UserWarning,
             stacklevel=3,
         )
