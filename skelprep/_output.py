@@ -1,4 +1,5 @@
-"""What the command line prints: one escaped line per message, the build summary, and the exit codes.
+"""What the command line prints: one escaped line per message, the build summary, and the exit codes;
+and the ``--targets`` option that both builds take.
 
 Shared by ``skelprep`` and ``skelprep nnunet``; imports click only.
 """
@@ -24,6 +25,31 @@ def say(text: str, err: bool = False) -> None:
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     say(f"skelprep: error: {message}", err=True)
     sys.exit(code)
+
+
+def targets_option(command: Any) -> Any:
+    """The ``--targets NAME[,NAME...]`` option of ``skelprep build`` and ``skelprep nnunet build``."""
+    return click.option(
+        "--targets",
+        metavar="NAME[,NAME...]",
+        default="tube,thin",
+        show_default=True,
+        help="The targets to store: tube and thin always, and any of sdf (signed distance per class), radius "
+        "(distance to the background along the thin skeleton), components (connected components). Sticky: "
+        "a store keeps its targets in later builds; adding one to a built store computes only that one.",
+    )(command)
+
+
+def target_names(text: str) -> list[str]:
+    """The names of a ``--targets`` value; a name that is no target exits 2 (a usage error) with one line."""
+    from skelprep.build import BuildError, extra_target_names
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        extra_target_names(names)
+    except BuildError as exc:
+        fail(f"{exc} (option --targets)", 2)  # bad usage: the exit code of click's own usage errors
+    return names
 
 
 def echo_json(data: Any) -> None:

@@ -302,7 +302,7 @@ def _stored_case_intact(out: str, case_id: str) -> bool:
         return False
 
 
-def _stored_targets(out: str, case_id: str):
+def stored_targets(out: str, case_id: str):
     """The stored targets of a case, if they are complete and pass their checksums; else None."""
     store = SkeletonStore(open_root(out, mode="r"), out)
     try:
@@ -433,7 +433,7 @@ def build_case(
             # 512x512x300 CT case this hid 1.6 s of the 2.2 s the image part takes. (No thread
             # without images: its start and join cost 0.2 ms, a tenth of a 512x512 case.)
             images = pool.submit(_image_part, job, vol.array, fingerprint, params) if pool else None
-            targets = _stored_targets(out, case.case_id) if job.reuse_targets else None
+            targets = stored_targets(out, case.case_id) if job.reuse_targets else None
             if targets is None:
                 from skelprep.skeleton import (
                     skeleton_targets,
@@ -545,20 +545,55 @@ def _extra_targets(
 
     The sdf's classes are the dataset's labels where it names them (nnU-Net's
     dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore label is none of
-    them. With ``job.reuse_targets``, a stored target whose parameters equal these and
-    whose data pass their checksum is taken as stored; only the others are computed.
+    them. With ``job.reuse_targets``, stored targets are reused (:func:`extra_targets`).
     """
-    from skelprep.targets import build_targets, target_params
-
     ignore = params.ignore_label
     named = [v for v, _ in job.label_names if v != ignore]
     present = [v for v in labels if v != ignore]
     classes = named or list(range(1, max(present, default=1) + 1))
-    wanted = {n: target_params(n, vol.array.ndim, spacing=vol.spacing, classes=classes) for n in job.targets}
+    return extra_targets(
+        out,
+        job.case.case_id,
+        job.targets,
+        vol.array,
+        thin,
+        spacing=vol.spacing,
+        classes=classes,
+        ignore_label=ignore,
+        reuse=job.reuse_targets,
+    )
+
+
+def extra_targets(
+    out: str,
+    case_id: str,
+    names: Sequence[str],
+    label: np.ndarray,
+    thin: np.ndarray,
+    *,
+    spacing: Sequence[float] | None,
+    classes: Sequence[int],
+    ignore_label: int | None,
+    reuse: bool,
+    slice_axis: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``write_case`` arrays, the case's ``targets`` attribute) of the targets ``names`` beside the tube.
+
+    Computed by :func:`skelprep.targets.build_targets` from the case's ``label`` and ``thin``. With
+    ``reuse``, a stored target of the case whose parameters
+    (:func:`~skelprep.targets.target_params`) equal these and whose data pass their checksum is taken
+    as stored; only the others are computed.
+    """
+    from skelprep.targets import build_targets, target_params
+
+    ndim = label.ndim
+    wanted = {
+        n: target_params(n, ndim, spacing=spacing, classes=classes, slice_axis=slice_axis) for n in names
+    }
     found: dict[str, tuple[Any, dict[str, Any]]] = {}
-    if job.reuse_targets:
+    if reuse:
         try:
-            case = SkeletonStore(open_root(out, mode="r"), out)[job.case.case_id]
+            case = SkeletonStore(open_root(out, mode="r"), out)[case_id]
         except (KeyError, StoreError):  # absent, incomplete or damaged: computed anew
             case = None
         records = (case.attrs.get("targets") or {}) if case is not None else {}
@@ -567,11 +602,19 @@ def _extra_targets(
                 data, problem = read_checked(case, name)
                 if not problem:
                     found[name] = (data, records[name])
-    todo = [n for n in job.targets if n not in found]
+    todo = [n for n in names if n not in found]
     found.update(
-        build_targets(todo, vol.array, thin, spacing=vol.spacing, classes=classes, ignore_label=ignore)
+        build_targets(
+            todo,
+            label,
+            thin,
+            spacing=spacing,
+            classes=classes,
+            ignore_label=ignore_label,
+            slice_axis=slice_axis,
+        )
     )
-    return {n: (found[n][0], None) for n in job.targets}, {n: found[n][1] for n in job.targets}
+    return {n: (found[n][0], None) for n in names}, {n: found[n][1] for n in names}
 
 
 def extra_target_names(names: Sequence[str] | None) -> tuple[str, ...]:

@@ -20,7 +20,16 @@ from typing import Any
 import click
 
 from skelprep import __version__
-from skelprep._output import EXIT_FAILED, EXIT_OK, echo_json, exit_with_report, fail, say
+from skelprep._output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    echo_json,
+    exit_with_report,
+    fail,
+    say,
+    target_names,
+    targets_option,
+)
 from skelprep._util import printable
 
 
@@ -185,15 +194,7 @@ _storage_option = click.option(
     help="The patch a training reads, voxels per axis (e.g. 128,128,128 or 512,512): the cases written are "
     "chunked for it [default: 128³ in 3D, 512² in 2D].",
 )
-@click.option(
-    "--targets",
-    metavar="NAME[,NAME...]",
-    default="tube,thin",
-    show_default=True,
-    help="The targets to store: tube and thin always, and any of sdf (signed distance per class), radius "
-    "(distance to the background along the thin skeleton), components (connected components). Sticky: "
-    "a store keeps its targets in later builds; adding one to a built store computes only that one.",
-)
+@targets_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -230,14 +231,10 @@ def build(
     others are built; the exit code is then 1. A second build on the same store
     refuses while one runs. Inputs are only read.
     """
-    from skelprep.build import BuildError, BuildParams, extra_target_names
+    from skelprep.build import BuildParams
     from skelprep.build import build as run_build
 
-    names = [n.strip() for n in targets.split(",") if n.strip()]
-    try:
-        extra_target_names(names)
-    except BuildError as exc:
-        fail(_with_option(exc), 2)  # bad usage: the exit code of click's own usage errors
+    names = target_names(targets)
 
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")

@@ -371,17 +371,34 @@ def components(
     )
 
 
-def target_params(name: str, ndim: int, *, spacing: Sequence[float] | None, classes: Sequence[int]) -> dict:
+def target_params(
+    name: str,
+    ndim: int,
+    *,
+    spacing: Sequence[float] | None,
+    classes: Sequence[int],
+    slice_axis: int | None = None,
+) -> dict:
     """What target ``name`` of :data:`BUILD_TARGETS` of a case is computed with (JSON-ready): its stored
     array is current while these are equal.
+
+    ``ndim``: the case's dimensions. With ``slice_axis`` (3D cases only) the target is computed on each 2D
+    slice along that axis, ``spacing`` is the slices' in-plane spacing (two values) and the parameters
+    are the 2D ones with ``slice_axis`` added.
 
     >>> target_params("sdf", 2, spacing=None, classes=[1, 2])
     {'classes': [1, 2], 'spacing': [1.0, 1.0]}
     >>> target_params("components", 3, spacing=(2.0, 1.0, 1.0), classes=[1])
     {'connectivity': 26}
+    >>> target_params("components", 3, spacing=(1.0, 1.0), classes=[1], slice_axis=0)
+    {'connectivity': 8, 'slice_axis': 0}
     """
     if name not in BUILD_TARGETS:
         raise TargetError(f"unknown target {name!r}; the targets are {', '.join(BUILD_TARGETS)}")
+    if slice_axis is not None:
+        if ndim != 3 or slice_axis not in (0, 1, 2):
+            raise TargetError(f"slice_axis {slice_axis!r} needs a 3D label map and an axis 0, 1 or 2")
+        return {**target_params(name, 2, spacing=spacing, classes=classes), "slice_axis": slice_axis}
     steps = list(_checked_spacing(spacing, ndim))
     if name == "sdf":
         return {"classes": [int(c) for c in classes], "spacing": steps}
@@ -398,6 +415,7 @@ def build_targets(
     spacing: Sequence[float] | None,
     classes: Sequence[int],
     ignore_label: int | None = None,
+    slice_axis: int | None = None,
 ) -> dict[str, tuple[np.ndarray, dict]]:
     """The stored form of the targets ``names`` of one case: name -> (array, record).
 
@@ -414,6 +432,12 @@ def build_targets(
     computed with: a stored array is reused while they are equal) and what the
     computation found (``count`` for components).
 
+    With ``slice_axis`` (a 3D ``label``; ``spacing`` the two in-plane values) each target is
+    computed on every 2D slice along that axis on its own, as a thin skeleton made per slice
+    is: distances within the slice (``D`` the slice's diagonal), components at 8-connectivity
+    within the slice, numbered on through the slices (``1..count`` over the case, each
+    component in one slice).
+
     >>> import numpy as np
     >>> label = np.zeros((5, 6), np.uint8); label[1:4, 1:5] = 1
     >>> thin = np.zeros_like(label); thin[2, 2:4] = 1
@@ -422,22 +446,65 @@ def build_targets(
     ((1, 5, 6), {'classes': [1], 'spacing': [1.0, 1.0]})
     >>> out["components"][1]
     {'params': {'connectivity': 8}, 'count': 1}
+    >>> stack = np.stack([label, label])     # two slices, one component in each
+    >>> out = build_targets(
+    ...     ["components"], stack, np.stack([thin, thin]), spacing=None, classes=[1], slice_axis=0
+    ... )
+    >>> out["components"][1], out["components"][0].max(axis=(1, 2))
+    ({'params': {'connectivity': 8, 'slice_axis': 0}, 'count': 2}, array([1, 2], dtype=uint32))
     """
     label = _checked_labels(label)
-    params = {n: target_params(n, label.ndim, spacing=spacing, classes=classes) for n in names}
+    params = {
+        n: target_params(n, label.ndim, spacing=spacing, classes=classes, slice_axis=slice_axis)
+        for n in names
+    }
     top = max((int(c) for c in classes), default=0)
     if top > np.iinfo(label.dtype).max:  # a class the file's dtype cannot hold is absent from the case
         label = label.astype(np.promote_types(label.dtype, np.min_scalar_type(top)))
     if ignore_label is not None:
         label = np.where(label == ignore_label, 0, label).astype(label.dtype, copy=False)
+    thin = np.asarray(thin)
+    if thin.shape != label.shape:
+        raise TargetError(f"thin skeleton shape {thin.shape} differs from labels shape {label.shape}")
+    if slice_axis is not None and label.shape[slice_axis] == 0:
+        raise TargetError(f"labels of shape {label.shape} have no slice along axis {slice_axis}")
     out: dict[str, tuple[np.ndarray, dict]] = {}
     for name in names:
-        p = params[name]
-        if name == "sdf":
-            out[name] = (signed_distance(label, p["classes"], spacing=p["spacing"]), {"params": p})
-        elif name == "radius":
-            out[name] = (skeleton_radius(label, thin, spacing=p["spacing"]), {"params": p})
+        if slice_axis is None:
+            data, found = _build_target(name, params[name], label, thin)
         else:
-            found = components(label, connectivity=p["connectivity"])
-            out[name] = (found.labels, {"params": p, "count": found.count})
+            data, found = _build_per_slice(name, params[name], label, thin, slice_axis)
+        out[name] = (data, {"params": params[name], **found})
     return out
+
+
+def _build_target(name: str, p: dict, label: np.ndarray, thin: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One target of a whole label map, with its parameters ``p``: (array, what it found)."""
+    if name == "sdf":
+        return signed_distance(label, p["classes"], spacing=p["spacing"]), {}
+    if name == "radius":
+        return skeleton_radius(label, thin, spacing=p["spacing"]), {}
+    found = components(label, connectivity=p["connectivity"])
+    return found.labels, {"count": found.count}
+
+
+def _build_per_slice(
+    name: str, p: dict, label: np.ndarray, thin: np.ndarray, axis: int
+) -> tuple[np.ndarray, dict]:
+    """One target computed on each slice along ``axis`` and stacked back (components numbered on)."""
+    parts = [
+        _build_target(name, p, np.take(label, k, axis=axis), np.take(thin, k, axis=axis))
+        for k in range(label.shape[axis])
+    ]
+    if name != "components":  # the sdf's channels come first: its slices stack one axis later
+        return np.stack([data for data, _ in parts], axis=axis + (name == "sdf")), {}
+    count = sum(found["count"] for _, found in parts)
+    dtype = parts[0][0].dtype
+    if count > np.iinfo(dtype).max:
+        raise TargetError(f"{count} components do not fit in {dtype} (at most {np.iinfo(dtype).max})")
+    offsets = np.cumsum([0] + [found["count"] for _, found in parts[:-1]])
+    numbered = [
+        np.where(data > 0, data + dtype.type(first), 0).astype(dtype)
+        for (data, _), first in zip(parts, offsets, strict=True)
+    ]
+    return np.stack(numbered, axis=axis), {"count": int(count)}

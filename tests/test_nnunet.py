@@ -510,3 +510,211 @@ def test_build_help_says_the_workers_are_threads():
     text = " ".join(result.output.split())  # click wraps the help
     assert result.exit_code == 0
     assert "threads of this process" in text and "worker processes [default" not in text
+
+
+ALL_TARGETS = "tube,thin,sdf,radius,components"
+
+
+def _copy_preprocessed(built, tmp_path, monkeypatch, dataset: str, *, keep_sidecar: bool) -> Path:
+    """A copy of one dataset's preprocessed folder (with or without its sidecar), nnUNet_preprocessed set to it."""
+    pre = tmp_path / "preprocessed"
+    skip = () if keep_sidecar else ("skelprep",)
+    shutil.copytree(built["preprocessed"] / dataset, pre / dataset, ignore=shutil.ignore_patterns(*skip))
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    return pre / dataset
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dataset,configuration,spacing",
+    [(CRACKS, "2d", [0.5, 2.0]), (OCTA, "3d_fullres", [2.0, 1.0, 0.5])],
+)
+def test_targets_are_the_core_functions_on_the_preprocessed_seg_with_the_plans_spacing(
+    built, tmp_path, monkeypatch, dataset, configuration, spacing
+):
+    """sdf/radius/components of the sidecar are skelprep.targets' on the preprocessed seg (-1 as background),
+    with the plans' spacing and dataset.json's foreground labels; a 2D configuration's per slice along axis 0.
+    The plans' spacing is edited (the data are unit-spaced), and road cracks' crack label made the ignore label."""
+    import blosc2
+
+    from skelprep.nnunet.preprocessed import locate
+    from skelprep.store import open_store
+    from skelprep.targets import components, signed_distance, skeleton_radius
+
+    folder = _copy_preprocessed(built, tmp_path, monkeypatch, dataset, keep_sidecar=False)
+    _edit_json(
+        folder / "nnUNetPlans.json",
+        lambda plans: plans["configurations"][configuration].update(spacing=spacing),
+    )
+    ignore = None
+    if dataset == CRACKS:  # the highest label, as nnU-Net requires of the ignore label
+        ignore = 3
+        _edit_json(
+            folder / "dataset.json",
+            lambda d: d.update(labels={"background": 0, "road": 1, "pothole": 2, "ignore": 3}),
+        )
+    result = _run("nnunet", "build", dataset, "-c", configuration, "--targets", ALL_TARGETS, "--json")
+    assert result.exit_code == 0, result.output
+    config = locate(dataset, configuration)
+    classes = [1, 2] if dataset == CRACKS else [1]
+    assert config.foreground_labels == tuple(classes) and config.ignore_label == ignore
+    store = open_store(config.sidecar)
+    assert store.attrs["targets"] == ["sdf", "radius", "components"]
+    per_slice = {"slice_axis": 0} if config.two_d else {}
+    connectivity = 8 if config.two_d else 26
+    for case_id in store:
+        seg = blosc2.open(str(config.seg_file(case_id)), mode="r")[:][0]
+        labels = np.where(seg < 0, 0, seg).astype(np.uint8)
+        if ignore is not None:  # background for radius and components, in no class of the sdf
+            labels[labels == ignore] = 0
+        case = store[case_id]
+        thin = case.thin[...]
+        sdf, radius, comps = (case.array(n)[...] for n in ("sdf", "radius", "components"))
+        slices = [(slice(None), k) for k in range(labels.shape[0])] if config.two_d else [(slice(None),)]
+        count = 0
+        for index in slices:
+            part = labels[index[1:]]
+            np.testing.assert_array_equal(sdf[index], signed_distance(part, classes, spacing=spacing))
+            np.testing.assert_array_equal(
+                radius[index[1:]], skeleton_radius(part, thin[index[1:]], spacing=spacing)
+            )
+            expected = components(part)
+            np.testing.assert_array_equal(
+                comps[index[1:]], np.where(expected.labels > 0, expected.labels + count, 0)
+            )
+            count += expected.count
+        assert case.attrs["targets"] == {
+            "sdf": {"params": {"classes": classes, "spacing": spacing, **per_slice}},
+            "radius": {"params": {"spacing": spacing, **per_slice}},
+            "components": {"params": {"connectivity": connectivity, **per_slice}, "count": count},
+        }
+    summary = json.loads(_run("nnunet", "build", dataset, "-c", configuration, "--json").stdout)
+    assert summary["built"] == [] and len(summary["up_to_date"]) == len(store)  # sticky, current
+
+
+@pytest.mark.slow
+def test_an_unknown_nnunet_target_is_one_line_and_exit_2(built, tmp_path, monkeypatch):
+    folder = _copy_preprocessed(built, tmp_path, monkeypatch, CRACKS, keep_sidecar=False)
+    result = _run("nnunet", "build", CRACKS, "-c", "2d", "--targets", "tube,sdf,skeleton", "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "skelprep: error: --targets: unknown target 'skeleton'; the targets are tube, thin, sdf, radius, components"
+    ]
+    assert not (folder / "skelprep").exists()
+
+
+@pytest.mark.slow
+def test_adding_a_target_to_a_sidecar_computes_only_that_target(built, tmp_path, monkeypatch):
+    import skelprep.nnunet.sidecar
+    import skelprep.skeleton
+    import skelprep.targets
+    from skelprep.nnunet.preprocessed import locate
+    from skelprep.nnunet.sidecar import build_sidecar, stale_cases
+    from skelprep.store import open_store
+    from skelprep.targets import signed_distance
+
+    _copy_preprocessed(built, tmp_path, monkeypatch, OCTA, keep_sidecar=True)  # tube and thin, current
+    config = locate(OCTA, "3d_fullres")
+    assert build_sidecar(OCTA, "3d_fullres", workers=1, targets=["components"]).ok
+    store = open_store(config.sidecar)
+    before = {c: (store[c].tube[...], store[c].thin[...], store[c].array("components")[...]) for c in store}
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a stored target was computed again")
+
+    # the stored tube, thin skeleton and components are current: neither is computed again
+    monkeypatch.setattr(skelprep.nnunet.sidecar, "preprocessed_targets", not_again)
+    monkeypatch.setattr(skelprep.skeleton, "skeleton_targets", not_again)
+    monkeypatch.setattr(skelprep.targets, "components", not_again)
+    assert set(stale_cases(config, ["sdf"])) == set(before)
+    report = build_sidecar(OCTA, "3d_fullres", workers=1, targets=["tube", "thin", "sdf"])
+    assert len(report.built) == len(before) and report.ok, [o.reason for o in report.failed]
+    store = open_store(config.sidecar)
+    assert store.attrs["targets"] == ["sdf", "components"]  # sticky: the sidecar keeps components
+    for case_id, (tube, thin, comps) in before.items():
+        case = store[case_id]
+        np.testing.assert_array_equal(case.tube[...], tube)
+        np.testing.assert_array_equal(case.thin[...], thin)
+        np.testing.assert_array_equal(case.array("components")[...], comps)
+        labels = np.clip(case.label[...], 0, None)
+        np.testing.assert_array_equal(
+            case.array("sdf")[...], signed_distance(labels, [1], spacing=config.spacing)
+        )
+    assert stale_cases(config, ["sdf", "components"]) == {}
+
+
+@pytest.mark.slow
+def test_a_sidecar_lacking_a_requested_target_is_not_current(built, tmp_path, monkeypatch):
+    from skelprep.nnunet.preprocessed import locate
+    from skelprep.nnunet.sidecar import SidecarError, build_sidecar, require_current, stale_cases
+
+    folder = _copy_preprocessed(built, tmp_path, monkeypatch, OCTA, keep_sidecar=True)
+    config = locate(OCTA, "3d_fullres")
+    require_current(config)  # the tube is all the default trainer needs
+    with pytest.raises(SidecarError) as lacking:
+        require_current(config, ["tube", "radius"])
+    message = str(lacking.value)
+    assert "\n" not in message and "lacks the target 'radius' (a build adds it)" in message
+    assert message.endswith(
+        f"build them with: skelprep nnunet build {OCTA} -c 3d_fullres --targets tube,thin,radius"
+    )
+    assert all(s.state == "stale" and s.targets_only for s in stale_cases(config, ["radius"]).values())
+
+    # a trainer that streams components asks for them at the start of training
+    trainer = _trainer(OCTA, "3d_fullres", [32] * 3)
+    trainer.previous_stage_target = "components"
+    with pytest.raises(SidecarError, match="lacks the target 'components'.*--targets tube,thin,components$"):
+        trainer.on_train_start()
+
+    # built, then the plans' spacing changes: the stored radius is of other parameters
+    assert build_sidecar(OCTA, "3d_fullres", workers=1, targets=["radius"]).ok
+    require_current(config, ["radius"])
+    _edit_json(
+        folder / "nnUNetPlans.json",
+        lambda plans: plans["configurations"]["3d_fullres"].update(spacing=[3.0, 1.0, 1.0]),
+    )
+    with pytest.raises(SidecarError, match="target 'radius' was built with other parameters"):
+        require_current(locate(OCTA, "3d_fullres"), ["radius"])
+
+
+@pytest.mark.slow
+def test_tube_dataset_carries_the_named_target_and_refuses_sdf(built):
+    """Through nnU-Net's own data loader: the patch's seg channel 1 is the stored thin skeleton."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from skelprep.nnunet.preprocessed import locate
+    from skelprep.nnunet.trainer import SkeletonRecallTrainerError, TubeDataset
+    from skelprep.store import open_store
+
+    config = locate(OCTA, "3d_fullres")
+    case_id = config.case_ids()[0]
+    base = infer_dataset_class(str(config.case_folder))(str(config.case_folder), [case_id])
+    thin = open_store(config.sidecar)[case_id].thin[...]
+    assert thin.any() and not np.array_equal(thin, open_store(config.sidecar)[case_id].tube[...])
+    plans = json.loads((config.dataset_folder / "nnUNetPlans.json").read_text())
+    labels = PlansManager(plans).get_label_manager(
+        json.loads((config.dataset_folder / "dataset.json").read_text())
+    )
+    # a patch of the whole case: the loader's crop is the case itself, no random offset
+    loader = nnUNetDataLoader(
+        TubeDataset(base, config.sidecar, name="thin"), 1, thin.shape, thin.shape, labels
+    )
+    target = loader.generate_train_batch()["target"]
+    np.testing.assert_array_equal(target[0, 1].numpy(), thin)
+    seg = base.load_case(case_id)[1][0]
+    np.testing.assert_array_equal(target[0, 0].numpy(), seg)
+
+    for name, why in [("sdf", "one channel per class"), ("radius", "casts the previous-stage slot to int16")]:
+        with pytest.raises(SkeletonRecallTrainerError) as refused:
+            TubeDataset(base, config.sidecar, name=name)
+        message = str(refused.value)
+        assert "\n" not in message and f"'{name}' cannot ride in nnU-Net's previous-stage slot" in message
+        assert why in message

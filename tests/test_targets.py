@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 from skelprep.skeleton import thin_skeleton
 from skelprep.targets import (
     TargetError,
+    build_targets,
     components,
     distance_inside,
     image_diagonal,
@@ -197,3 +198,43 @@ def test_a_rotated_and_scaled_sdf_is_near_the_sdf_of_the_rotated_and_scaled_mask
         assert error.max() < 2.5 and np.quantile(error, 0.99) < 1.1, (error.max(), np.quantile(error, 0.99))
     flipped = ((moved_sdf < 0) != (truth < 0))[in_view]
     assert np.abs(truth[in_view][flipped]).max(initial=0) < 2  # the sign differs only next to the boundary
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_build_targets_per_slice_are_each_slice_s_2d_targets_stacked(axis):
+    """With slice_axis, every slice gets the 2D targets of its own labels and in-plane spacing; components are
+    numbered on through the slices, so 1..count over the case."""
+    label = blobs((6, 7, 40), 2, seed=3).swapaxes(0, axis).copy()  # slices of blobs along ``axis``
+    label.swapaxes(0, axis)[2] = 0  # a slice without foreground
+    thin = np.stack([thin_skeleton(part) for part in np.moveaxis(label, axis, 0)], axis=axis)
+    spacing = (0.5, 1.25)  # of the slices' two axes
+    out = build_targets(
+        ["sdf", "radius", "components"], label, thin, spacing=spacing, classes=[1, 2], slice_axis=axis
+    )
+    sdf, radius, comps = out["sdf"][0], out["radius"][0], out["components"][0]
+    assert sdf.shape == (2, *label.shape) and radius.shape == comps.shape == label.shape
+    offset = 0
+    for k in range(label.shape[axis]):
+        part = np.take(label, k, axis=axis)
+        np.testing.assert_array_equal(
+            np.take(sdf, k, axis=axis + 1), signed_distance(part, [1, 2], spacing=spacing)
+        )
+        np.testing.assert_array_equal(
+            np.take(radius, k, axis=axis), skeleton_radius(part, np.take(thin, k, axis=axis), spacing=spacing)
+        )
+        expected = components(part)
+        assert expected.connectivity == 8
+        got = np.take(comps, k, axis=axis)
+        np.testing.assert_array_equal(got, np.where(expected.labels > 0, expected.labels + offset, 0))
+        offset += expected.count
+    assert out["components"][1] == {"params": {"connectivity": 8, "slice_axis": axis}, "count": offset}
+    assert int(comps.max()) == offset > label.shape[axis]
+    assert out["sdf"][1]["params"] == {"classes": [1, 2], "spacing": list(spacing), "slice_axis": axis}
+
+
+def test_build_targets_per_slice_refuses_a_2d_label_map_and_3d_spacing():
+    label = np.zeros((4, 5, 6), np.uint8)
+    with pytest.raises(TargetError, match="slice_axis 0 needs a 3D label map"):
+        build_targets(["sdf"], label[0], label[0], spacing=(1.0, 1.0), classes=[1], slice_axis=0)
+    with pytest.raises(TargetError, match="spacing .* has 3 values for a 2D label map"):
+        build_targets(["sdf"], label, label, spacing=(1.0, 1.0, 1.0), classes=[1], slice_axis=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from skelprep._output import exit_with_report, fail
+from skelprep._output import exit_with_report, fail, target_names, targets_option
 
 INSTALL_HINT = (
     "the nnU-Net commands need nnunetv2 >= 2.8 and blosc2 (skelprep's nnunet extra): "
@@ -73,6 +73,7 @@ def nnunet() -> None:
 @click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
 @click.option("--memory-limit", metavar="SIZE", help="Per-worker memory limit, e.g. 4GB.")
 @click.option("--force", is_flag=True, help="Rebuild every case.")
+@targets_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -85,6 +86,7 @@ def build(
     scheduler: str | None,
     memory_limit: str | None,
     force: bool,
+    targets: str,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -93,8 +95,11 @@ def build(
     Reads $nnUNet_preprocessed/DatasetXXX/<data_identifier>/<id>_seg.b2nd as nnU-Net finds it and writes
     $nnUNet_preprocessed/DatasetXXX/skelprep/<data_identifier>/ (outside the folder nnU-Net owns). Cases
     whose preprocessed segmentation and parameters are unchanged are skipped; a failed case is listed as
-    'failed: <file>: <reason>' and the others are built (exit code 1).
+    'failed: <file>: <reason>' and the others are built (exit code 1). The targets beside the tube are those
+    of 'skelprep build --targets', on the preprocessed seg with the plans' spacing (2D configurations: per
+    slice).
     """
+    names = target_names(targets)
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
     if memory_limit is not None and scheduler is not None:
@@ -114,6 +119,7 @@ def build(
             scheduler=scheduler,
             memory_limit=memory_limit,
             force=force,
+            targets=names,
             progress=not no_progress and not as_json,
         )
     except NnUNetError as exc:

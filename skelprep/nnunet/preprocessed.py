@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ class PreprocessedConfiguration:
         The configuration's target spacing, in the preprocessed axis order.
     ignore_label : int or None
         From ``dataset.json`` (nnU-Net's label manager).
+    foreground_labels : tuple of int
+        The labels of ``dataset.json`` but background and the ignore label (nnU-Net's label manager).
     has_regions : bool
         Region-based training (``dataset.json`` labels given as tuples).
     is_cascaded : bool
@@ -77,6 +80,7 @@ class PreprocessedConfiguration:
     two_d: bool
     spacing: tuple[float, ...]
     ignore_label: int | None
+    foreground_labels: tuple[int, ...]
     has_regions: bool
     is_cascaded: bool
     file_ending: str
@@ -104,10 +108,13 @@ class PreprocessedConfiguration:
             file_ending_dataset_mapping[self.file_ending].get_identifiers(os.fspath(self.case_folder))
         )
 
-    def build_command(self) -> str:
-        """The ``skelprep nnunet build`` command line that builds this configuration's sidecar."""
+    def build_command(self, targets: Sequence[str] = ()) -> str:
+        """The ``skelprep nnunet build`` command line that builds this configuration's sidecar, with the
+        ``targets`` beside the tube and thin skeleton (``--targets``) where any are named."""
         plans = "" if self.plans_identifier == DEFAULT_PLANS else f" -p {self.plans_identifier}"
-        return f"skelprep nnunet build {self.dataset_name} -c {self.configuration}{plans}"
+        extra = [n for n in targets if n not in ("tube", "thin")]
+        wanted = f" --targets {','.join(['tube', 'thin', *extra])}" if extra else ""
+        return f"skelprep nnunet build {self.dataset_name} -c {self.configuration}{plans}{wanted}"
 
 
 def _preprocessed_root() -> Path:
@@ -210,6 +217,7 @@ def locate(
         two_d=len(config.patch_size) == 2,
         spacing=tuple(float(s) for s in config.spacing),
         ignore_label=labels.ignore_label,
+        foreground_labels=tuple(int(v) for v in labels.foreground_labels),
         has_regions=labels.has_regions,
         is_cascaded=config.previous_stage_name is not None,
         file_ending=_file_ending(case_folder),

@@ -7,6 +7,16 @@ order (2D configurations: chunked one slice at a time). A case is current when t
 (``<id>_seg.b2nd``, or ``<id>.npz`` for nnU-Net's numpy format) and the parameters; re-running nnU-Net's
 preprocessing rewrites the file, so the case becomes stale and the next build redoes it.
 
+The topology targets of ``skelprep build --targets`` (``sdf``, ``radius``, ``components``;
+:func:`skelprep.targets.build_targets`) are stored beside them on request, computed on the preprocessed
+seg (``-1`` as background) with the plans' spacing of the configuration, ``sdf`` for the foreground labels
+of the preprocessed folder's ``dataset.json`` (never the ignore label). A 2D configuration computes them per
+slice along axis 0, as its tube and nnU-Net's 2D patches: in-plane distances with the plans' in-plane
+spacing, components at 8-connectivity within a slice (numbered on through the slices). Each case records
+them and these parameters in its ``targets`` attribute; a case lacking a requested target, or holding it
+with other parameters, is stale, and the build computes only that target (the tube and thin skeleton,
+current, are reused).
+
 The build is ``skelprep build``'s own loop (:func:`skelprep.build.run_plan`) with the preprocessed segs as its
 source of cases: the store's lock and the clean-up of killed writes, an S3 lease, one task per case in process
 or on Dask, per-case one-line failures, a full disk ending the build in one line, pruning of cases nnU-Net no
@@ -18,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +37,17 @@ from skelprep.build import (
     BuildParams,
     BuildPlan,
     BuildReport,
+    extra_target_names,
+    extra_targets,
     locked_store,
     run_plan,
     store_case,
+    stored_targets,
     target_arrays,
 )
 from skelprep.io import InputError, file_sha256
 from skelprep.nnunet.preprocessed import DEFAULT_PLANS, PreprocessedConfiguration, locate, read_seg
-from skelprep.nnunet.targets import preprocessed_targets
+from skelprep.nnunet.targets import preprocessed_labels, preprocessed_targets
 from skelprep.runner import CaseOutcome, check_memory_limit, guarded
 from skelprep.store import (
     FORMAT_VERSION,
@@ -44,6 +58,7 @@ from skelprep.store import (
     label_counts,
     open_root,
 )
+from skelprep.targets import TargetError, target_params
 
 __all__ = [
     "SidecarCase",
@@ -88,6 +103,26 @@ class SidecarCase:
     spacing: (
         tuple[float, ...] | None
     )  # None for 2D configurations (their plans know the in-plane spacing only)
+    targets: tuple[str, ...] = ()  # of EXTRA_TARGETS, beside the tube and thin skeleton
+    target_spacing: tuple[float, ...] = ()  # the plans' spacing (in-plane for 2D configurations)
+    classes: tuple[int, ...] = ()  # the sdf's: dataset.json's foreground labels
+    reuse_targets: bool = False  # tube and thin are current: only the targets beside them are computed
+
+
+def _slice_axis(two_d: bool, ndim: int) -> int | None:
+    """The axis a 2D configuration's targets are computed per slice along (its 2D patches' slices)."""
+    return 0 if two_d and ndim == 3 else None
+
+
+def _target_params(config: PreprocessedConfiguration, name: str, ndim: int) -> dict:
+    """What target ``name`` of a case of ``ndim`` spatial axes is built with in this configuration."""
+    return target_params(
+        name,
+        ndim,
+        spacing=config.spacing,
+        classes=config.foreground_labels,
+        slice_axis=_slice_axis(config.two_d, ndim),
+    )
 
 
 def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> CaseOutcome:
@@ -96,9 +131,11 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
     def work() -> CaseOutcome:
         fingerprint = file_sha256(case.seg_file)
         seg = read_seg(case.seg_file)
-        targets = preprocessed_targets(
-            seg, two_d=case.two_d, ignore_label=params.ignore_label, radius=params.radius
-        )
+        targets = stored_targets(out, case.case_id) if case.reuse_targets else None
+        if targets is None:
+            targets = preprocessed_targets(
+                seg, two_d=case.two_d, ignore_label=params.ignore_label, radius=params.radius
+            )
         attrs = {
             "source": case.source,
             "fingerprint": fingerprint,
@@ -116,6 +153,21 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
             seg[0].clip(min=0),
             None,
         )  # the case's OME-Zarr image: the seg, as nnU-Net stores it
+        if case.targets:
+            labels = preprocessed_labels(seg)
+            extra, attrs["targets"] = extra_targets(
+                out,
+                case.case_id,
+                case.targets,
+                labels,
+                targets.thin,
+                spacing=case.target_spacing,
+                classes=case.classes,
+                ignore_label=params.ignore_label,
+                reuse=case.reuse_targets,
+                slice_axis=_slice_axis(case.two_d, labels.ndim),
+            )
+            arrays.update(extra)
         patch = (1, 512, 512) if case.two_d else None  # 2D configurations read one slice at a time
         return store_case(
             out,
@@ -129,42 +181,72 @@ def build_sidecar_case(case: SidecarCase, *, out: str, params: BuildParams) -> C
     return guarded(case.case_id, case.seg_file, work)
 
 
-def _state(store: SkeletonStore, config: PreprocessedConfiguration, case_id: str, params: dict) -> CaseState:
-    """The store's currency rule for one case, against its preprocessed seg file now."""
+def _state(
+    store: SkeletonStore,
+    config: PreprocessedConfiguration,
+    case_id: str,
+    params: dict,
+    targets: tuple[str, ...] = (),
+) -> CaseState:
+    """The store's currency rule for one case, against its preprocessed seg file now, with ``targets``
+    (of :data:`~skelprep.store.EXTRA_TARGETS`) stored with this configuration's parameters."""
     meta = store.case_attrs(case_id)
     state = case_state(meta)
     if not state.ok:
         return state
     try:
         state = case_state(
-            meta, fingerprint=file_sha256(config.seg_file(case_id)), params=params, layout=FORMAT_VERSION
+            meta,
+            fingerprint=file_sha256(config.seg_file(case_id)),
+            params=params,
+            layout=FORMAT_VERSION,
+            targets=targets,
         )
     except InputError as exc:
         return CaseState("failed-input", str(exc))
-    if state.state == "stale" and not state.images_only:
+    if state.state == "stale" and not state.images_only and not state.targets_only:
         return CaseState("stale", "preprocessed segmentation changed since it was built")
+    if state.ok and targets:
+        records, ndim = meta.get("targets") or {}, len(meta.get("shape") or ())
+        try:
+            changed = [n for n in targets if records[n].get("params") != _target_params(config, n, ndim)]
+        except TargetError as exc:
+            return CaseState("failed-input", f"{config.seg_file(case_id)}: {exc}")
+        if changed:
+            return CaseState(
+                "stale",
+                f"target '{changed[0]}' was built with other parameters (a build recomputes it)",
+                targets_only=True,
+            )
     return state
 
 
-def stale_cases(config: PreprocessedConfiguration) -> dict[str, CaseState]:
+def stale_cases(config: PreprocessedConfiguration, targets: Sequence[str] = ()) -> dict[str, CaseState]:
     """The configuration's cases whose sidecar entry is not current (empty if all are).
+
+    ``targets``: names of ``--targets`` the sidecar must hold (``tube`` and ``thin`` it always does); a case
+    without one of them, or with one built with other parameters, is stale.
 
     Raises
     ------
     StoreError
         There is no sidecar store.
+    BuildError
+        A name of ``targets`` is no target.
     """
+    extras = extra_target_names(targets)
     store = SkeletonStore(open_root(config.sidecar, mode="r"), config.sidecar)
     params = sidecar_params(config).as_dict()
-    states = {case_id: _state(store, config, case_id, params) for case_id in config.case_ids()}
+    states = {case_id: _state(store, config, case_id, params, extras) for case_id in config.case_ids()}
     return {case_id: state for case_id, state in states.items() if not state.ok}
 
 
-def require_current(config: PreprocessedConfiguration) -> None:
-    """Raise :class:`SidecarError` (one line, naming the build command) unless every case is current."""
-    command = config.build_command()
+def require_current(config: PreprocessedConfiguration, targets: Sequence[str] = ()) -> None:
+    """Raise :class:`SidecarError` (one line, naming the build command) unless every case is current
+    and holds ``targets`` (see :func:`stale_cases`)."""
+    command = config.build_command(targets)
     try:
-        problems = stale_cases(config)
+        problems = stale_cases(config, targets)
     except StoreError:
         raise SidecarError(
             f"{config.sidecar}: no Skeleton Recall targets; build them with: {command}"
@@ -187,6 +269,7 @@ def build_sidecar(
     memory_limit: str | None = None,
     force: bool = False,
     progress: bool = False,
+    targets: Sequence[str] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the sidecar of one preprocessed configuration.
 
@@ -202,6 +285,9 @@ def build_sidecar(
         As for :func:`skelprep.build.build`.
     force : bool
         Rebuild every case, even current ones.
+    targets : sequence of str, optional
+        As for :func:`skelprep.build.build`: ``tube`` and ``thin`` (always) and any of ``sdf``, ``radius``,
+        ``components``, kept by later builds; a case lacking one gets it added, only it computed.
 
     Raises
     ------
@@ -212,15 +298,18 @@ def build_sidecar(
     """
     start = time.perf_counter()
     check_memory_limit(memory_limit, scheduler)
+    extras = extra_target_names(targets)
     config = locate(dataset, configuration, plans_identifier)
     out = str(config.sidecar)
     params = sidecar_params(config)
     report = BuildReport(store=out)
     options = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=progress)
     with locked_store(out) as (held, store):
+        if store is not None:  # sticky: a target once stored is kept by later builds
+            extras = extra_target_names([*extras, *(store.attrs.get("targets") or ())])
         jobs = []
         for case_id in config.case_ids():
-            state = _state(store, config, case_id, params.as_dict()) if store is not None else None
+            state = _state(store, config, case_id, params.as_dict(), extras) if store is not None else None
             if state is not None and state.ok and not force:
                 report.outcomes.append(CaseOutcome(case_id, "up-to-date"))
             elif state is not None and state.state == "failed-input":
@@ -229,7 +318,18 @@ def build_sidecar(
                 seg_file = config.seg_file(case_id)
                 source = seg_file.relative_to(config.dataset_folder).as_posix()
                 spacing = None if config.two_d else config.spacing
-                jobs.append(SidecarCase(case_id, str(seg_file), source, config.two_d, spacing))
+                job = SidecarCase(
+                    case_id,
+                    str(seg_file),
+                    source,
+                    config.two_d,
+                    spacing,
+                    targets=extras,
+                    target_spacing=config.spacing,
+                    classes=config.foreground_labels,
+                    reuse_targets=state is not None and state.targets_only and not force,
+                )
+                jobs.append(job)
         report.plan_phases["plan"] = time.perf_counter() - start
         attrs = {
             "params": params.as_dict(),
@@ -242,6 +342,8 @@ def build_sidecar(
                 "data_identifier": config.data_identifier,
             },
         }
+        if extras:  # a sidecar of the tube and thin skeleton only records no target list
+            attrs["targets"] = list(extras)
         plan = BuildPlan(
             attrs,
             jobs,

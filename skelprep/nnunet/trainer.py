@@ -5,7 +5,10 @@ How the tube reaches the loss (nnU-Net 2.8, batchgeneratorsv2 0.3):
 1. :class:`TubeDataset` wraps nnU-Net's dataset and returns each case's tube (a lazy zarr array of the
    sidecar, shape of the preprocessed seg without its channel) in the slot of the cascade's previous-stage
    segmentation. nnU-Net's ``nnUNetDataLoader`` crops it with the same bounding box as image and seg,
-   pads it with -1 and appends it as seg channel 1. Only the patch's chunks are read.
+   casts it to int16, pads it with -1 and appends it as seg channel 1. Only the patch's chunks are read.
+   Another stored target may ride in the slot instead (``TubeDataset(..., name="thin")``; the trainer's
+   class attribute ``previous_stage_target``) if it survives that path: one channel of integer labels
+   (:data:`SLOT_TARGETS`).
 2. nnU-Net's augmentation is unchanged: the spatial transform warps both seg channels with one grid,
    mirroring flips both, ``MaskImageTransform`` reads channel 0, ``RemoveLabel(-1 -> 0)`` clears the padding
    of both. Deep-supervision downsampling is nnU-Net's for channel 0 and max-pooling for the tube
@@ -54,12 +57,26 @@ __all__ = [
     "nnUNetTrainerSkeletonRecall",
     "TubeDataset",
     "SkeletonRecallTrainerError",
+    "SLOT_TARGETS",
+    "check_slot_target",
     "make_trainer",
     "recall_weight",
     "training_length",
 ]
 
 RECALL_WEIGHT_ENV = "SKELPREP_RECALL_WEIGHT"
+# The stored targets that can ride in the previous-stage slot: nnU-Net's loader casts the slot to int16 and
+# its transforms treat it as a segmentation channel (label-wise interpolation, one channel), so the slot
+# keeps single-channel integer labels only (components: while their count fits in int16).
+SLOT_TARGETS = ("tube", "thin", "components")
+# Why the others cannot, one line each.
+_NOT_IN_SLOT = {
+    "sdf": "a float distance map of one channel per class, which needs linear interpolation; nnU-Net's "
+    "previous-stage slot carries one channel, cast to int16 and interpolated label-wise",
+    "radius": "float distances; nnU-Net's loader casts the previous-stage slot to int16, which truncates "
+    "them (a skeleton voxel of radius below one spacing unit would read 0)",
+}
+_INT16_MAX = 32767
 # trainer attribute <- environment variable: the length of a run (nnU-Net's defaults 1000, 250, 50)
 LENGTH_ENV = {
     "num_epochs": "SKELPREP_NUM_EPOCHS",
@@ -107,15 +124,20 @@ def training_length() -> dict[str, int]:
 
 
 class TubeDataset:
-    """An nnU-Net dataset whose cases carry their precomputed tube where a cascade's previous stage would be.
+    """An nnU-Net dataset whose cases carry a precomputed target where a cascade's previous stage would be.
 
-    ``load_case(id)`` returns ``(data, seg, tube, properties)``; ``tube`` is the sidecar's zarr array,
-    opened lazily (once per process and case) and read only where the loader crops it.
+    ``load_case(id)`` returns ``(data, seg, target, properties)``; ``target`` is the sidecar's zarr array
+    ``name`` (default ``"tube"``; any of :data:`SLOT_TARGETS`, stored by ``skelprep nnunet build
+    --targets``), opened lazily (once per process and case) and read only where the loader crops it.
+    ``sdf`` and ``radius`` are refused with one line saying why (a
+    :class:`SkeletonRecallTrainerError`), and so is a case with more components than int16 holds.
     """
 
-    def __init__(self, base: Any, sidecar: str | os.PathLike) -> None:
+    def __init__(self, base: Any, sidecar: str | os.PathLike, name: str = "tube") -> None:
+        check_slot_target(name)
         self.base = base
         self.sidecar = os.fspath(sidecar)
+        self.name = name
         self.identifiers = base.identifiers
         self._tubes: dict[str, Any] = {}
         self._store = None
@@ -124,13 +146,21 @@ class TubeDataset:
         return {**self.__dict__, "_tubes": {}, "_store": None}
 
     def tube(self, identifier: str):
-        """The case's tube (zarr array, the preprocessed seg's spatial shape)."""
+        """The case's stored target ``name`` (zarr array, the preprocessed seg's spatial shape)."""
         if identifier not in self._tubes:
             if self._store is None:
                 from skelprep.store import open_store
 
                 self._store = open_store(self.sidecar)
-            self._tubes[identifier] = self._store[identifier].tube
+            case = self._store[identifier]
+            if self.name == "components":
+                count = ((case.attrs.get("targets") or {}).get("components") or {}).get("count", 0)
+                if count > _INT16_MAX:
+                    raise SkeletonRecallTrainerError(
+                        f"{self.sidecar}: case '{identifier}' has {count} components, more than nnU-Net's "
+                        f"int16 previous-stage slot holds ({_INT16_MAX})"
+                    )
+            self._tubes[identifier] = case.array(self.name)
         return self._tubes[identifier]
 
     def load_case(self, identifier: str):
@@ -142,6 +172,20 @@ class TubeDataset:
     __getitem__ = load_case
 
 
+def check_slot_target(name: str) -> None:
+    """Raise :class:`SkeletonRecallTrainerError` (one line) unless target ``name`` can ride in the slot."""
+    if name in SLOT_TARGETS:
+        return
+    if name in _NOT_IN_SLOT:
+        raise SkeletonRecallTrainerError(
+            f"the stored target '{name}' cannot ride in nnU-Net's previous-stage slot: {_NOT_IN_SLOT[name]}; "
+            "stream it with skelprep.torch.SkeletonDataset"
+        )
+    raise SkeletonRecallTrainerError(
+        f"unknown target {name!r} for nnU-Net's previous-stage slot; the slot takes {', '.join(SLOT_TARGETS)}"
+    )
+
+
 class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
     """nnU-Net's default trainer with Dice + CE + ``w`` · Skeleton Recall at every deep-supervision level.
 
@@ -150,6 +194,9 @@ class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
     """
 
     skeleton_recall_weight: float = 1.0
+    # The stored target in the previous-stage slot (see SLOT_TARGETS); a subclass that trains another
+    # loss on another label-like target sets it (and replaces the loss).
+    previous_stage_target: str = "tube"
 
     def __init__(
         self,
@@ -171,6 +218,7 @@ class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
                 f"{name}: the cascade ({configuration}, previous stage "
                 f"{self.configuration_manager.previous_stage_name}) is not supported; train 3d_fullres or 2d"
             )
+        check_slot_target(self.previous_stage_target)
         self.recall_weight = recall_weight(self.skeleton_recall_weight)
         self.print_to_log_file(f"Skeleton Recall weight: {self.recall_weight}")
         for attribute, value in training_length().items():
@@ -206,12 +254,13 @@ class nnUNetTrainerSkeletonRecall(nnUNetTrainer):
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         sidecar = self.preprocessed_configuration().sidecar
-        return TubeDataset(dataset_tr, sidecar), TubeDataset(dataset_val, sidecar)
+        name = self.previous_stage_target
+        return TubeDataset(dataset_tr, sidecar, name), TubeDataset(dataset_val, sidecar, name)
 
     def on_train_start(self):
         from skelprep.nnunet.sidecar import require_current
 
-        require_current(self.preprocessed_configuration())
+        require_current(self.preprocessed_configuration(), [self.previous_stage_target])
         super().on_train_start()
 
     @contextlib.contextmanager
