@@ -604,7 +604,8 @@ def test_an_unknown_nnunet_target_is_one_line_and_exit_2(built, tmp_path, monkey
     result = _run("nnunet", "build", CRACKS, "-c", "2d", "--targets", "tube,sdf,skeleton", "--no-progress")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "skelprep: error: --targets: unknown target 'skeleton'; the targets are tube, thin, sdf, radius, components"
+        "skelprep: error: unknown target 'skeleton'; the targets are tube, thin, sdf, radius, components "
+        "(option --targets)"
     ]
     assert not (folder / "skelprep").exists()
 
