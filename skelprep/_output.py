@@ -40,6 +40,12 @@ def targets_option(command: Any) -> Any:
     )(command)
 
 
+def with_option(exc: Exception) -> str:
+    """The error's one line; where the library names the parameter that would fix it, our option for it."""
+    param = getattr(exc, "param", None)
+    return str(exc) if param is None else f"{exc} (option --{param.replace('_', '-')})"
+
+
 def target_names(text: str) -> list[str]:
     """The names of a ``--targets`` value; a name that is no target exits 2 (a usage error) with one line."""
     from skelprep.build import BuildError, extra_target_names
@@ -48,7 +54,7 @@ def target_names(text: str) -> list[str]:
     try:
         extra_target_names(names)
     except BuildError as exc:
-        fail(f"{exc} (option --targets)", 2)  # bad usage: the exit code of click's own usage errors
+        fail(with_option(exc), 2)  # bad usage: the exit code of click's own usage errors
     return names
 
 

@@ -29,6 +29,7 @@ from skelprep._output import (
     say,
     target_names,
     targets_option,
+    with_option,
 )
 from skelprep._util import printable
 
@@ -44,12 +45,6 @@ def _reader_gone() -> None:
     except (OSError, ValueError):  # stdout is no file (a test runner's buffer)
         pass
     sys.exit(EXIT_FAILED)
-
-
-def _with_option(exc: Exception) -> str:
-    """The error's one line; where the library names the parameter that would fix it, our option for it."""
-    param = getattr(exc, "param", None)
-    return str(exc) if param is None else f"{exc} (option --{param.replace('_', '-')})"
 
 
 class _Cli(click.Group):
@@ -73,7 +68,7 @@ class _Cli(click.Group):
             from skelprep.store import StoreError
 
             if isinstance(exc, (BuildError, InputError, LayoutError, StoreError)):
-                fail(_with_option(exc))
+                fail(with_option(exc))
             from skelprep._util import first_line
 
             fail(f"{first_line(exc, with_type=True)} (run 'skelprep --debug ...' for details)")
