@@ -53,6 +53,8 @@ INTEGRATION = {
     "test_remote.py",
     "test_reproduce.py",
     "test_resource_limits.py",
+    "test_shard.py",
+    "test_slurm.py",
     "test_streaming.py",
     "test_torchio.py",
     "test_train.py",

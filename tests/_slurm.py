@@ -108,7 +108,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={munge_socket}
+# cred_expire is also how long a requeued job waits before it may start again (120 s by default)
+AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={state}
 SlurmdSpoolDir={spool}
 SlurmctldPidFile={folder}/slurmctld.pid
