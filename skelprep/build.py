@@ -545,22 +545,27 @@ def _extra_targets(
 
     The sdf's classes are the dataset's labels where it names them (nnU-Net's
     dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore label is none of
-    them. With ``job.reuse_targets``, stored targets are reused (:func:`extra_targets`).
+    them. With ``params.slice_axis`` each target is computed per slice, as the tube is, with the slices'
+    in-plane spacing. With ``job.reuse_targets``, stored targets are reused (:func:`extra_targets`).
     """
-    ignore = params.ignore_label
+    ignore, axis = params.ignore_label, params.slice_axis
     named = [v for v, _ in job.label_names if v != ignore]
     present = [v for v in labels if v != ignore]
     classes = named or list(range(1, max(present, default=1) + 1))
+    spacing = vol.spacing
+    if axis is not None:
+        spacing = tuple(s for k, s in enumerate(spacing) if k != axis)
     return extra_targets(
         out,
         job.case.case_id,
         job.targets,
         vol.array,
         thin,
-        spacing=vol.spacing,
+        spacing=spacing,
         classes=classes,
         ignore_label=ignore,
         reuse=job.reuse_targets,
+        slice_axis=axis,
     )
 
 

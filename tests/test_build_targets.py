@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import skelprep.build
 import skelprep.targets
 from skelprep import open_store
-from skelprep.build import build
+from skelprep.build import BuildParams, build
 from skelprep.cli import cli
 from skelprep.targets import components, image_diagonal, signed_distance, skeleton_radius
 from skelprep.verify import verify
@@ -77,6 +77,31 @@ def test_build_stores_each_target_as_the_core_computes_it(tmp_path):
     absent = store["case_1"].array("sdf")[1]
     np.testing.assert_array_equal(absent, np.float32(image_diagonal(absent.shape, SPACING)))
     assert all(c.state == "ok" for c in verify(dataset))
+
+
+def test_a_slice_axis_build_computes_every_target_per_slice(tmp_path):
+    # a 2D network trains on the slices: its targets are the slices' own, in-plane distances included
+    dataset, masks = nnunet_dataset(tmp_path / "ds")
+    build(dataset, workers=1, targets=ALL, params=BuildParams(slice_axis=0))
+    store = open_store(dataset / "skeletons.zarr")
+    for case_id, mask in masks.items():
+        case = store[case_id]
+        thin = case.thin[...]
+        for k in (0, 7):
+            plane = mask[k]
+            np.testing.assert_array_equal(
+                case.array("sdf")[:, k], signed_distance(plane, [1, 2], spacing=SPACING[1:])
+            )
+            np.testing.assert_array_equal(
+                case.array("radius")[k], skeleton_radius(plane, thin[k], spacing=SPACING[1:])
+            )
+        stored = case.array("components")[...]
+        assert all(len(np.unique(stored[k][stored[k] > 0])) == components(mask[k]).count for k in (0, 7))
+        assert case.attrs["targets"]["sdf"]["params"] == {
+            "classes": [1, 2],
+            "spacing": list(SPACING[1:]),
+            "slice_axis": 0,
+        }
 
 
 def test_adding_a_target_to_a_built_store_computes_only_that_target(tmp_path, monkeypatch):
