@@ -73,8 +73,8 @@ bench: install
 
 bench-full: install
 	$(BIN)/python pipelines/bench.py --out docs/bench/bench
-	$(BIN)/python pipelines/bench_streaming.py --full --out results/bench-streaming
-	$(BIN)/python pipelines/bench.py --sections topology --out results/bench-topology
+	$(BIN)/python pipelines/bench_streaming.py --full --out docs/bench/streaming
+	$(BIN)/python pipelines/bench.py --sections topology --out docs/bench/topology
 	$(BIN)/python pipelines/bench_engines.py --full --out docs/bench/engines
 
 ## make train: a short CPU training run (Dice + CE + Skeleton Recall) on the bundled 2D and 3D data;

@@ -354,6 +354,17 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def loss_rows(configs: dict[str, Any], memory: Sequence[str]) -> list[str]:
+    """Table rows of loss timings: batch, loss, time (n), then each ``memory`` key's peak bytes."""
+    rows = []
+    for key, conf in configs.items():
+        for name, t in conf["timings"].items():
+            cells = [f"{key} {tuple(conf['shape'])}", name, f"{fmt_t(t)} ({len(t['times'])})"]
+            cells += [fmt_bytes(conf[m][name]) for m in memory]
+            rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def tree_bytes(path: Path) -> tuple[int, int]:
     """(apparent bytes, allocated bytes as du counts them) of a folder."""
     apparent = allocated = 0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from .common import SCRIPT, Comparison, Config, Part, fmt_bytes, fmt_t, interleaved, log, medians
+from .common import SCRIPT, Comparison, Config, Part, fmt_bytes, interleaved, log, loss_rows, medians
 
 OURS = "SkeletonRecallLoss"
 ONE_HOT = "one-hot recall (reference)"
@@ -371,11 +371,5 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         "peak memory, forward only (no_grad) |",
         "|---|---|---|---|---|",
     ]
-    for key, conf in lo["configs"].items():
-        for name, t in conf["timings"].items():
-            lines.append(
-                f"| {key} {tuple(conf['shape'])} | {name} | {fmt_t(t)} ({len(t['times'])}) | "
-                f"{fmt_bytes(conf['peak_bytes'][name])} | "
-                f"{fmt_bytes(conf['peak_bytes_forward'][name])} |"
-            )
+    lines += loss_rows(lo["configs"], ("peak_bytes", "peak_bytes_forward"))
     return lines + ["", f"Peak memory: {next(iter(lo['configs'].values()))['memory_method']}.", ""]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from synthetic import vessel_tree_volume
 
-from .common import Comparison, Config, Part, fmt_bytes, fmt_t, interleaved, log, medians
+from .common import Comparison, Config, Part, fmt_t, interleaved, log, loss_rows, medians
 from .loss import _rss_bytes, memory_child_run
 
 # (B, C, *spatial) of the loss batches and the shape of the targets' case, per mode
@@ -307,12 +307,7 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         "| batch (B, C, spatial) | loss | time (n) | peak memory, forward + backward |",
         "|---|---|---|---|",
     ]
-    for key, conf in lo["configs"].items():
-        for name, t in conf["timings"].items():
-            lines.append(
-                f"| {key} {tuple(conf['shape'])} | {name} | {fmt_t(t)} ({len(t['times'])}) | "
-                f"{fmt_bytes(conf['peak_bytes'][name])} |"
-            )
+    lines += loss_rows(lo["configs"], ("peak_bytes",))
     lines += ["", f"Peak memory: {lo['memory_method']}.", ""]
     lines += [
         f"## Topology targets, one case {'x'.join(map(str, tg['shape']))} "
