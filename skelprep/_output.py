@@ -27,6 +27,19 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
+def workers_options(command: Any) -> Any:
+    """The ``--workers N`` and ``--scheduler ADDRESS`` options of ``skelprep build`` and ``skelprep nnunet build``."""
+    command = click.option(
+        "--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786)."
+    )(command)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        help="Local workers [default: CPU count]: threads of this process, or with --memory-limit Dask worker "
+        "processes. With 1 (or one case to build) the cases run one after another.",
+    )(command)
+
+
 def targets_option(command: Any) -> Any:
     """The ``--targets NAME[,NAME...]`` option of ``skelprep build`` and ``skelprep nnunet build``."""
     return click.option(

@@ -30,6 +30,7 @@ from skelprep._output import (
     target_names,
     targets_option,
     with_option,
+    workers_options,
 )
 from skelprep._util import printable
 
@@ -119,13 +120,7 @@ _storage_option = click.option(
 @click.argument("dataset", type=_DatasetPath())
 @click.option("--out", help="Store path or URL [default: DATASET/skeletons.zarr].")
 @_storage_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Local workers [default: CPU count]: threads of this process, or with --memory-limit Dask worker "
-    "processes. With 1 (or one case to build) the cases run one after another.",
-)
-@click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
+@workers_options
 @click.option(
     "--cluster",
     type=click.Choice(["slurm", "pbs", "sge", "lsf"]),

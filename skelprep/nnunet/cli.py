@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from skelprep._output import exit_with_report, fail, target_names, targets_option
+from skelprep._output import exit_with_report, fail, target_names, targets_option, workers_options
 
 INSTALL_HINT = (
     "the nnU-Net commands need nnunetv2 >= 2.8 and blosc2 (skelprep's nnunet extra): "
@@ -64,13 +64,7 @@ def nnunet() -> None:
 @click.option(
     "-p", "--plans", "plans_identifier", default="nnUNetPlans", show_default=True, help="Plans name."
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Local workers [default: CPU count]: threads of this process, or with --memory-limit Dask worker "
-    "processes. With 1 (or one case to build) the cases run one after another.",
-)
-@click.option("--scheduler", metavar="ADDRESS", help="Use a running Dask scheduler (e.g. tcp://host:8786).")
+@workers_options
 @click.option("--memory-limit", metavar="SIZE", help="Per-worker memory limit, e.g. 4GB.")
 @click.option("--force", is_flag=True, help="Rebuild every case.")
 @targets_option
