@@ -17,7 +17,7 @@ int16 image ``.nii.gz``, sparse 2-class vessel mask; full mode two cases of
 
 * **item** - one training item (image + label + tube, normalized, as tensors)
   of ``SkeletonDataset.from_store`` in this process, against the reference
-  recipe computed on the same label patch, and against today's whole-file path
+  recipe computed on the same label patch, and against the whole-file path
   (``SkeletonDataset`` on a targets-only store: reads the image and mask files
   per item). Targets: item <= 0.5x the recipe, >= 50x faster than the whole-file path.
 * **loader** - ``DataLoader(num_workers=2, batch_size=2)`` items per second, and
@@ -304,7 +304,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"**{it['item / recipe']:.2f}×** (≤ 0.5×) |"
         )
         rows.append(
-            f"| same item vs today's whole-file path, {label} | {it['median']['item'] * 1e3:.1f} ms | "
+            f"| same item vs the whole-file path of a targets-only store, {label} | {it['median']['item'] * 1e3:.1f} ms | "
             f"{it['median']['whole-file item'] * 1e3:.0f} ms | **{it['whole-file / item']:.0f}× faster** (≥ 50×) |"
         )
     for label, d in ((f"CT-like {shape}", ct), ("OCT-A", octa)):
