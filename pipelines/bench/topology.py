@@ -39,7 +39,7 @@ SIZES = {
     "full": {"2D": (2, 3, 512, 512), "3D": (2, 3, 128, 128, 128), "case": (160, 320, 320), "reps": 5},
 }
 LOSSES = ("cbDice", "clDice", "boundary", "Hausdorff")
-# the targets, on these two: <= 0.5x the reference's time, memory not higher
+# the losses whose speed and memory are targets: <= 0.5x the reference's time, memory not higher
 HEADLINE = ("cbDice", "Hausdorff")
 OURS, REFERENCE = "stored targets (skelprep)", "targets per step, as the reference"
 
