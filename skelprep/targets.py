@@ -180,7 +180,9 @@ def distance_inside(mask: np.ndarray, *, spacing: Sequence[float] | None) -> np.
     sampling = _checked_spacing(spacing, mask.ndim)
     if mask.all():
         return np.full(mask.shape, image_diagonal(mask.shape, sampling), dtype=DISTANCE_DTYPE)
-    distance = edt.edt(np.ascontiguousarray(mask), anisotropy=sampling, black_border=False, parallel=1)
+    # As uint8, not bool: edt's bool path takes over twice as long on a 160x320x320 mask.
+    labels = np.ascontiguousarray(mask).view(np.uint8)
+    distance = edt.edt(labels, anisotropy=sampling, black_border=False, parallel=1)
     return distance.astype(DISTANCE_DTYPE, copy=False)
 
 

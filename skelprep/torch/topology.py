@@ -15,8 +15,8 @@ derives it from the mask on every call:
   Salcudean, TMI 2020; MONAI's ``HausdorffDTLoss``) with the ground truth's distance
   fields given (stored ``sdf``).
 
-What the prediction needs is still computed per step: its soft skeleton (pooling on
-the prediction's device) and, for cbDice and the Hausdorff loss, the distance map of
+What the prediction needs is still computed per step: its soft skeleton (soft morphology
+on the prediction's device) and, for cbDice and the Hausdorff loss, the distance map of
 its thresholded mask (an exact EDT on the CPU, under no gradient, as in the reference).
 
 Stored targets of a whole case cropped to a patch are the case's: a distance measured
@@ -39,24 +39,53 @@ from skelprep.torch.loss import _as_index, _check_classes, _upcast
 __all__ = ["BoundaryLoss", "CbDiceLoss", "ClDiceLoss", "HausdorffDTLoss", "soft_skeleton"]
 
 
+def _tracked(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+def _line_extreme(x: torch.Tensor, axis: int, op) -> torch.Tensor:
+    """``op`` (``torch.minimum`` or ``torch.maximum``) of each voxel and its two neighbours along ``axis``.
+
+    For untracked inputs (a ground truth, a thresholded prediction): in place on shifted
+    views of a copy; at the border the missing neighbour is left out, as pooling's
+    padding does. On the CPU, pooling with a 3-voxel window spends over ten times as
+    long in its window loop, and the untracked soft skeleton of a 2D 512² or 3D 128³
+    batch runs about ten times faster through these views than through pooling.
+    Tracked inputs go through pooling (:func:`_soft_erode`, :func:`_soft_dilate`): the
+    values are the same, but ``torch.minimum``'s backward is slower than pooling's and
+    splits the gradient where inputs tie, where pooling, as the reference, gives it to one.
+    """
+    out = x.clone()
+    n = x.shape[axis]
+    if n > 1:
+        op(out.narrow(axis, 1, n - 1), x.narrow(axis, 0, n - 1), out=out.narrow(axis, 1, n - 1))
+        op(out.narrow(axis, 0, n - 1), x.narrow(axis, 1, n - 1), out=out.narrow(axis, 0, n - 1))
+    return out
+
+
 def _soft_erode(x: torch.Tensor) -> torch.Tensor:
-    """Soft erosion by the connectivity-1 cross: the minimum of 3-voxel minimum filters along each axis."""
+    """Soft erosion by the connectivity-1 cross: the minimum of 3-voxel minima along each axis."""
     spatial = x.ndim - 2
     pool = F.max_pool2d if spatial == 2 else F.max_pool3d
     out = None
     for axis in range(spatial):
-        kernel = [1] * spatial
-        padding = [0] * spatial
-        kernel[axis], padding[axis] = 3, 1
-        eroded = -pool(-x, tuple(kernel), 1, tuple(padding))
+        if _tracked(x):
+            kernel, padding = [1] * spatial, [0] * spatial
+            kernel[axis], padding[axis] = 3, 1
+            eroded = -pool(-x, tuple(kernel), 1, tuple(padding))
+        else:
+            eroded = _line_extreme(x, axis + 2, torch.minimum)
         out = eroded if out is None else torch.minimum(out, eroded)
     return out
 
 
 def _soft_dilate(x: torch.Tensor) -> torch.Tensor:
-    """Soft dilation by the full 3x3(x3) square: a maximum filter."""
-    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
-    return pool(x, 3, 1, 1)
+    """Soft dilation by the full 3x3(x3) square: a maximum filter (separable, untracked)."""
+    if _tracked(x):
+        return (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, 3, 1, 1)
+    for axis in range(2, x.ndim):
+        x = _line_extreme(x, axis, torch.maximum)
+    return x
 
 
 def soft_skeleton(x: torch.Tensor, iterations: int = 10) -> torch.Tensor:
@@ -82,10 +111,12 @@ def soft_skeleton(x: torch.Tensor, iterations: int = 10) -> torch.Tensor:
         raise ValueError(
             f"soft_skeleton needs (B, C, *spatial) with 2 or 3 spatial axes, got shape {tuple(x.shape)}"
         )
-    skel = F.relu(x - _soft_dilate(_soft_erode(x)))
+    # The erosion inside one iteration's opening is the next iteration's image: computed once.
+    eroded = _soft_erode(x)
+    skel = F.relu(x - _soft_dilate(eroded))
     for _ in range(iterations):
-        x = _soft_erode(x)
-        delta = F.relu(x - _soft_dilate(_soft_erode(x)))
+        x, eroded = eroded, _soft_erode(eroded)
+        delta = F.relu(x - _soft_dilate(eroded))
         skel = skel + F.relu(delta - skel * delta)
     return skel
 
