@@ -85,7 +85,7 @@ from skelprep.store import (
     verify_case_data,
 )
 from skelprep.store.lock import PARTIAL_SUFFIX, HeldLock, lease_lost, remove_partial_files, store_lock
-from skelprep.verify import check_case
+from skelprep.verify import check_case, target_expectations
 
 # numpy (60-80 ms), skelprep.stats and the core are imported where a case is computed, zarr where the
 # store is opened: ``import skelprep.build`` (and the CLI's --help) stays light.
@@ -215,7 +215,8 @@ class CaseJob:
     ``label_names``: the dataset's (value, name) pairs, for viewers; ``patch_size``:
     the patch the store's chunks are laid out for (None: the default). ``targets``:
     the targets of :data:`~skelprep.store.EXTRA_TARGETS` to store beside the tube
-    (with ``reuse_targets``, those stored with the same parameters are reused).
+    (with ``reuse_targets``, those stored with the same parameters are reused);
+    ``sdf_classes``: the classes of the ``sdf`` target (empty: :func:`_extra_targets`' default).
     """
 
     case: Case
@@ -227,6 +228,7 @@ class CaseJob:
     label_names: tuple[tuple[int, str], ...] = ()
     patch_size: tuple[int, ...] | None = None
     targets: tuple[str, ...] = ()
+    sdf_classes: tuple[int, ...] = ()
 
 
 def _case_attrs(
@@ -543,15 +545,15 @@ def _extra_targets(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``write_case`` arrays, the case's ``targets`` attribute) of the job's targets beside the tube.
 
-    The sdf's classes are the dataset's labels where it names them (nnU-Net's
-    dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore label is none of
-    them. With ``params.slice_axis`` each target is computed per slice, as the tube is, with the slices'
+    The sdf's classes are the job's ``sdf_classes`` (``--classes``), else the dataset's labels where it names
+    them (nnU-Net's dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore
+    label is none of them. With ``params.slice_axis`` each target is computed per slice, as the tube is, with the slices'
     in-plane spacing. With ``job.reuse_targets``, stored targets are reused (:func:`extra_targets`).
     """
     ignore, axis = params.ignore_label, params.slice_axis
     named = [v for v, _ in job.label_names if v != ignore]
     present = [v for v in labels if v != ignore]
-    classes = named or list(range(1, max(present, default=1) + 1))
+    classes = list(job.sdf_classes) or named or list(range(1, max(present, default=1) + 1))
     spacing = vol.spacing
     if axis is not None:
         spacing = tuple(s for k, s in enumerate(spacing) if k != axis)
@@ -620,6 +622,22 @@ def extra_targets(
         )
     )
     return {n: (found[n][0], None) for n in names}, {n: found[n][1] for n in names}
+
+
+def checked_classes(classes: Sequence[int], ignore_label: int | None) -> tuple[int, ...]:
+    """``classes`` of the sdf as a tuple of distinct positive ints; BuildError naming the bad one."""
+    out: list[int] = []
+    for value in classes:
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:  # ints, numpy's too
+            raise BuildError(f"sdf class {value!r} is no positive label", param="classes")
+        if value == ignore_label:
+            raise BuildError(f"sdf class {value} is the ignore label", param="classes")
+        if value in out:
+            raise BuildError(f"sdf class {value} is named twice", param="classes")
+        out.append(int(value))
+    if not out:
+        raise BuildError("no sdf classes named", param="classes")
+    return tuple(out)
 
 
 def extra_target_names(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -1091,6 +1109,7 @@ def build(
     patch_size: tuple[int, ...] | None = None,
     shard: tuple[int, int] | None = None,
     targets: Sequence[str] | None = None,
+    classes: Sequence[int] | None = None,
 ) -> BuildReport:
     """Build (or bring up to date) the store of a dataset.
 
@@ -1143,6 +1162,11 @@ def build(
         ``radius``, ``components`` (:mod:`skelprep.targets`). Recorded in the root;
         later builds keep the store's. A case that lacks one gets it added: its
         other targets are reused, only the missing one is computed.
+    classes : sequence of int, optional
+        The classes of the ``sdf`` target, one channel each, in every case (default:
+        the labels of the dataset's ``dataset.json``, else ``1..`` each case's highest
+        label). Recorded in the root; later builds keep the store's. A case whose sdf
+        was built for other classes gets it recomputed, its other targets reused.
 
     Returns
     -------
@@ -1163,6 +1187,7 @@ def build(
         params = BuildParams(params.radius, params.mode, layout.ignore_label, params.slice_axis)
     param_dict = params.as_dict()
     extras = extra_target_names(targets)
+    sdf_classes = None if classes is None else checked_classes(classes, params.ignore_label)
     out = os.fspath(out) if out is not None else default_store_path(dataset)
     if patch_size is not None and (not patch_size or min(patch_size) < 1):
         raise BuildError(
@@ -1195,14 +1220,18 @@ def build(
         if patch_size is None and store is not None and store.attrs.get("patch_size"):
             patch_size = store.attrs["patch_size"]  # sticky: later builds chunk for the same patches
         patch_size = None if patch_size is None else tuple(int(n) for n in patch_size)
-        if store is not None:  # sticky: a target once stored is kept by later builds
+        if store is not None:  # sticky: a target once stored is kept by later builds, and its classes
             extras = extra_target_names([*extras, *(store.attrs.get("targets") or ())])
+            if sdf_classes is None and store.attrs.get("sdf_classes"):
+                sdf_classes = tuple(int(c) for c in store.attrs["sdf_classes"])
+        named = [v for v, _ in label_names if v != params.ignore_label]
+        expected = target_expectations(extras, slice_axis=params.slice_axis, classes=sdf_classes or named)
         for case in cases:
             if with_images and case.image_problem is not None:  # a stored case stays as it is
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
                 continue
             check = (
-                check_case(store, case, param_dict, with_images=with_images, targets=extras)
+                check_case(store, case, param_dict, with_images=with_images, targets=expected)
                 if store is not None
                 else None
             )
@@ -1224,6 +1253,7 @@ def build(
                     label_names=label_names,
                     patch_size=patch_size,
                     targets=extras,
+                    sdf_classes=sdf_classes or (),
                 )
                 jobs.append(job)
         report.plan_phases["plan"] = time.perf_counter() - start
@@ -1236,6 +1266,8 @@ def build(
             attrs["shards"] = None  # built in shards: this whole-store build completes the root
         if extras:  # a store of the tube and thin skeleton only records no target list
             attrs["targets"] = list(extras)
+        if sdf_classes is not None:
+            attrs["sdf_classes"] = list(sdf_classes)
         plan = BuildPlan(
             attrs,
             jobs,

@@ -185,6 +185,12 @@ _storage_option = click.option(
     "chunked for it [default: 128³ in 3D, 512² in 2D].",
 )
 @targets_option
+@click.option(
+    "--classes",
+    metavar="C[,C...]",
+    help="The classes of the sdf target, one channel each in every case (e.g. 1,2,3) [default: the labels of "
+    "the dataset.json, else 1.. each case's highest label]. Sticky: later builds keep the store's.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -211,6 +217,7 @@ def build(
     absolute_paths: bool,
     patch_size: str | None,
     targets: str,
+    classes: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -238,15 +245,9 @@ def build(
         raise click.UsageError(
             f"--memory-limit and --cluster exclude each other (set jobqueue.{cluster}.memory instead)"
         )
-    patch = None
-    if patch_size is not None:
-        try:
-            patch = tuple(int(n) for n in patch_size.split(","))
-        except ValueError:
-            raise click.BadParameter(
-                f"{patch_size!r} is no list of integers", param_hint="--patch-size"
-            ) from None
+    patch = None if patch_size is None else _int_list(patch_size, "--patch-size")
     shard_of = _parse_shard(shard, prune)
+    sdf_classes = None if classes is None else _int_list(classes, "--classes")
     with contextlib.ExitStack() as stack:
         if cluster is not None:
             from skelprep.cluster import jobqueue_cluster
@@ -273,8 +274,17 @@ def build(
             absolute_paths=absolute_paths,
             patch_size=patch,
             targets=names,
+            classes=sdf_classes,
         )
     exit_with_report(ctx, report, as_json)
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"1,2,3"`` as (1, 2, 3); a usage error for anything else."""
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is no list of integers", param_hint=option) from None
 
 
 def _parse_shard(text: str | None, prune: bool) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ and :func:`verify` adds a read of the data against its checksums.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,20 +59,39 @@ class CaseCheck:
     targets_only: bool = False
 
 
+def target_expectations(
+    names: Sequence[str], *, slice_axis: int | None, classes: Sequence[int] | None
+) -> dict[str, dict[str, Any]]:
+    """What each stored target's recorded parameters must hold, as far as they are known without the mask.
+
+    Every target is computed per slice along ``slice_axis`` or on the whole case (None); the sdf is of
+    ``classes`` where they are known (``--classes``, or the dataset's named labels; a case's own highest
+    label, the last default, is only known from its mask).
+
+    >>> target_expectations(["sdf", "radius"], slice_axis=None, classes=[1, 2])
+    {'sdf': {'slice_axis': None, 'classes': [1, 2]}, 'radius': {'slice_axis': None}}
+    """
+    expected: dict[str, dict[str, Any]] = {n: {"slice_axis": slice_axis} for n in names}
+    if "sdf" in expected and classes:
+        expected["sdf"]["classes"] = [int(c) for c in classes]
+    return expected
+
+
 def check_case(
     store: SkeletonStore,
     case: Case,
     params: dict[str, Any] | None,
     *,
     with_images: bool = False,
-    targets: Sequence[str] = (),
+    targets: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
 ) -> CaseCheck:
     """Is the stored case up to date with its mask (and images), these parameters and ``targets``?
 
     The mask is hashed only when the stored case is complete (``failed-input``
     when it cannot be read). Its image files are hashed too when ``with_images``
     or when the stored case carries images: a changed image makes it ``stale``.
-    A case without one of ``targets`` (beside the tube) is ``stale``.
+    A case without one of ``targets`` (beside the tube), or, where ``targets`` maps
+    names to parameters, with one built with other values of them, is ``stale``.
     """
     meta = store.case_attrs(case.case_id)
     if case.image_problem is not None and (with_images or (meta or {}).get("images")):
@@ -173,7 +192,12 @@ def verify(
         )
     params = store.attrs.get("params")
     with_images = bool(store.attrs.get("with_images"))
-    targets = tuple(store.attrs.get("targets") or ())
+    ignore = (params or {}).get("ignore_label")
+    targets = target_expectations(
+        tuple(store.attrs.get("targets") or ()),
+        slice_axis=(params or {}).get("slice_axis"),
+        classes=store.attrs.get("sdf_classes") or [v for v in layout.label_names if v not in (0, ignore)],
+    )
     incomplete = set(store.incomplete_case_ids)
     for case in layout.cases:
         check = check_case(store, case, params, with_images=with_images, targets=targets)

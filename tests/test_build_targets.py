@@ -8,9 +8,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 
-import skelprep.build
+import skelprep.skeleton
 import skelprep.targets
 from skelprep import open_store
 from skelprep.build import BuildParams, build
@@ -114,7 +115,7 @@ def test_adding_a_target_to_a_built_store_computes_only_that_target(tmp_path, mo
         raise AssertionError("a stored target was computed again")
 
     # The stored tube, thin skeleton and components are current: neither is computed again
-    monkeypatch.setattr(skelprep.build, "skeleton_targets", not_again, raising=False)
+    monkeypatch.setattr(skelprep.skeleton, "skeleton_targets", not_again)
     monkeypatch.setattr(skelprep.targets, "components", not_again)
     report = build(dataset, workers=1, targets=["sdf"])
     assert len(report.built) == 2 and not report.failed, [o.reason for o in report.failed]
@@ -171,6 +172,100 @@ def test_a_png_dataset_gets_its_targets_in_pixels(tmp_path):
     case = open_store(tmp_path / "ds" / "skeletons.zarr")["a"]
     assert case.attrs["targets"]["sdf"]["params"] == {"classes": [1], "spacing": [1.0, 1.0]}
     np.testing.assert_array_equal(case.array("sdf")[...], signed_distance(mask, [1], spacing=None))
+
+
+def png_classes_dataset(root):
+    """A generic PNG dataset of two classes whose case ``b`` lacks class 2: its own highest label is 1."""
+    a = np.zeros((30, 40), np.uint8)
+    a[5:25, 8:12], a[12, 15:38] = 1, 2
+    b = np.zeros((30, 40), np.uint8)
+    b[4:26, 20:23] = 1
+    write_png(root / "labels" / "a.png", a)
+    write_png(root / "labels" / "b.png", b)
+    return root, {"a": a, "b": b}
+
+
+def test_classes_give_every_case_the_same_sdf_channels(tmp_path):
+    dataset, masks = png_classes_dataset(tmp_path / "ds")
+    build(dataset, workers=1, targets=["sdf"])  # without classes: each case's own 1..highest label
+    store = open_store(dataset / "skeletons.zarr")
+    assert [store[c].array("sdf").shape[0] for c in ("a", "b")] == [2, 1]
+    report = build(dataset, workers=1, classes=[1, 2])  # a's sdf was of classes 1 and 2 already
+    assert [(o.case_id, o.status) for o in report.outcomes] == [("a", "up-to-date"), ("b", "built")]
+    store = open_store(dataset / "skeletons.zarr")
+    assert store.attrs["sdf_classes"] == [1, 2]
+    for case_id, mask in masks.items():
+        case = store[case_id]
+        assert case.attrs["targets"]["sdf"]["params"]["classes"] == [1, 2]
+        np.testing.assert_array_equal(case.array("sdf")[...], signed_distance(mask, [1, 2], spacing=None))
+    # sticky: a later build without classes keeps the store's, and finds every case current
+    assert len(build(dataset, workers=1).up_to_date) == 2
+
+
+def test_changing_the_classes_recomputes_the_sdf_only(tmp_path, monkeypatch):
+    dataset, masks = png_classes_dataset(tmp_path / "ds")
+    build(dataset, workers=1, targets=["sdf", "components"], classes=[1, 2])
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a stored target was computed again")
+
+    monkeypatch.setattr(skelprep.skeleton, "skeleton_targets", not_again)
+    monkeypatch.setattr(skelprep.targets, "components", not_again)
+    assert all(c.state == "ok" for c in verify(dataset))  # against the store's own classes
+    report = build(dataset, workers=1, classes=[2])
+    assert len(report.built) == 2 and not report.failed, [o.reason for o in report.failed]
+    store = open_store(dataset / "skeletons.zarr")
+    for case_id, mask in masks.items():
+        np.testing.assert_array_equal(
+            store[case_id].array("sdf")[...], signed_distance(mask, [2], spacing=None)
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("1,x", "Invalid value for --classes: '1,x' is no list of integers"),
+        ("1,0", "sdf class 0 is no positive label (option --classes)"),
+        ("2,2", "sdf class 2 is named twice (option --classes)"),
+        ("1,3", "sdf class 3 is the ignore label (option --classes)"),
+    ],
+)
+def test_bad_classes_are_one_line_and_build_nothing(tmp_path, value, says):
+    dataset, _ = png_classes_dataset(tmp_path / "ds")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build",
+            str(dataset),
+            "--targets",
+            "sdf",
+            "--ignore-label",
+            "3",
+            "--classes",
+            value,
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert says in lines[-1] and len([line for line in lines if "error" in line.lower()]) == 1, lines
+    assert not (dataset / "skeletons.zarr").exists()
+
+
+def test_a_per_volume_target_in_a_slice_axis_build_is_recomputed(tmp_path):
+    """Targets recorded without their slice axis (computed on the whole volume) are not taken for per-slice ones."""
+    dataset, masks = nnunet_dataset(tmp_path / "ds")
+    build(dataset, workers=1, targets=["radius"], params=BuildParams(slice_axis=0))
+    root = zarr.open_group(str(dataset / "skeletons.zarr"), mode="r+")
+    for case_id in masks:  # as an older build recorded them
+        meta = root[case_id].attrs["skelprep"]
+        meta["targets"]["radius"]["params"].pop("slice_axis")
+        root[case_id].attrs.update({"skelprep": meta})
+    assert {c.reason for c in verify(dataset)} == {
+        "target 'radius' was built with other parameters (a build recomputes it)"
+    }
+    report = build(dataset, workers=1, params=BuildParams(slice_axis=0))
+    assert len(report.built) == 2 and all(c.state == "ok" for c in verify(dataset))
 
 
 @pytest.mark.parametrize("with_images", [False, True])

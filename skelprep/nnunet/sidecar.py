@@ -195,29 +195,22 @@ def _state(
     if not state.ok:
         return state
     try:
+        ndim = len(meta.get("shape") or ())
+        wanted = {n: _target_params(config, n, ndim) for n in targets}
+    except TargetError as exc:
+        return CaseState("failed-input", f"{config.seg_file(case_id)}: {exc}")
+    try:
         state = case_state(
             meta,
             fingerprint=file_sha256(config.seg_file(case_id)),
             params=params,
             layout=FORMAT_VERSION,
-            targets=targets,
+            targets=wanted,
         )
     except InputError as exc:
         return CaseState("failed-input", str(exc))
     if state.state == "stale" and not state.images_only and not state.targets_only:
         return CaseState("stale", "preprocessed segmentation changed since it was built")
-    if state.ok and targets:
-        records, ndim = meta.get("targets") or {}, len(meta.get("shape") or ())
-        try:
-            changed = [n for n in targets if records[n].get("params") != _target_params(config, n, ndim)]
-        except TargetError as exc:
-            return CaseState("failed-input", f"{config.seg_file(case_id)}: {exc}")
-        if changed:
-            return CaseState(
-                "stale",
-                f"target '{changed[0]}' was built with other parameters (a build recomputes it)",
-                targets_only=True,
-            )
     return state
 
 

@@ -98,7 +98,7 @@ def case_state(
     params: Mapping[str, Any] | None = None,
     image_fingerprints: Sequence[str] | None = None,
     layout: int | None = None,
-    targets: Sequence[str] | None = None,
+    targets: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CaseState:
     """The one rule for "is this stored case complete and current?".
 
@@ -108,7 +108,10 @@ def case_state(
     compared where given, and so is the case's ``layout`` (the store format its
     arrays are laid out in: a build rewrites an older one, its targets reused),
     and whether it holds the ``targets`` of :data:`EXTRA_TARGETS` asked for (its
-    ``targets`` attribute: a build adds the missing ones, the others reused).
+    ``targets`` attribute: a build adds the missing ones, the others reused). Given
+    as a mapping, name -> parameters, each target's recorded ``params`` must also
+    hold those values (an absent key reads as None); a target computed otherwise
+    is recomputed, the others reused.
 
     >>> case_state(None).state
     'missing'
@@ -121,6 +124,9 @@ def case_state(
     True
     >>> case_state(meta, targets=["sdf"]).reason
     "lacks the target 'sdf' (a build adds it)"
+    >>> meta["targets"] = {"sdf": {"params": {"classes": [1, 2]}}}
+    >>> case_state(meta, targets={"sdf": {"classes": [1, 2, 3]}}).reason
+    "target 'sdf' was built with other parameters (a build recomputes it)"
     """
     if meta is None:
         return CaseState("missing", "not built")
@@ -140,7 +146,8 @@ def case_state(
             )
         if list(stored) != list(image_fingerprints):
             return CaseState("stale", "an image changed since it was built", images_only=True)
-    missing = [name for name in targets or () if name not in (meta.get("targets") or {})]
+    records = meta.get("targets") or {}
+    missing = [name for name in targets or () if name not in records]
     if missing:
         listed = ", ".join(f"'{name}'" for name in missing)
         return CaseState(
@@ -148,6 +155,15 @@ def case_state(
             f"lacks the target{'s' * (len(missing) > 1)} {listed} (a build adds {'them' if len(missing) > 1 else 'it'})",
             targets_only=True,
         )
+    if isinstance(targets, Mapping):
+        for name, want in targets.items():
+            recorded = (records[name] or {}).get("params") or {}
+            if any(recorded.get(key) != value for key, value in want.items()):
+                return CaseState(
+                    "stale",
+                    f"target '{name}' was built with other parameters (a build recomputes it)",
+                    targets_only=True,
+                )
     return CaseState("ok")
 
 
