@@ -85,7 +85,7 @@ from skelprep.store import (
     verify_case_data,
 )
 from skelprep.store.lock import PARTIAL_SUFFIX, HeldLock, lease_lost, remove_partial_files, store_lock
-from skelprep.verify import check_case, target_expectations
+from skelprep.verify import check_case, known_sdf_classes, target_expectations
 
 # numpy (60-80 ms), skelprep.stats and the core are imported where a case is computed, zarr where the
 # store is opened: ``import skelprep.build`` (and the CLI's --help) stays light.
@@ -216,7 +216,8 @@ class CaseJob:
     the patch the store's chunks are laid out for (None: the default). ``targets``:
     the targets of :data:`~skelprep.store.EXTRA_TARGETS` to store beside the tube
     (with ``reuse_targets``, those stored with the same parameters are reused);
-    ``sdf_classes``: the classes of the ``sdf`` target (empty: :func:`_extra_targets`' default).
+    ``sdf_classes``: the classes of the ``sdf`` target as the plan knows them
+    (:func:`~skelprep.verify.known_sdf_classes`; empty: ``1..`` the case's highest label).
     """
 
     case: Case
@@ -545,15 +546,13 @@ def _extra_targets(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``write_case`` arrays, the case's ``targets`` attribute) of the job's targets beside the tube.
 
-    The sdf's classes are the job's ``sdf_classes`` (``--classes``), else the dataset's labels where it names
-    them (nnU-Net's dataset.json), else ``1..`` the case's highest label (of ``labels``, the mask's); the ignore
-    label is none of them. With ``params.slice_axis`` each target is computed per slice, as the tube is, with the slices'
+    The sdf's classes are the job's ``sdf_classes`` (``--classes``, else the dataset's named labels), else
+    ``1..`` the case's highest label (of ``labels``, the mask's) but the ignore label. With ``params.slice_axis`` each target is computed per slice, as the tube is, with the slices'
     in-plane spacing. With ``job.reuse_targets``, stored targets are reused (:func:`extra_targets`).
     """
     ignore, axis = params.ignore_label, params.slice_axis
-    named = [v for v, _ in job.label_names if v != ignore]
     present = [v for v in labels if v != ignore]
-    classes = list(job.sdf_classes) or named or list(range(1, max(present, default=1) + 1))
+    classes = list(job.sdf_classes) or list(range(1, max(present, default=1) + 1))
     spacing = vol.spacing
     if axis is not None:
         spacing = tuple(s for k, s in enumerate(spacing) if k != axis)
@@ -1224,8 +1223,8 @@ def build(
             extras = extra_target_names([*extras, *(store.attrs.get("targets") or ())])
             if sdf_classes is None and store.attrs.get("sdf_classes"):
                 sdf_classes = tuple(int(c) for c in store.attrs["sdf_classes"])
-        named = [v for v, _ in label_names if v != params.ignore_label]
-        expected = target_expectations(extras, slice_axis=params.slice_axis, classes=sdf_classes or named)
+        known = known_sdf_classes(sdf_classes, (v for v, _ in label_names), params.ignore_label)
+        expected = target_expectations(extras, slice_axis=params.slice_axis, classes=known)
         for case in cases:
             if with_images and case.image_problem is not None:  # a stored case stays as it is
                 report.outcomes.append(CaseOutcome(case.case_id, "failed", str(case.image_problem)))
@@ -1253,7 +1252,7 @@ def build(
                     label_names=label_names,
                     patch_size=patch_size,
                     targets=extras,
-                    sdf_classes=sdf_classes or (),
+                    sdf_classes=tuple(known),
                 )
                 jobs.append(job)
         report.plan_phases["plan"] = time.perf_counter() - start

@@ -8,7 +8,7 @@ and :func:`verify` adds a read of the data against its checksums.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,14 +59,30 @@ class CaseCheck:
     targets_only: bool = False
 
 
+def known_sdf_classes(
+    chosen: Sequence[int] | None, labels: Iterable[int], ignore_label: int | None
+) -> list[int]:
+    """The sdf's classes as far as they are known before a mask is read.
+
+    ``chosen`` (``--classes``), else the dataset's named ``labels`` but the background and
+    the ignore label; empty when neither names any: each case then takes ``1..`` its own
+    highest label.
+
+    >>> known_sdf_classes(None, [0, 1, 2, 3], ignore_label=3)
+    [1, 2]
+    """
+    if chosen:
+        return [int(c) for c in chosen]
+    return [int(v) for v in labels if v not in (0, ignore_label)]
+
+
 def target_expectations(
     names: Sequence[str], *, slice_axis: int | None, classes: Sequence[int] | None
 ) -> dict[str, dict[str, Any]]:
     """What each stored target's recorded parameters must hold, as far as they are known without the mask.
 
     Every target is computed per slice along ``slice_axis`` or on the whole case (None); the sdf is of
-    ``classes`` where they are known (``--classes``, or the dataset's named labels; a case's own highest
-    label, the last default, is only known from its mask).
+    ``classes`` where they are known (:func:`known_sdf_classes`).
 
     >>> target_expectations(["sdf", "radius"], slice_axis=None, classes=[1, 2])
     {'sdf': {'slice_axis': None, 'classes': [1, 2]}, 'radius': {'slice_axis': None}}
@@ -192,11 +208,12 @@ def verify(
         )
     params = store.attrs.get("params")
     with_images = bool(store.attrs.get("with_images"))
-    ignore = (params or {}).get("ignore_label")
     targets = target_expectations(
         tuple(store.attrs.get("targets") or ()),
         slice_axis=(params or {}).get("slice_axis"),
-        classes=store.attrs.get("sdf_classes") or [v for v in layout.label_names if v not in (0, ignore)],
+        classes=known_sdf_classes(
+            store.attrs.get("sdf_classes"), layout.label_names, (params or {}).get("ignore_label")
+        ),
     )
     incomplete = set(store.incomplete_case_ids)
     for case in layout.cases:

@@ -67,9 +67,9 @@ def _soft_erode(x: torch.Tensor) -> torch.Tensor:
     """Soft erosion by the connectivity-1 cross: the minimum of 3-voxel minima along each axis."""
     spatial = x.ndim - 2
     pool = F.max_pool2d if spatial == 2 else F.max_pool3d
-    out = None
+    tracked, out = _tracked(x), None
     for axis in range(spatial):
-        if _tracked(x):
+        if tracked:
             kernel, padding = [1] * spatial, [0] * spatial
             kernel[axis], padding[axis] = 3, 1
             eroded = -pool(-x, tuple(kernel), 1, tuple(padding))
